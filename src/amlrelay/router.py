@@ -1,0 +1,126 @@
+"""Route: decide which routes an event matches and build the exact ADO request for each. Pure functions.
+
+Matching follows Event Grid's advanced-filter semantics, so the subscription filters generated from the
+same routes file and this router agree: string comparisons ignore case, a condition with several values
+holds when any value matches (for the ``not*`` operators: when none does), every condition of a route
+must hold, and a field the event lacks fails every condition except the ``not*`` ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .models import AmlEvent
+from .routes import NEGATED, Filter, Route, Routes
+
+API_VERSION = "7.1"
+
+
+@dataclass(frozen=True)
+class PipelineRunRequest:
+    """Everything needed to call ADO "Runs - Run Pipeline"; the body follows ``RunPipelineParameters``."""
+
+    route: str
+    project: str
+    pipeline_id: int
+    pipeline_version: int | None
+    body: dict[str, Any]
+
+    def path(self) -> str:
+        from urllib.parse import quote
+
+        return f"{quote(self.project, safe='')}/_apis/pipelines/{self.pipeline_id}/runs"
+
+    def query(self) -> dict[str, str]:
+        query = {"api-version": API_VERSION}
+        if self.pipeline_version is not None:
+            query["pipelineVersion"] = str(self.pipeline_version)
+        return query
+
+    def redacted_body(self) -> dict[str, Any]:
+        """The body with secret variable values masked, for dry runs and logs."""
+        body = dict(self.body)
+        if "variables" in body:
+            body["variables"] = {
+                name: ({**spec, "value": "***"} if spec.get("isSecret") else spec)
+                for name, spec in body["variables"].items()
+            }
+        return body
+
+
+def condition_holds(condition: Filter, fields: dict[str, str], index: dict[str, str]) -> bool:
+    key = index.get(condition.field.lower())
+    if key is None:
+        return condition.operator in NEGATED
+    if condition.operator == "exists":
+        return True
+    value = fields[key].lower()
+    wanted = [v.lower() for v in condition.values]
+    op = condition.operator.removeprefix("not")
+    op = op[0].lower() + op[1:]
+    if op == "in":
+        hit = value in wanted
+    elif op == "beginsWith":
+        hit = any(value.startswith(w) for w in wanted)
+    elif op == "endsWith":
+        hit = any(value.endswith(w) for w in wanted)
+    else:  # contains
+        hit = any(w in value for w in wanted)
+    return not hit if condition.operator in NEGATED else hit
+
+
+def mismatch(route: Route, event: AmlEvent, fields: dict[str, str], index: dict[str, str]) -> str | None:
+    """Why ``route`` does not take ``event`` (``None`` when it does): shown in the skipped outcome."""
+    if event.type not in route.events:
+        return f"{route.name}: not for {event.type}"
+    for condition in route.filters:
+        if not condition_holds(condition, fields, index):
+            key = index.get(condition.field.lower())
+            actual = repr(fields[key]) if key else "absent"
+            values = f" [{', '.join(condition.values)}]" if condition.values else ""
+            return f"{route.name}: {condition.field} {actual} fails {condition.operator}{values}"
+    return None
+
+
+def select(routes: Routes, event: AmlEvent) -> tuple[list[Route], list[str]]:
+    """All routes that take the event (an event may start several pipelines), and why the others don't."""
+    fields = event.fields()
+    index = {k.lower(): k for k in fields}
+    matched: list[Route] = []
+    reasons: list[str] = []
+    for route in routes.routes:
+        reason = mismatch(route, event, fields, index)
+        if reason is None:
+            matched.append(route)
+        else:
+            reasons.append(reason)
+    return matched, reasons
+
+
+def build_request(route: Route, event: AmlEvent) -> PipelineRunRequest:
+    """Render the route's templates with the event's fields; raises TemplateError for a missing field."""
+    fields = event.fields()
+    index = {k.lower(): k for k in fields}
+    target = route.pipeline
+    body: dict[str, Any] = {}
+    if target.branch is not None:
+        ref = target.branch.render(fields, lower_index=index).strip()
+        body["resources"] = {"repositories": {"self": {"refName": normalize_ref(ref)}}}
+    if target.variables:
+        body["variables"] = {
+            name: {"value": var.value.render(fields, lower_index=index), "isSecret": var.is_secret}
+            for name, var in target.variables.items()
+        }
+    if target.template_parameters:
+        body["templateParameters"] = {
+            name: template.render(fields, lower_index=index) for name, template in target.template_parameters.items()
+        }
+    if target.stages_to_skip:
+        body["stagesToSkip"] = list(target.stages_to_skip)
+    return PipelineRunRequest(route.name, target.project, target.pipeline_id, target.pipeline_version, body)
+
+
+def normalize_ref(ref: str) -> str:
+    """``main`` means ``refs/heads/main``; a full ref (``refs/tags/v1``) is kept as given."""
+    return ref if ref.startswith("refs/") else f"refs/heads/{ref}"
