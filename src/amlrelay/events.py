@@ -149,7 +149,7 @@ def _from_cloud_event(item: Mapping[str, Any], lower: Mapping[str, Any]) -> AmlE
     if missing:
         raise InvalidEventError(f"CloudEvent is missing {', '.join(missing)}.", hint=_HINT)
     try:
-        event = CloudEvent.from_dict(normalized)
+        event: CloudEvent[Any] = CloudEvent.from_dict(normalized)
     except Exception as exc:  # IndexError/ValueError on bad times, among others
         raise InvalidEventError(f"CloudEvent could not be parsed: {_short(exc)}.", hint=_HINT) from None
     if event.data is None and normalized.get("data_base64") is not None:

@@ -130,10 +130,7 @@ class RunEventData(EventData):
     @classmethod
     def parse(cls, event_type: str, raw: Mapping[str, Any]) -> RunEventData:
         d = _Data(event_type, raw)
-        if event_type == RUN_COMPLETED:
-            status = "Completed"
-        else:
-            status = d.text("runStatus", required=True) or ""
+        status = "Completed" if event_type == RUN_COMPLETED else d.text("runStatus", required=True) or ""
         return cls(
             experiment_id=d.text("experimentId", required=True) or "",
             experiment_name=d.text("experimentName", required=True) or "",

@@ -40,7 +40,7 @@ class Template:
         """Fill the placeholders; ``values`` keys are matched case-insensitively."""
         index = lower_index if lower_index is not None else {k.lower(): k for k in values}
         out = [self.literals[0]]
-        for placeholder, literal in zip(self.placeholders, self.literals[1:]):
+        for placeholder, literal in zip(self.placeholders, self.literals[1:], strict=True):
             key = index.get(placeholder.field.lower())
             if key is not None:
                 out.append(values[key])

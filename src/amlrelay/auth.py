@@ -1,0 +1,160 @@
+"""Credentials for ADO: an Entra token from the managed identity (default), or a PAT kept in Key Vault.
+
+Both are built lazily and imported lazily: a dry run or a batch with nothing to trigger never loads
+azure-identity, and the PAT is read from Key Vault once per job, not once per event. Neither the token
+nor the PAT ever appears in an exception message or in output; what errors *do* name is the identity
+(client id, object id from the token's claims), because that is what an ADO admin must grant access to.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+from typing import TYPE_CHECKING, Protocol
+from urllib.parse import urlsplit
+
+from .errors import AuthError
+
+if TYPE_CHECKING:
+    from azure.core.credentials import TokenCredential
+
+ADO_RESOURCE = "499b84ac-1321-427f-aa17-267ca6975798"
+"""The Azure DevOps application id; the same in every cloud that hosts ADO Services."""
+
+
+class AdoCredential(Protocol):
+    def authorization(self) -> str:
+        """The value of the ``Authorization`` header for the next ADO call."""
+
+    def describe(self) -> str:
+        """Who ADO sees, in words an ADO administrator can act on."""
+
+    def remedy(self, status: int) -> str:
+        """What to do when ADO answers ``status`` (401/403) to this credential."""
+
+
+def managed_identity(client_id: str | None) -> TokenCredential:
+    from azure.identity import ManagedIdentityCredential
+
+    return ManagedIdentityCredential(client_id=client_id) if client_id else ManagedIdentityCredential()
+
+
+def _identity_words(client_id: str | None) -> str:
+    return f"the user-assigned managed identity {client_id}" if client_id else "the handler's managed identity"
+
+
+class EntraCredential:
+    """Bearer tokens for ADO from an azure-identity credential; azure-identity caches and refreshes them."""
+
+    def __init__(self, credential: TokenCredential, *, client_id: str | None = None,
+                 resource: str = ADO_RESOURCE) -> None:
+        self._credential = credential
+        self._client_id = client_id
+        self._scope = f"{resource}/.default"
+        self._claims: dict[str, str] = {}
+
+    def authorization(self) -> str:
+        from azure.core.exceptions import AzureError
+
+        try:
+            token = self._credential.get_token(self._scope).token
+        except AzureError as exc:
+            raise AuthError(
+                f"No Entra token for ADO from {_identity_words(self._client_id)}: {_first_line(exc)}",
+                hint="Turn on the Automation account's system-assigned identity (Account Settings > Identity), "
+                "or set AMLRELAY_MANAGED_IDENTITY_CLIENT_ID to a user-assigned identity attached to it.",
+            ) from None
+        self._claims = _claims(token)
+        return f"Bearer {token}"
+
+    def describe(self) -> str:
+        who = _identity_words(self._client_id)
+        oid = self._claims.get("oid")
+        app = self._claims.get("appid") or self._claims.get("azp")
+        details = ", ".join(part for part in (f"object id {oid}" if oid else "",
+                                               f"application id {app}" if app else "") if part)
+        return f"{who} ({details})" if details else who
+
+    def remedy(self, status: int) -> str:
+        if status == 401:
+            return ("Add this identity to the ADO organization as a user with Basic access "
+                    "(scripts/grant-ado-access does it, or Organization settings > Users > Add).")
+        return ("Give this identity 'Queue builds' on the pipeline (Pipelines > ... > Manage security), "
+                "or add it to the project's Contributors group.")
+
+
+class KeyVaultPatCredential:
+    """A PAT read once from Key Vault (with the managed identity) and sent as HTTP Basic."""
+
+    def __init__(self, vault_url: str, secret_name: str, credential: TokenCredential) -> None:
+        self._vault_url = vault_url
+        self._secret_name = secret_name
+        self._credential = credential
+        self._header: str | None = None
+        self._lock = threading.Lock()
+
+    def authorization(self) -> str:
+        with self._lock:
+            if self._header is None:
+                pat = self._read_pat()
+                self._header = "Basic " + base64.b64encode(f":{pat}".encode()).decode("ascii")
+            return self._header
+
+    def _read_pat(self) -> str:
+        from azure.core.exceptions import AzureError, HttpResponseError, ResourceNotFoundError
+        from azure.keyvault.secrets import SecretClient
+
+        host = urlsplit(self._vault_url).hostname or ""
+        # Challenge-resource verification stops a token leaking to a look-alike vault host; only a
+        # loopback test vault cannot pass it, because its challenge names vault.azure.net.
+        client = SecretClient(self._vault_url, self._credential,
+                              verify_challenge_resource=host not in {"127.0.0.1", "localhost", "::1"})
+        where = f"secret {self._secret_name!r} in Key Vault {self._vault_url}"
+        try:
+            value = client.get_secret(self._secret_name).value
+        except ResourceNotFoundError:
+            raise AuthError(f"The {where} does not exist.",
+                            hint="Store the ADO PAT there (az keyvault secret set) or fix "
+                            "AMLRELAY_PAT_SECRET_NAME.") from None
+        except HttpResponseError as exc:
+            if exc.status_code in (401, 403):
+                raise AuthError(
+                    f"Key Vault refused to give the {where} to the handler's identity (HTTP {exc.status_code}).",
+                    hint="Grant the Automation account's managed identity the 'Key Vault Secrets User' role on "
+                    "the vault (RBAC), then start the job again.",
+                ) from None
+            raise AuthError(f"Reading the {where} failed: {_first_line(exc)}",
+                            hint="Check the vault URL and its network rules.") from None
+        except AzureError as exc:
+            raise AuthError(f"Reading the {where} failed: {_first_line(exc)}",
+                            hint="Check AMLRELAY_KEY_VAULT_URL, the vault's firewall and the identity.") from None
+        if not value:
+            raise AuthError(f"The {where} is empty.", hint="Store the ADO PAT as the secret's value.")
+        return value
+
+    def describe(self) -> str:
+        return f"the PAT stored in Key Vault secret {self._secret_name!r}"
+
+    def remedy(self, status: int) -> str:
+        if status == 401:
+            return "The PAT is expired or revoked: create a new one with scope 'Build (Read & execute)' and " \
+                   "store it in the secret."
+        return "The PAT's owner may not queue this pipeline, or the PAT lacks scope 'Build (Read & execute)'."
+
+
+def _claims(token: str) -> dict[str, str]:
+    """Non-secret identity claims (oid, appid) from a JWT's payload, to name the identity in errors."""
+    try:
+        payload = token.split(".")[1]
+        data = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {k: str(data[k]) for k in ("oid", "appid", "azp") if isinstance(data.get(k), str)}
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:300]

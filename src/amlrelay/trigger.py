@@ -1,0 +1,170 @@
+"""Trigger: send one "Runs - Run Pipeline" request (ADO REST 7.1) and explain every refusal.
+
+Retries use urllib3's ``Retry`` (through requests), not a loop of our own: 429 and 5xx answers are
+retried with exponential backoff, honouring ``Retry-After`` up to a cap; a connection that could not be
+opened is retried (nothing was sent). A request that was sent but got no answer (read timeout, reset) is
+*not* retried here: ADO may have started the run, and only the ledger's reconciliation can tell.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.exceptions import ConnectTimeoutError
+from urllib3.util.retry import Retry
+
+from .auth import AdoCredential
+from .errors import AdoError
+from .router import PipelineRunRequest
+
+RETRY_STATUSES = (429, 500, 502, 503, 504)
+USER_AGENT = "amlrelay/0.1 (+https://github.com/contoso/amlrelay)"
+
+
+@dataclass(frozen=True)
+class PipelineRun:
+    """The part of ADO's ``Run`` answer that people and the ledger need."""
+
+    id: int
+    state: str
+    url: str | None
+    name: str | None = None
+
+
+class _CappedRetry(Retry):
+    """``Retry`` that never sleeps longer than ``max_retry_after`` for one Retry-After header: a runbook job
+    has a 3-hour limit and Event Grid has already been answered, so an hour-long wait helps nobody."""
+
+    max_retry_after: float = 60.0
+
+    def get_retry_after(self, response: Any) -> float | None:
+        value = super().get_retry_after(response)
+        return None if value is None else min(value, self.max_retry_after)
+
+    def new(self, **kw: Any) -> _CappedRetry:
+        retry: _CappedRetry = super().new(**kw)  # type: ignore[assignment]
+        retry.max_retry_after = self.max_retry_after
+        return retry
+
+
+def make_session(*, retries: int, backoff: float, max_retry_after: float) -> requests.Session:
+    retry = _CappedRetry(
+        total=retries,
+        connect=retries,
+        read=0,
+        other=0,
+        status=retries,
+        status_forcelist=RETRY_STATUSES,
+        allowed_methods=frozenset({"GET", "POST"}),
+        backoff_factor=backoff,
+        backoff_max=30,
+        respect_retry_after_header=True,
+        raise_on_status=False,
+    )
+    retry.max_retry_after = max_retry_after
+    session = requests.Session()
+    adapter = HTTPAdapter(max_retries=retry, pool_maxsize=16)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    session.headers["User-Agent"] = USER_AGENT
+    return session
+
+
+class AdoClient:
+    """A client for one ADO organization (``https://dev.azure.com/contoso``, or an ADO Server collection)."""
+
+    def __init__(self, org_url: str, credential: AdoCredential, *, timeout: float = 30.0, retries: int = 4,
+                 backoff: float = 1.0, max_retry_after: float = 60.0,
+                 session: requests.Session | None = None) -> None:
+        self.org_url = org_url.rstrip("/")
+        self._credential = credential
+        self._timeout = timeout
+        self._retries = retries
+        self._session = session or make_session(retries=retries, backoff=backoff, max_retry_after=max_retry_after)
+
+    def url_for(self, request: PipelineRunRequest) -> str:
+        return f"{self.org_url}/{request.path()}"
+
+    def run_pipeline(self, request: PipelineRunRequest) -> PipelineRun:
+        where = f"pipeline {request.pipeline_id} in project {request.project!r} of {self.org_url}"
+        headers = {"Authorization": self._credential.authorization(), "Accept": "application/json"}
+        try:
+            response = self._session.post(self.url_for(request), params=request.query(), json=request.body,
+                                          headers=headers, timeout=self._timeout)
+        except requests.exceptions.ConnectionError as exc:
+            sent = _was_sent(exc)
+            raise AdoError(
+                f"No answer from ADO for {where}: {_reason(exc)}",
+                status=None,
+                retryable=True,
+                hint=("The request may have reached ADO: check the pipeline's runs before starting it again."
+                      if sent else "Check AMLRELAY_ADO_BASE_URL / AMLRELAY_ADO_ORGANIZATION and the network."),
+            ) from None
+        except requests.exceptions.Timeout:
+            raise AdoError(
+                f"ADO did not answer within {self._timeout:g} s for {where}.",
+                status=None, retryable=True,
+                hint="The run may have started: check the pipeline's runs before starting it again.",
+            ) from None
+        return self._parse(response, request, where)
+
+    def _parse(self, response: requests.Response, request: PipelineRunRequest, where: str) -> PipelineRun:
+        status = response.status_code
+        body = _json(response)
+        if status == 200 and isinstance(body, dict) and isinstance(body.get("id"), int):
+            links = body.get("_links")
+            web = links.get("web") if isinstance(links, dict) else None
+            href = web.get("href") if isinstance(web, dict) else None
+            url = href if isinstance(href, str) else body.get("url")
+            return PipelineRun(body["id"], str(body.get("state", "unknown")), url, body.get("name"))
+        message = body.get("message") if isinstance(body, dict) and isinstance(body.get("message"), str) else ""
+        who = self._credential.describe()
+        if status in (200, 203) or (status < 300 and not isinstance(body, dict)):
+            raise AdoError(f"ADO answered {where} with a sign-in page instead of a run (HTTP {status}): "
+                           f"it did not accept {who}.", status=status, hint=self._credential.remedy(401))
+        if status in (401, 403):
+            raise AdoError(f"ADO refused {who} for {where} (HTTP {status}). {message}".strip(),
+                           status=status, hint=self._credential.remedy(status))
+        if status == 404:
+            raise AdoError(f"ADO found no {where} (HTTP 404). {message}".strip(), status=status,
+                           hint=f"Check 'pipeline.id' and 'project' of route {request.route!r}, the organization "
+                           "setting, and that the identity can see the project.")
+        if status == 429:
+            raise AdoError(f"ADO kept throttling requests for {where} after {self._retries} retries "
+                           f"(HTTP 429). {message}".strip(), status=status, retryable=True,
+                           hint="Spread the load, or give the identity 'Basic + Test Plans' for higher limits.")
+        if status >= 500:
+            raise AdoError(f"ADO failed {where} (HTTP {status}) after {self._retries} retries. {message}".strip(),
+                           status=status, retryable=True, hint="ADO is having trouble; replay the event later.")
+        raise AdoError(f"ADO rejected the request for {where} (HTTP {status}): {message or response.reason}",
+                       status=status,
+                       hint="Variables must be 'settable at queue time' and template parameters declared in the "
+                       f"pipeline's YAML; fix route {request.route!r} or the pipeline.")
+
+
+def _json(response: requests.Response) -> Any:
+    if "json" not in response.headers.get("Content-Type", ""):
+        return None
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def _was_sent(exc: requests.exceptions.ConnectionError) -> bool:
+    """Whether the request may have reached ADO: only a connection that never opened surely did not."""
+    reason = exc.args[0] if exc.args else None
+    inner = getattr(reason, "reason", reason)
+    return not isinstance(inner, ConnectTimeoutError)  # NewConnectionError and DNS failures derive from it
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc)
+    for marker in ("Connection refused", "Connection reset", "Name or service not known", "timed out",
+                   "RemoteDisconnected", "Connection aborted"):
+        if marker.lower() in text.lower():
+            return marker.lower()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
