@@ -1,0 +1,1 @@
+"""Loopback stand-ins for the Azure services amlrelay talks to (ADO, managed identity, Key Vault)."""
