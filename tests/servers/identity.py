@@ -1,0 +1,132 @@
+"""The managed identity endpoint as Azure Automation exposes it to a runbook.
+
+Automation uses the App Service protocol: ``IDENTITY_ENDPOINT`` + ``IDENTITY_HEADER``,
+``GET ?api-version=2019-08-01&resource=...`` with ``X-IDENTITY-HEADER`` and
+``Metadata: true``. That is exactly what azure-identity 1.27's ManagedIdentityCredential
+sends when those two variables are set, so the product can be tested unmodified.
+Tokens are deterministic (see ``_jwt``) so a test can check which token reached ADO.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterable
+from typing import Any
+
+from ._base import Fault, LoopbackServer, RecordedRequest, Reply
+from ._jwt import (
+    DEFAULT_CLIENT_ID,
+    DEFAULT_EXPIRES_ON,
+    DEFAULT_ISSUED_AT,
+    DEFAULT_OBJECT_ID,
+    ZERO_GUID,
+    mint_token,
+)
+
+__all__ = ["IdentityServer"]
+
+# Variables that make azure-identity pick another managed-identity flavour (Service
+# Fabric, Arc, IMDS, legacy MSI) or another identity; they must be unset for the tests.
+CONFLICTING_ENV = ("MSI_ENDPOINT", "MSI_SECRET", "IDENTITY_SERVER_THUMBPRINT", "IMDS_ENDPOINT",
+                   "AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET", "AZURE_FEDERATED_TOKEN_FILE")
+
+
+class IdentityServer(LoopbackServer):
+    """Loopback ``IDENTITY_ENDPOINT``; see :meth:`env` for the variables to set."""
+
+    def __init__(
+        self,
+        *,
+        path: str = "/msi/token",
+        identity_header: str | None = None,
+        api_versions: Iterable[str] = ("2019-08-01",),
+        client_id: str = DEFAULT_CLIENT_ID,
+        object_id: str = DEFAULT_OBJECT_ID,
+        tenant_id: str = ZERO_GUID,
+        user_assigned: dict[str, str] | None = None,
+        issued_at: int = DEFAULT_ISSUED_AT,
+        expires_on: int = DEFAULT_EXPIRES_ON,
+    ) -> None:
+        """``user_assigned`` maps extra client IDs to their object IDs (user-assigned identities)."""
+        super().__init__()
+        self.path = path
+        self.identity_header = identity_header or secrets.token_hex(16)
+        self.api_versions = frozenset(api_versions)
+        self.client_id, self.object_id, self.tenant_id = client_id, object_id, tenant_id
+        self.user_assigned = dict(user_assigned or {})
+        self.issued_at, self.expires_on = issued_at, expires_on
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.url}{self.path}"
+
+    def env(self) -> dict[str, str]:
+        """The variables Automation sets in the sandbox (unset :data:`CONFLICTING_ENV` too)."""
+        return {"IDENTITY_ENDPOINT": self.endpoint, "IDENTITY_HEADER": self.identity_header}
+
+    def token_for(self, resource: str, client_id: str | None = None) -> str:
+        """The access token this endpoint hands out for ``resource`` (scope minus ``/.default``)."""
+        cid = client_id or self.client_id
+        oid = self.object_id if cid == self.client_id else self.user_assigned[cid]
+        return mint_token(resource, client_id=cid, object_id=oid, tenant_id=self.tenant_id,
+                          issued_at=self.issued_at, expires_on=self.expires_on)
+
+    def fail(self, status: int, times: int = 1) -> None:
+        """Answer the next ``times`` token requests with ``status`` and an App Service error body."""
+        self._push_fault(Fault("fail", "GET", times, status=status))
+
+    @property
+    def token_requests(self) -> list[RecordedRequest]:
+        return [r for r in self.requests if r.path == self.path]
+
+    def handle(self, request: RecordedRequest) -> Reply | None:
+        if request.path != self.path:
+            return _error(404, f"No route for {request.path}.")
+        if request.method != "GET":
+            return _error(405, f"The requested resource does not support http method '{request.method}'.")
+        fault = self._take_fault("GET")
+        if fault is not None:
+            return _error(fault.status, f"Scripted {fault.status} from the identity stand-in.")
+        secret = request.headers.get("X-IDENTITY-HEADER")
+        if secret is None:
+            return _error(400, "The X-IDENTITY-HEADER header is required.")
+        if secret != self.identity_header:
+            return _error(401, "The X-IDENTITY-HEADER header does not match this sandbox's IDENTITY_HEADER.")
+        if request.headers.get("Metadata", "").lower() != "true":
+            return _error(400, "Required metadata header not specified.")
+        version = request.query.get("api-version")
+        if version not in self.api_versions:
+            return _error(400, f"The api-version '{version}' is not supported; use "
+                               f"{', '.join(sorted(self.api_versions))}.")
+        resource = request.query.get("resource", "")
+        if not resource:
+            return _error(400, "The resource parameter is required.")
+        client_id = self._select_identity(request.query)
+        if client_id is None:
+            return _error(400, "No Managed Identity found for specified ClientId/ResourceId/PrincipalId.")
+        body: dict[str, Any] = {
+            "access_token": self.token_for(resource, client_id),
+            "expires_on": str(self.expires_on),
+            "resource": resource,
+            "token_type": "Bearer",
+            "client_id": client_id,
+        }
+        return Reply.json(200, body)
+
+    def _select_identity(self, query: dict[str, str]) -> str | None:
+        """System-assigned unless the caller names a user-assigned identity it actually has."""
+        wanted_cid = query.get("client_id")
+        wanted_oid = query.get("object_id") or query.get("principal_id")
+        if "mi_res_id" in query:
+            return None  # resource-ID selection is not modelled: refuse rather than guess
+        identities = {self.client_id: self.object_id, **self.user_assigned}
+        if wanted_cid is not None:
+            return wanted_cid if wanted_cid in identities else None
+        if wanted_oid is not None:
+            return next((c for c, o in identities.items() if o == wanted_oid), None)
+        return self.client_id
+
+
+def _error(status: int, message: str) -> Reply:
+    """App Service's error shape; MSAL reads ``statusCode`` and ``message`` from it."""
+    return Reply.json(status, {"statusCode": status, "message": message, "correlationId": ZERO_GUID})
