@@ -198,3 +198,16 @@ def _kind(value: Any) -> str:
 def _short(exc: BaseException) -> str:
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return text[:200]
+
+
+def manual_event(event_type: str, workspace: str, data: Mapping[str, Any], *, subject: str = "") -> AmlEvent:
+    """An event built from portal parameters: validated exactly like a delivered one, so a hand-started
+    job routes, templates and claims the ledger the same way (a run already triggered stays a duplicate)."""
+    import uuid
+    from datetime import datetime, timezone
+
+    canonical = next((t for t in EVENT_TYPES if t.lower() == event_type.lower()), None)
+    if canonical is None:
+        raise InvalidEventError(f"Unknown event type {event_type!r}.", hint=f"Use one of {', '.join(EVENT_TYPES)}.")
+    return AmlEvent(id=f"manual-{uuid.uuid4()}", type=canonical, source=workspace, subject=subject,
+                    time=datetime.now(timezone.utc), schema="Manual", data=parse_data(canonical, data))

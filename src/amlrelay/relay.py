@@ -1,0 +1,133 @@
+"""The relay: event in → validate → route → trigger → record, for every event of a delivery.
+
+This is the one place the steps meet; each step lives in its own module and knows nothing of the others.
+Handlers (the runbook, later the AML component) build a :class:`Relay` and feed it parsed events.
+
+Exactly-once: before ADO is called, the (workspace, AML outcome, route) key is claimed in the ledger;
+a duplicate delivery finds the claim and reports the original ADO run instead of starting another.
+Nothing is triggered without a claim, so a ledger that cannot be reached fails the event, loudly.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .errors import AdoError, AmlRelayError, LedgerError, TemplateError, UntrustedSourceError
+from .events import Invalid, Parsed, Skipped
+from .models import AmlEvent
+from .record import Outcome
+from .router import PipelineRunRequest, build_request, select
+from .routes import Route, Routes
+from .trigger import PipelineRun
+from .validate import SourcePolicy
+
+
+class Trigger(Protocol):
+    def url_for(self, request: PipelineRunRequest) -> str: ...
+
+    def run_pipeline(self, request: PipelineRunRequest) -> PipelineRun: ...
+
+
+class ClaimLike(Protocol):
+    status: str
+
+    @property
+    def record(self) -> Any: ...
+
+
+class LedgerLike(Protocol):
+    def claim(self, key: str, *, route: str, event_id: str, event_type: str, event_json: str | None) -> Any: ...
+
+    def mark_triggered(self, claim: Any, *, run_id: int, run_url: str | None) -> Any: ...
+
+    def mark_failed(self, claim: Any, reason: str) -> Any: ...
+
+
+@dataclass
+class Relay:
+    routes: Routes
+    policy: SourcePolicy
+    trigger: Trigger | None  # None in a dry run: nothing can be sent
+    ledger: LedgerLike | None = None
+    dry_run: bool = False
+    only_route: str | None = None  # a manual start may name the route to use
+
+    def handle(self, items: Iterable[Parsed], *, raw: list[Any] | None = None) -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        for index, item in enumerate(items):
+            original = raw[index] if raw is not None and index < len(raw) else None
+            if isinstance(item, Invalid):
+                outcomes.append(Outcome(item.id, _short(item.type), item.subject, "rejected", reason=str(item.error)))
+            elif isinstance(item, Skipped):
+                outcomes.append(Outcome(item.id, _short(item.type), item.subject, "skipped", reason=item.reason))
+            else:
+                outcomes.extend(self.handle_event(item, original))
+        return outcomes
+
+    def handle_event(self, event: AmlEvent, original: Any = None) -> list[Outcome]:
+        try:
+            self.policy.check(event)
+        except UntrustedSourceError as exc:
+            return [self._outcome(event, None, "rejected", reason=str(exc))]
+        routes = [self.routes.by_name(self.only_route)] if self.only_route else None
+        if routes is None:
+            routes, reasons = select(self.routes, event)
+            if not routes:
+                return [self._outcome(event, None, "skipped", reason="no route matches (" + "; ".join(reasons) + ")")]
+        return [self._run_route(event, route, original) for route in routes]
+
+    def _run_route(self, event: AmlEvent, route: Route, original: Any) -> Outcome:
+        try:
+            request = build_request(route, event)
+        except TemplateError as exc:
+            return self._outcome(event, route, "failed", reason=f"route {route.name!r}: {exc}")
+        if self.dry_run or self.trigger is None:
+            preview = {"method": "POST", "url": self.trigger.url_for(request) if self.trigger else request.path(),
+                       "query": request.query(), "body": request.redacted_body()}
+            return self._outcome(event, route, "dry-run", request=preview)
+        claim = None
+        if self.ledger is not None:
+            try:
+                claim = self.ledger.claim(f"{event.outcome_key()}|{route.name.lower()}", route=route.name,
+                                          event_id=event.id, event_type=event.type,
+                                          event_json=json.dumps(original) if original is not None else None)
+            except LedgerError as exc:
+                return self._outcome(event, route, "failed", reason=f"nothing triggered: {exc}")
+            if claim.status in ("duplicate", "busy"):
+                record = claim.record
+                reason = ("already triggered" if claim.status == "duplicate"
+                          else f"another job is triggering it (claimed {record.claimed_at:%Y-%m-%d %H:%M:%S}Z)")
+                return self._outcome(event, route, "duplicate", run_id=record.ado_run_id, run_url=record.ado_run_url,
+                                     reason=reason)
+        try:
+            run = self.trigger.run_pipeline(request)
+        except AmlRelayError as exc:
+            reason = str(exc)
+            if claim is not None and self.ledger is not None:
+                try:
+                    self.ledger.mark_failed(claim, reason[:1000])
+                except LedgerError as ledger_exc:
+                    reason += f" (and the ledger could not record it: {ledger_exc})"
+            ambiguous = isinstance(exc, AdoError) and exc.status is None
+            return self._outcome(event, route, "failed", reason=reason + (" [ambiguous]" if ambiguous else ""))
+        warning = None
+        if claim is not None and self.ledger is not None:
+            try:
+                self.ledger.mark_triggered(claim, run_id=run.id, run_url=run.url)
+            except LedgerError as exc:
+                warning = f"triggered, but the ledger could not record it: {exc}"
+        return self._outcome(event, route, "triggered", run_id=run.id, run_url=run.url, reason=warning)
+
+    @staticmethod
+    def _outcome(event: AmlEvent, route: Route | None, kind: Any, *, run_id: int | None = None,
+                 run_url: str | None = None, reason: str | None = None,
+                 request: dict[str, Any] | None = None) -> Outcome:
+        return Outcome(event.id, event.type, event.subject, kind, route.name if route else None, run_id, run_url,
+                       reason, request)
+
+
+def _short(event_type: str) -> str:
+    return event_type.rsplit(".", 1)[-1] if event_type else "?"

@@ -1,0 +1,250 @@
+"""The runbook's edge: argv and settings in, JSON lines and an exit code out.
+
+``runbooks/trigger_ado_pipeline.py`` is three lines that call :func:`main`; everything Automation-specific
+is here. A job is started one of two ways, told apart by its arguments:
+
+* by a webhook (Event Grid → Automation): argv carries WEBHOOKDATA (see :mod:`amlrelay.webhook`);
+* by hand, from the portal or a shell: ``--flags`` or ``name=value`` items, one per parameter box,
+  e.g. ``--model-name sklearn_regression_model --model-version 3 --dry-run``.
+
+Everything is printed to stdout, because Automation's Python sandbox does not capture stderr: one JSON
+line per event and route (the Output stream), and human lines prefixed ``WARNING:``/``ERROR:`` that
+Automation files under the Warning and Error streams. No traceback, no secret, ever.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .errors import AmlRelayError, InvalidEventError
+from .events import Parsed, manual_event, parse_events
+from .record import Outcome, exit_code
+from .relay import Relay
+from .routes import Routes, load_routes
+from .settings import Settings, automation_lookup, resolve
+from .validate import SourcePolicy
+from .webhook import looks_like_webhook, parse_webhook_argv
+
+Printer = Callable[[str], None]
+_SETTING_FLAGS = [f.name for f in dataclasses.fields(Settings)]
+_PORTAL_PAIR = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*=")
+
+
+def main(argv: Sequence[str] | None = None, *, out: Printer | None = None) -> int:
+    """Run one job; returns the process exit code (0 ok, 1 an event failed, 2 bad input or settings)."""
+    emit = out or _print
+    args = list(sys.argv[1:] if argv is None else argv[1:])
+    try:
+        return _run(args, emit)
+    except AmlRelayError as exc:
+        emit(f"ERROR: {exc.message}")
+        if exc.hint:
+            emit(f"ERROR: What to do: {exc.hint}")
+        return 2
+    except Exception as exc:  # last resort: explain, never dump a traceback into the job stream
+        emit(f"ERROR: unexpected {type(exc).__name__}: {str(exc)[:500]}")
+        emit("ERROR: What to do: start the job again; if it keeps failing, report it with this message.")
+        return 3
+
+
+def _run(args: list[str], emit: Printer) -> int:
+    params: dict[str, str | None] = {}
+    manual: argparse.Namespace | None = None
+    if args and not args[0].startswith("-") and "=" not in args[0].split("{")[0] and looks_like_webhook(args):
+        webhook = parse_webhook_argv(args)
+        body = webhook.body
+    else:
+        manual = parse_manual(args)
+        params = {name: getattr(manual, name) for name in _SETTING_FLAGS if getattr(manual, name) is not None}
+        if manual.dry_run:
+            params["dry_run"] = "true"
+        body = None
+    settings = resolve(params, automation=automation_lookup())
+    routes = load_routes(settings.routes)
+    if manual is not None:
+        items, raw = _manual_items(manual, settings, routes)
+    else:
+        raw = body if isinstance(body, list) else [body]
+        items = parse_events(body)
+    relay = build_relay(settings, routes, only_route=manual.route if manual else None)
+    if manual is not None and (manual.pipeline_id or manual.branch):
+        relay.routes = _override(routes, manual)
+    outcomes = relay.handle(items, raw=raw)
+    report(outcomes, emit)
+    return exit_code(outcomes)
+
+
+def build_relay(settings: Settings, routes: Routes, *, only_route: str | None = None) -> Relay:
+    """Wire the edges (credential, ADO client, ledger) from settings; lazily, so a dry run needs none."""
+    if only_route:
+        routes.by_name(only_route)  # fail fast on a typo, before anything else happens
+    trigger = None if settings.dry_run else _ado_client(settings)
+    ledger = None if settings.dry_run or not settings.ledger else _ledger(settings)
+    return Relay(routes, SourcePolicy(settings.allowed_workspaces), trigger, ledger, settings.dry_run, only_route)
+
+
+def _ado_client(settings: Settings) -> Any:
+    from .auth import EntraCredential, KeyVaultPatCredential, managed_identity
+    from .trigger import AdoClient
+
+    identity = managed_identity(settings.managed_identity_client_id)
+    credential: Any
+    if settings.auth == "pat":
+        assert settings.key_vault_url  # guaranteed by settings.resolve
+        credential = KeyVaultPatCredential(settings.key_vault_url, settings.pat_secret_name, identity)
+    else:
+        credential = EntraCredential(identity, client_id=settings.managed_identity_client_id,
+                                     resource=settings.ado_resource)
+    return AdoClient(settings.org_url, credential, timeout=settings.timeout, retries=settings.max_retries,
+                     backoff=settings.backoff, max_retry_after=settings.max_retry_after)
+
+
+def _ledger(settings: Settings) -> Any:
+    from .ledger import Ledger
+
+    if settings.ledger_connection_string:
+        ledger = Ledger.from_connection_string(settings.ledger_connection_string, table=settings.ledger_table)
+    else:
+        from .auth import managed_identity
+
+        assert settings.ledger_table_url  # guaranteed by settings.resolve
+        ledger = Ledger.from_table_url(settings.ledger_table_url, managed_identity(settings.managed_identity_client_id),
+                                       table=settings.ledger_table)
+    return ledger
+
+
+def report(outcomes: Sequence[Outcome], emit: Printer) -> None:
+    for outcome in outcomes:
+        emit(outcome.to_json())
+    for outcome in outcomes:
+        label = f"{outcome.event_type} {outcome.event_id}" + (f" via {outcome.route}" if outcome.route else "")
+        if outcome.outcome in ("failed", "rejected"):
+            emit(f"ERROR: {label}: {outcome.outcome}: {outcome.reason}")
+        elif outcome.outcome == "triggered" and outcome.reason:
+            emit(f"WARNING: {label}: {outcome.reason}")
+    counts: dict[str, int] = {}
+    for outcome in outcomes:
+        counts[outcome.outcome] = counts.get(outcome.outcome, 0) + 1
+    if not outcomes:
+        emit("WARNING: the delivery held no events.")
+
+
+# --- manual starts -------------------------------------------------------------------------------------
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="trigger_ado_pipeline.py",
+        description="Start the ADO pipeline(s) that amlrelay's routes give for an AML event. Started by a "
+        "webhook, the arguments are the WEBHOOKDATA; started by hand, give the event's fields below "
+        "(in the portal: one value per box, e.g. '--model-name' 'churn' or 'model_name=churn').",
+    )
+    event = p.add_argument_group("the event (by hand)")
+    event.add_argument("--event-type", help="RunCompleted, RunStatusChanged, ModelRegistered, ModelDeployed or "
+                       "DatasetDriftDetected (default: from the fields given)")
+    event.add_argument("--workspace", help="AML workspace resource id (default: the only allowed workspace)")
+    event.add_argument("--run-id")
+    event.add_argument("--experiment-name")
+    event.add_argument("--experiment-id")
+    event.add_argument("--run-status")
+    event.add_argument("--run-type")
+    event.add_argument("--model-name")
+    event.add_argument("--model-version")
+    event.add_argument("--service-name")
+    event.add_argument("--compute-type", default="manual")
+    event.add_argument("--model-ids")
+    event.add_argument("--drift-id")
+    event.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
+                       help="a run/model/service tag (repeatable)")
+    target = p.add_argument_group("the target")
+    target.add_argument("--route", help="use this route only (filters are not applied)")
+    target.add_argument("--pipeline-id", type=int, help="override the route's pipeline id (needs --route)")
+    target.add_argument("--branch", help="override the route's branch")
+    target.add_argument("--dry-run", action="store_true", help="print the exact ADO request, send nothing")
+    settings = p.add_argument_group("settings (default: Automation variables, then AMLRELAY_* variables)")
+    for name in _SETTING_FLAGS:
+        if name != "dry_run":
+            settings.add_argument("--" + name.replace("_", "-"), dest=name, metavar="VALUE")
+    return p
+
+
+def parse_manual(args: list[str]) -> argparse.Namespace:
+    normalized: list[str] = []
+    for item in args:  # portal boxes: 'model_name=churn' is as good as '--model-name churn'
+        if _PORTAL_PAIR.match(item):
+            key, value = item.split("=", 1)
+            normalized += ["--" + key.replace("_", "-").lower(), value]
+        else:
+            normalized.append(item)
+    p = parser()
+    try:
+        namespace, unknown = p.parse_known_args(normalized)
+    except SystemExit as exc:  # argparse exits on --help (0) and on errors (2)
+        if exc.code == 0:
+            raise
+        raise InvalidEventError("The runbook parameters could not be read.", hint=p.format_usage().strip()) from None
+    if unknown:
+        raise InvalidEventError(f"Unknown runbook parameter(s): {' '.join(unknown)}.",
+                                hint="Run with --help to list them.")
+    if namespace.pipeline_id and not namespace.route:
+        raise InvalidEventError("--pipeline-id needs --route.", hint="Name the route whose pipeline to replace.")
+    return namespace
+
+
+def _manual_items(ns: argparse.Namespace, settings: Settings, routes: Routes) -> tuple[list[Parsed], list[Any]]:
+    workspace = ns.workspace
+    if not workspace:
+        if len(settings.allowed_workspaces) != 1:
+            raise InvalidEventError("Several workspaces are allowed: say which one with --workspace.")
+        workspace = settings.allowed_workspaces[0]
+    tags = dict(t.split("=", 1) for t in ns.tag if "=" in t)
+    event_type = ns.event_type or _infer_type(ns)
+    data: dict[str, Any] = {
+        "runId": ns.run_id, "experimentName": ns.experiment_name, "experimentId": ns.experiment_id or "manual",
+        "runType": ns.run_type, "runStatus": ns.run_status, "runTags": tags,
+        "modelName": ns.model_name, "modelVersion": ns.model_version, "modelTags": tags,
+        "serviceName": ns.service_name, "serviceComputeType": ns.compute_type, "modelIds": ns.model_ids,
+        "serviceTags": tags, "dataDriftId": ns.drift_id,
+    }
+    data = {k: v for k, v in data.items() if v is not None}
+    event = manual_event(event_type, workspace, data)
+    return [event], [None]
+
+
+def _infer_type(ns: argparse.Namespace) -> str:
+    if ns.model_name:
+        return "ModelRegistered"
+    if ns.service_name:
+        return "ModelDeployed"
+    if ns.drift_id:
+        return "DatasetDriftDetected"
+    if ns.run_id:
+        return "RunStatusChanged" if ns.run_status else "RunCompleted"
+    raise InvalidEventError("No event given.", hint="Pass --run-id, --model-name, --service-name or --drift-id "
+                            "(or --help).")
+
+
+def _override(routes: Routes, ns: argparse.Namespace) -> Routes:
+    from .templating import parse_template
+
+    changed = []
+    for route in routes.routes:
+        target = route.pipeline
+        if ns.pipeline_id and route.name.lower() == str(ns.route).lower():
+            target = dataclasses.replace(target, pipeline_id=ns.pipeline_id)
+        if ns.branch:
+            try:
+                branch = parse_template(ns.branch)
+            except ValueError as exc:
+                raise InvalidEventError(f"--branch: {exc}.") from None
+            target = dataclasses.replace(target, branch=branch)
+        changed.append(dataclasses.replace(route, pipeline=target))
+    return dataclasses.replace(routes, routes=tuple(changed))
+
+
+def _print(line: str) -> None:
+    print(line, flush=True)

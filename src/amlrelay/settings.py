@@ -1,0 +1,191 @@
+"""Settings, read from the edges in a fixed order: runbook parameters, then Automation variables, then
+``AMLRELAY_*`` environment variables.
+
+Automation variables exist only inside Azure Automation (module ``automationassets``), so they are looked
+up only when that module imports. Every problem is collected and reported at once, because a runbook
+that fails on one missing setting at a time costs a job (and minutes) per fix.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+from urllib.parse import urlsplit
+
+from .auth import ADO_RESOURCE
+from .errors import SettingsError
+
+AUTH_MODES = ("managed-identity", "pat")
+Lookup = Callable[[str], "str | None"]
+
+
+@dataclass(frozen=True)
+class Settings:
+    ado_organization: str
+    routes: str
+    allowed_workspaces: tuple[str, ...]
+    ado_base_url: str = "https://dev.azure.com"
+    auth: str = "managed-identity"
+    managed_identity_client_id: str | None = None
+    ado_resource: str = ADO_RESOURCE
+    key_vault_url: str | None = None
+    pat_secret_name: str = "ado-pat"  # noqa: S105 - the name of a secret, not a secret
+    ledger_connection_string: str | None = None
+    ledger_table_url: str | None = None
+    ledger_table: str = "amlrelayledger"
+    ledger: bool = True
+    dry_run: bool = False
+    timeout: float = 30.0
+    max_retries: int = 4
+    backoff: float = 1.0
+    max_retry_after: float = 60.0
+
+    @property
+    def org_url(self) -> str:
+        return f"{self.ado_base_url.rstrip('/')}/{self.ado_organization.strip('/')}"
+
+    def redacted(self) -> dict[str, Any]:
+        """For display: what is set, never the value of a secret."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        if out["ledger_connection_string"]:
+            out["ledger_connection_string"] = "(set)"
+        return out
+
+
+def env_name(name: str) -> str:
+    return f"AMLRELAY_{name.upper()}"
+
+
+def automation_lookup() -> Lookup | None:
+    """``automationassets.get_automation_variable`` inside Azure Automation, else ``None``."""
+    try:
+        import automationassets
+    except ImportError:
+        return None
+
+    def lookup(name: str) -> str | None:
+        try:
+            value = automationassets.get_automation_variable(name)
+        except Exception:  # the module raises a bare Exception for a variable that does not exist
+            return None
+        return None if value is None else str(value)
+
+    return lookup
+
+
+def resolve(params: Mapping[str, str | None], *, env: Mapping[str, str] | None = None,
+            automation: Lookup | None = None) -> Settings:
+    """Build :class:`Settings` from the three sources; raise :class:`SettingsError` listing every problem."""
+    environ = os.environ if env is None else env
+
+    def raw(name: str) -> str | None:
+        value = params.get(name)
+        if value is None and automation is not None:
+            value = automation(env_name(name))
+        if value is None:
+            value = environ.get(env_name(name))
+        return value.strip() if isinstance(value, str) and value.strip() else None
+
+    problems: list[str] = []
+    values: dict[str, Any] = {}
+    defaults = {f.name: f.default for f in fields(Settings)}
+    for name in defaults:
+        text = raw(name)
+        if text is None:
+            continue
+        try:
+            values[name] = _PARSERS.get(name, str)(text)
+        except ValueError as exc:
+            problems.append(f"{env_name(name)} {exc}")
+    for name in ("ado_organization", "routes", "allowed_workspaces"):
+        if name not in values and not any(p.startswith(env_name(name) + " ") for p in problems):
+            problems.append(f"{env_name(name)} is missing ({_HELP[name]})")
+    if values.get("auth") == "pat" and not values.get("key_vault_url"):
+        problems.append("AMLRELAY_KEY_VAULT_URL is missing (required when AMLRELAY_AUTH=pat)")
+    if values.get("ledger", True) and not values.get("dry_run") and not (
+        values.get("ledger_connection_string") or values.get("ledger_table_url")
+    ):
+        problems.append("AMLRELAY_LEDGER_TABLE_URL is missing (https://<account>.table.core.windows.net; the "
+                        "ledger is what stops a redelivered event from starting a pipeline twice. Set "
+                        "AMLRELAY_LEDGER=false only to accept duplicate runs)")
+    if problems:
+        raise SettingsError(problems)
+    return Settings(**values)
+
+
+def _url(text: str) -> str:
+    parts = urlsplit(text)
+    if parts.scheme not in ("https", "http") or not parts.netloc:
+        raise ValueError(f"must be an http(s) URL, got {text!r}")
+    return text.rstrip("/")
+
+
+def _workspaces(text: str) -> tuple[str, ...]:
+    items = tuple(w.strip().rstrip("/") for w in text.replace("\n", ",").replace(";", ",").split(","))
+    items = tuple(w for w in items if w)
+    bad = [w for w in items if "/providers/microsoft.machinelearningservices/workspaces/" not in w.lower()]
+    if not items or bad:
+        raise ValueError("must list Azure ML workspace resource ids (/subscriptions/.../providers/"
+                         f"Microsoft.MachineLearningServices/workspaces/NAME), got {', '.join(bad) or 'none'}")
+    return items
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text.lower() not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)}, got {text!r}")
+        return text.lower()
+
+    return parse
+
+
+def _bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"must be true or false, got {text!r}")
+
+
+def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise ValueError(f"must be a number, got {text!r}") from None
+        if value < 0:
+            raise ValueError(f"must not be negative, got {text!r}")
+        return value
+
+    return parse
+
+
+def _organization(text: str) -> str:
+    if "/" in text.strip("/"):
+        raise ValueError("must be the organization (or ADO Server collection) name; put the host in "
+                         "AMLRELAY_ADO_BASE_URL")
+    return text.strip("/")
+
+
+_PARSERS: dict[str, Callable[[str], Any]] = {
+    "ado_organization": _organization,
+    "ado_base_url": _url,
+    "allowed_workspaces": _workspaces,
+    "auth": _choice(*AUTH_MODES),
+    "key_vault_url": _url,
+    "ledger_table_url": _url,
+    "ledger": _bool,
+    "dry_run": _bool,
+    "timeout": _positive(float),
+    "max_retries": _positive(int),
+    "backoff": _positive(float),
+    "max_retry_after": _positive(float),
+}
+_HELP = {
+    "ado_organization": "the ADO organization name, e.g. contoso",
+    "routes": "path to routes.json or its JSON content",
+    "allowed_workspaces": "comma-separated resource ids of the AML workspaces whose events may trigger runs",
+}
