@@ -26,8 +26,6 @@ from .validate import SourcePolicy
 
 
 class Trigger(Protocol):
-    def url_for(self, request: PipelineRunRequest) -> str: ...
-
     def run_pipeline(self, request: PipelineRunRequest) -> PipelineRun: ...
 
 
@@ -50,6 +48,7 @@ class LedgerLike(Protocol):
 class Relay:
     routes: Routes
     policy: SourcePolicy
+    org_url: str
     trigger: Trigger | None  # None in a dry run: nothing can be sent
     ledger: LedgerLike | None = None
     dry_run: bool = False
@@ -85,8 +84,8 @@ class Relay:
         except TemplateError as exc:
             return self._outcome(event, route, "failed", reason=f"route {route.name!r}: {exc}")
         if self.dry_run or self.trigger is None:
-            preview = {"method": "POST", "url": self.trigger.url_for(request) if self.trigger else request.path(),
-                       "query": request.query(), "body": request.redacted_body()}
+            preview = {"method": "POST", "url": request.url(self.org_url), "query": request.query(),
+                       "body": request.redacted_body()}
             return self._outcome(event, route, "dry-run", request=preview)
         claim = None
         if self.ledger is not None:

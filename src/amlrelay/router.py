@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from .models import AmlEvent
 from .routes import NEGATED, Filter, Route, Routes
@@ -27,10 +28,8 @@ class PipelineRunRequest:
     pipeline_version: int | None
     body: dict[str, Any]
 
-    def path(self) -> str:
-        from urllib.parse import quote
-
-        return f"{quote(self.project, safe='')}/_apis/pipelines/{self.pipeline_id}/runs"
+    def url(self, org_url: str) -> str:
+        return f"{org_url.rstrip('/')}/{quote(self.project, safe='')}/_apis/pipelines/{self.pipeline_id}/runs"
 
     def query(self) -> dict[str, str]:
         query = {"api-version": API_VERSION}

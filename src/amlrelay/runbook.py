@@ -60,7 +60,8 @@ def _run(args: list[str], emit: Printer) -> int:
         body = webhook.body
     else:
         manual = parse_manual(args)
-        params = {name: getattr(manual, name) for name in _SETTING_FLAGS if getattr(manual, name) is not None}
+        params = {name: getattr(manual, name) for name in _SETTING_FLAGS
+                  if name != "dry_run" and getattr(manual, name) is not None}
         if manual.dry_run:
             params["dry_run"] = "true"
         body = None
@@ -85,7 +86,8 @@ def build_relay(settings: Settings, routes: Routes, *, only_route: str | None = 
         routes.by_name(only_route)  # fail fast on a typo, before anything else happens
     trigger = None if settings.dry_run else _ado_client(settings)
     ledger = None if settings.dry_run or not settings.ledger else _ledger(settings)
-    return Relay(routes, SourcePolicy(settings.allowed_workspaces), trigger, ledger, settings.dry_run, only_route)
+    return Relay(routes, SourcePolicy(settings.allowed_workspaces), settings.org_url, trigger, ledger,
+                 settings.dry_run, only_route)
 
 
 def _ado_client(settings: Settings) -> Any:
@@ -137,7 +139,7 @@ def report(outcomes: Sequence[Outcome], emit: Printer) -> None:
 # --- manual starts -------------------------------------------------------------------------------------
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="trigger_ado_pipeline.py",
         description="Start the ADO pipeline(s) that amlrelay's routes give for an AML event. Started by a "
         "webhook, the arguments are the WEBHOOKDATA; started by hand, give the event's fields below "
@@ -172,24 +174,27 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of printing usage to stderr (which Automation does not capture)."""
+
+    def error(self, message: str) -> Any:
+        raise InvalidEventError(f"Runbook parameters: {message}.", hint="Run with --help to list them.")
+
+
 def parse_manual(args: list[str]) -> argparse.Namespace:
+    p = parser()
+    flags = {a.dest: a for a in p._actions}
     normalized: list[str] = []
+    expects_value = False
     for item in args:  # portal boxes: 'model_name=churn' is as good as '--model-name churn'
-        if _PORTAL_PAIR.match(item):
-            key, value = item.split("=", 1)
-            normalized += ["--" + key.replace("_", "-").lower(), value]
+        key = item.split("=", 1)[0].replace("-", "_").lower()
+        if not expects_value and _PORTAL_PAIR.match(item) and key in flags:
+            normalized += ["--" + key.replace("_", "-"), item.split("=", 1)[1]]
         else:
             normalized.append(item)
-    p = parser()
-    try:
-        namespace, unknown = p.parse_known_args(normalized)
-    except SystemExit as exc:  # argparse exits on --help (0) and on errors (2)
-        if exc.code == 0:
-            raise
-        raise InvalidEventError("The runbook parameters could not be read.", hint=p.format_usage().strip()) from None
-    if unknown:
-        raise InvalidEventError(f"Unknown runbook parameter(s): {' '.join(unknown)}.",
-                                hint="Run with --help to list them.")
+        action = flags.get(item.lstrip("-").replace("-", "_")) if item.startswith("--") else None
+        expects_value = action is not None and action.nargs != 0
+    namespace = p.parse_args(normalized)
     if namespace.pipeline_id and not namespace.route:
         raise InvalidEventError("--pipeline-id needs --route.", hint="Name the route whose pipeline to replace.")
     return namespace
@@ -210,7 +215,7 @@ def _manual_items(ns: argparse.Namespace, settings: Settings, routes: Routes) ->
         "serviceName": ns.service_name, "serviceComputeType": ns.compute_type, "modelIds": ns.model_ids,
         "serviceTags": tags, "dataDriftId": ns.drift_id,
     }
-    data = {k: v for k, v in data.items() if v is not None}
+    data = {k: v for k, v in data.items() if v is not None or k == "runType"}  # runType is nullable
     event = manual_event(event_type, workspace, data)
     return [event], [None]
 

@@ -85,14 +85,11 @@ class AdoClient:
         self._retries = retries
         self._session = session or make_session(retries=retries, backoff=backoff, max_retry_after=max_retry_after)
 
-    def url_for(self, request: PipelineRunRequest) -> str:
-        return f"{self.org_url}/{request.path()}"
-
     def run_pipeline(self, request: PipelineRunRequest) -> PipelineRun:
         where = f"pipeline {request.pipeline_id} in project {request.project!r} of {self.org_url}"
         headers = {"Authorization": self._credential.authorization(), "Accept": "application/json"}
         try:
-            response = self._session.post(self.url_for(request), params=request.query(), json=request.body,
+            response = self._session.post(request.url(self.org_url), params=request.query(), json=request.body,
                                           headers=headers, timeout=self._timeout)
         except requests.exceptions.ConnectionError as exc:
             sent = _was_sent(exc)
