@@ -119,7 +119,8 @@ def _parse_mapping(item: Mapping[str, Any]) -> AmlEvent | Skipped:
 
 
 def _from_event_grid(item: Mapping[str, Any]) -> AmlEvent | Skipped:
-    missing = [f for f in ("id", "eventType", "subject", "eventTime", "data") if item.get(f) in (None, "")]
+    missing = [f for f in ("id", "eventType", "eventTime", "data") if item.get(f) in (None, "")]
+    missing += [] if isinstance(item.get("subject"), str) else ["subject"]  # present, may be empty
     if missing:
         raise InvalidEventError(f"Event Grid event is missing {', '.join(missing)}.", hint=_HINT)
     try:

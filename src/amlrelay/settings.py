@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -32,7 +32,7 @@ class Settings:
     ado_resource: str = ADO_RESOURCE
     key_vault_url: str | None = None
     pat_secret_name: str = "ado-pat"  # noqa: S105 - the name of a secret, not a secret
-    ledger_connection_string: str | None = None
+    ledger_connection_string: str | None = field(default=None, repr=False)  # holds an account key
     ledger_table_url: str | None = None
     ledger_table: str = "amlrelayledger"
     ledger: bool = True

@@ -1,0 +1,160 @@
+"""Event in: every official sample parses in both schemas; malformed input is rejected with a reason."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import pytest
+
+from amlrelay.errors import InvalidEventError
+from amlrelay.events import CLOUD_EVENT_SCHEMA, EVENT_GRID_SCHEMA, Invalid, Skipped, load_body, parse_events
+from amlrelay.models import AmlEvent, DatasetDriftData, ModelDeployedData, ModelRegisteredData, RunEventData
+from tests.conftest import SAMPLE_WORKSPACE, all_samples, sample
+
+EXPECTED = {
+    "run_completed": ("RunCompleted", RunEventData, "AutoML_ad912b2d-6467-4f32-a616-dbe4af6dd8fc_5"),
+    "run_status_changed": ("RunStatusChanged", RunEventData, "AutoML_ad912b2d-6467-4f32-a616-dbe4af6dd8fc_5"),
+    "model_registered": ("ModelRegistered", ModelRegisteredData, None),
+    "model_deployed": ("ModelDeployed", ModelDeployedData, None),
+    "dataset_drift_detected": ("DatasetDriftDetected", DatasetDriftData, None),
+}
+
+
+def only(payload: Any) -> Any:
+    items = parse_events(payload)
+    assert len(items) == 1
+    return items[0]
+
+
+@pytest.mark.parametrize(("schema", "name"), all_samples())
+def test_every_official_sample_parses_to_its_typed_model(schema: str, name: str) -> None:
+    event = only([sample(schema, name)])
+    short, model, run_id = EXPECTED[name]
+    assert isinstance(event, AmlEvent)
+    assert event.type == short
+    assert isinstance(event.data, model)
+    assert event.source == SAMPLE_WORKSPACE
+    assert event.schema == (EVENT_GRID_SCHEMA if schema == "event-grid-schema" else CLOUD_EVENT_SCHEMA)
+    if run_id:
+        assert event.fields()["runId"] == run_id
+
+
+def test_pascal_case_sample_keys_and_numeric_model_version_are_read() -> None:
+    event = only(sample("event-grid-schema", "model_registered"))
+    assert isinstance(event.data, ModelRegisteredData)
+    assert event.data.model_name == "sklearn_regression_model"
+    assert event.data.model_version == "20"  # a number in the sample, a string in the 2024 spec
+    assert event.fields()["modelTags.area"] == "diabetes"
+
+
+def test_model_deployed_splits_model_ids() -> None:
+    event = only(sample("cloud-events-schema", "model_deployed"))
+    assert isinstance(event.data, ModelDeployedData)
+    assert event.data.model_ids == ("sklearn_regression_model:1", "sklearn_regression_model:2")
+
+
+def test_run_completed_and_completed_status_change_share_an_outcome_key() -> None:
+    completed = only(sample("event-grid-schema", "run_completed"))
+    changed = sample("event-grid-schema", "run_status_changed")
+    changed["data"]["runStatus"] = "COMPLETED"
+    changed["id"] = "another-delivery-id"
+    status_event = only(changed)
+    assert completed.outcome_key() == status_event.outcome_key()
+    failed = only(sample("event-grid-schema", "run_status_changed"))
+    assert failed.outcome_key() != completed.outcome_key()
+
+
+def test_run_type_null_is_accepted_but_missing_run_id_is_not() -> None:
+    event = sample("event-grid-schema", "run_completed")
+    assert isinstance(only(event), AmlEvent)  # runType is null in the sample
+    del event["data"]["runId"]
+    item = only(event)
+    assert isinstance(item, Invalid)
+    assert "data.runId is missing" in str(item.error)
+
+
+def test_cloud_event_with_spec_version_in_camel_case_is_parsed() -> None:
+    event = sample("cloud-events-schema", "run_completed")
+    event["specVersion"] = event.pop("specversion")
+    assert isinstance(only(event), AmlEvent)
+
+
+def test_mixed_envelope_is_rejected_not_guessed() -> None:
+    event = sample("cloud-events-schema", "run_completed")
+    event["eventType"] = "Microsoft.MachineLearningServices.RunCompleted"
+    item = only(event)
+    assert isinstance(item, Invalid)
+    assert "mixes CloudEvents" in str(item.error)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda e: e.pop("topic"), "no topic/source"),
+        (lambda e: e.update(eventTime="not-a-time"), "could not be parsed"),
+        (lambda e: e.update(data="a string"), "data must be a JSON object"),
+        (lambda e: e["data"].update(runTags=["a"]), "runTags must be an object"),
+        (lambda e: e["data"].update(runId={"nested": 1}), "runId must be a string"),
+        (lambda e: e["data"].update(runId="x" * 5000), "longer than"),
+        (lambda e: e.pop("eventType"), "neither an Event Grid event"),
+    ],
+)
+def test_malformed_event_grid_events_are_rejected_with_the_field_named(mutate: Any, message: str) -> None:
+    event = copy.deepcopy(sample("event-grid-schema", "run_completed"))
+    mutate(event)
+    item = only([event])
+    assert isinstance(item, Invalid)
+    assert message in str(item.error)
+
+
+def test_unknown_and_foreign_event_types_are_skipped_with_a_reason() -> None:
+    unknown = sample("event-grid-schema", "run_completed")
+    unknown["eventType"] = "Microsoft.MachineLearningServices.SomethingNew"
+    storage = {**sample("event-grid-schema", "run_completed"), "eventType": "Microsoft.Storage.BlobCreated"}
+    items = parse_events([unknown, storage])
+    assert all(isinstance(i, Skipped) for i in items)
+    assert "unknown AML event type" in items[0].reason  # type: ignore[union-attr]
+    assert "not an Azure Machine Learning" in items[1].reason  # type: ignore[union-attr]
+
+
+def test_subscription_validation_event_is_skipped() -> None:
+    validation = {
+        "id": "2d1781af-3a4c-4d7c-bd0c-e34b19da4e66",
+        "topic": "/subscriptions/x/resourceGroups/rg/providers/Microsoft.MachineLearningServices/workspaces/ws",
+        "subject": "",
+        "data": {"validationCode": "512d38b6-c7b8-40c8-89fe-f46f9e9622b6",
+                 "validationUrl": "https://rp-eastus2.eventgrid.azure.net/eventsubscriptions/x/validate?id=y"},
+        "eventType": "Microsoft.EventGrid.SubscriptionValidationEvent",
+        "eventTime": "2018-01-25T22:12:19.4556811Z",
+        "metadataVersion": "1",
+        "dataVersion": "1",
+    }
+    item = only([validation])
+    assert isinstance(item, Skipped)
+    assert "handshake" in item.reason
+
+
+def test_one_bad_event_does_not_hide_its_neighbours() -> None:
+    items = parse_events([sample("event-grid-schema", "model_registered"), 42, {"foo": "bar"},
+                          sample("cloud-events-schema", "run_completed")])
+    assert [type(i).__name__ for i in items] == ["AmlEvent", "Invalid", "Invalid", "AmlEvent"]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("not json", "not valid JSON"),
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        (json.dumps(["x" * (600 * 1024)]), "at most 524288"),
+    ],
+)
+def test_load_body_refuses_what_automation_would_never_deliver(body: str, message: str) -> None:
+    with pytest.raises(InvalidEventError, match=message):
+        load_body(body)
+
+
+def test_a_json_string_is_not_an_event_list() -> None:
+    with pytest.raises(InvalidEventError, match="got a string"):
+        parse_events("hello")
