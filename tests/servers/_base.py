@@ -160,6 +160,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 128  # the default 5 drops SYNs under concurrent tests: 1 s retransmits
     owner: LoopbackServer
 
     def handle_error(self, request: Any, client_address: Any) -> None:
