@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -39,10 +40,12 @@ def main(argv: Sequence[str] | None = None, *, out: Printer | None = None) -> in
     """Run one job; returns the process exit code (0 ok, 1 an event failed, 2 bad input or settings)."""
     emit = out or _print
     args = list(sys.argv[1:] if argv is None else argv[1:])
+    _quiet_sdk_logging()
     try:
         return _run(args, emit)
     except AmlRelayError as exc:
-        emit(f"ERROR: {exc.message}")
+        for line in exc.message.splitlines():
+            emit(f"ERROR: {line}")
         if exc.hint:
             emit(f"ERROR: What to do: {exc.hint}")
         return 2
@@ -249,6 +252,14 @@ def _override(routes: Routes, ns: argparse.Namespace) -> Routes:
             target = dataclasses.replace(target, branch=branch)
         changed.append(dataclasses.replace(route, pipeline=target))
     return dataclasses.replace(routes, routes=tuple(changed))
+
+
+def _quiet_sdk_logging() -> None:
+    """The Azure SDK logs its own warnings to stderr, which Automation drops; amlrelay reports every failure
+    itself, with a remedy, so the SDK's duplicates are silenced."""
+    logger = logging.getLogger("azure")
+    logger.addHandler(logging.NullHandler())
+    logger.propagate = False
 
 
 def _print(line: str) -> None:

@@ -1,0 +1,99 @@
+"""A local stand-in for everything the runbook talks to, shared by the tests, the demo and the benchmark.
+
+It starts the loopback ADO, managed-identity and (optionally) Key Vault servers, declares in ADO the
+pipelines that ``routes.json`` targets (with exactly the queue-time variables and template parameters the
+routes send, as a correctly configured pipeline would), and gives the environment a runbook process needs
+to reach them, the same variables Automation would provide.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from amlrelay.routes import Routes, load_routes
+from tests.servers.ado import ADO_RESOURCE, AdoServer, PipelineDef
+from tests.servers.identity import CONFLICTING_ENV, IdentityServer
+from tests.servers.keyvault import KeyVaultServer
+
+ROOT = Path(__file__).resolve().parent.parent
+RUNBOOK = ROOT / "runbooks" / "trigger_ado_pipeline.py"
+SAMPLE_WORKSPACE = (
+    "/subscriptions/{subscription-id}/resourceGroups/{resource-group-name}/providers/"
+    "Microsoft.MachineLearningServices/workspaces/{workspace-name}"
+)
+PAT = "loopback-pat-0123456789abcdefghijklmnopqrstuvwxyz"
+PAT_SECRET = "ado-pat"
+
+
+def pipelines_for(routes: Routes) -> dict[tuple[str, int], PipelineDef]:
+    """The ADO pipelines a routes file needs, declared as their owners would have to declare them."""
+    out: dict[tuple[str, int], PipelineDef] = {}
+    for route in routes.routes:
+        target = route.pipeline
+        key = (target.project, target.pipeline_id)
+        previous = out.get(key)
+        out[key] = PipelineDef(
+            name=route.name,
+            variables_settable_at_queue_time=frozenset(target.variables)
+            | (previous.variables_settable_at_queue_time if previous else frozenset()),
+            template_parameters=frozenset(target.template_parameters)
+            | (previous.template_parameters if previous else frozenset()),
+            stages=frozenset(target.stages_to_skip) | {"Build", "Deploy"},
+        )
+    return out
+
+
+@dataclass
+class Stack:
+    ado: AdoServer
+    identity: IdentityServer
+    vault: KeyVaultServer | None
+    routes_path: Path
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def token(self) -> str:
+        return self.identity.token_for(ADO_RESOURCE)
+
+    def env(self, **overrides: str) -> dict[str, str]:
+        """Environment for a runbook process: Automation's identity variables plus AMLRELAY_* settings."""
+        env = {k: v for k, v in os.environ.items() if k not in CONFLICTING_ENV and not k.startswith("AMLRELAY_")}
+        env.update(self.identity.env())
+        env.update({
+            "AMLRELAY_ADO_BASE_URL": self.ado.url,
+            "AMLRELAY_ADO_ORGANIZATION": self.ado.organization,
+            "AMLRELAY_ROUTES": str(self.routes_path),
+            "AMLRELAY_ALLOWED_WORKSPACES": SAMPLE_WORKSPACE,
+            "AMLRELAY_LEDGER": "false",
+            "AMLRELAY_BACKOFF": "0",
+            "AMLRELAY_MAX_RETRY_AFTER": "1",
+            "AMLRELAY_TIMEOUT": "5",
+            "PYTHONPATH": str(ROOT / "src"),
+        })
+        if self.vault is not None:
+            env.update(self.vault.env())
+            env.update({"AMLRELAY_AUTH": "pat", "AMLRELAY_KEY_VAULT_URL": self.vault.url,
+                        "AMLRELAY_PAT_SECRET_NAME": PAT_SECRET})
+        env.update(self.extra_env)
+        env.update(overrides)
+        return env
+
+    def runbook_command(self, *args: str) -> list[str]:
+        return [sys.executable, str(RUNBOOK), *args]
+
+
+@contextmanager
+def local_stack(routes_path: Path | None = None, *, pat: bool = False) -> Iterator[Stack]:
+    routes_path = routes_path or ROOT / "routes.json"
+    routes = load_routes(routes_path)
+    with ExitStack() as stack:
+        identity = stack.enter_context(IdentityServer())
+        ado = stack.enter_context(AdoServer("contoso", pipelines=pipelines_for(routes),
+                                            bearer_tokens={identity.token_for(ADO_RESOURCE)}, pats={PAT}))
+        vault = stack.enter_context(KeyVaultServer({PAT_SECRET: PAT})) if pat else None
+        yield Stack(ado, identity, vault, routes_path)
