@@ -321,6 +321,7 @@ def test_identity_rejections(identity_server: IdentityServer) -> None:
     assert get({"X-IDENTITY-HEADER": identity_server.identity_header}, query).status_code == 400
     assert get(good, {**query, "api-version": "2018-02-01"}).status_code == 400
     assert get(good, {"api-version": "2019-08-01"}).status_code == 400
+    assert get(good, {"resource": ADO_RESOURCE}).status_code == 200  # the Automation tutorial sends none
     assert get(good, {**query, "client_id": "not-mine"}).json()["statusCode"] == 400
     identity_server.fail(500)
     assert get(good, query).status_code == 500
@@ -329,6 +330,9 @@ def test_identity_rejections(identity_server: IdentityServer) -> None:
         get(good, query)
     identity_server.up()
     assert get(good, query).status_code == 200
+    identity_server.delay(5)
+    with pytest.raises(requests.Timeout):
+        requests.get(identity_server.endpoint, headers=good, params=query, timeout=0.1)
 
 
 # -- Key Vault ------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """ADO's rules for "Runs - Run Pipeline" that the 7.1 swagger does not state.
 
-Kept apart from the server so the rules read as a list: each one is a rejection the real
-service is known to make, with its message, so a relay bug surfaces as the same error a
-production run would log.
+Kept apart from the server so the rules read as a list. Each is a rejection the real
+service makes; messages are ADO's where they are publicly known (settable variables,
+"Unexpected parameter") and ADO-styled paraphrases otherwise, so tests should match on the
+status and a stable fragment, not on whole messages.
 """
 
 from __future__ import annotations

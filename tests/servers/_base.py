@@ -190,8 +190,10 @@ class LoopbackServer:
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self: _S) -> _S:
-        self.stopping.clear()
-        self._listen()
+        """Bind and serve; a no-op if already serving."""
+        if self._httpd is None:
+            self.stopping.clear()
+            self._listen()
         return self
 
     def _listen(self) -> None:
@@ -229,7 +231,7 @@ class LoopbackServer:
         self._unlisten()
 
     def __enter__(self: _S) -> _S:
-        return self.start() if self._httpd is None else self
+        return self.start()
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:

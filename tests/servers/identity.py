@@ -75,6 +75,10 @@ class IdentityServer(LoopbackServer):
         """Answer the next ``times`` token requests with ``status`` and an App Service error body."""
         self._push_fault(Fault("fail", "GET", times, status=status))
 
+    def delay(self, seconds: float, times: int = 1) -> None:
+        """Hold the next ``times`` answers for ``seconds`` (a hung endpoint, for client timeouts)."""
+        self._push_fault(Fault("delay", "GET", times, seconds=seconds))
+
     @property
     def token_requests(self) -> list[RecordedRequest]:
         return [r for r in self.requests if r.path == self.path]
@@ -85,7 +89,9 @@ class IdentityServer(LoopbackServer):
         if request.method != "GET":
             return _error(405, f"The requested resource does not support http method '{request.method}'.")
         fault = self._take_fault("GET")
-        if fault is not None:
+        if fault is not None and fault.kind == "delay" and not self.sleep(fault.seconds):
+            return None
+        if fault is not None and fault.kind == "fail":
             return _error(fault.status, f"Scripted {fault.status} from the identity stand-in.")
         secret = request.headers.get("X-IDENTITY-HEADER")
         if secret is None:
@@ -94,8 +100,10 @@ class IdentityServer(LoopbackServer):
             return _error(401, "The X-IDENTITY-HEADER header does not match this sandbox's IDENTITY_HEADER.")
         if request.headers.get("Metadata", "").lower() != "true":
             return _error(400, "Required metadata header not specified.")
+        # The official Automation Python tutorial sends no api-version and works, so only a
+        # wrong one is refused; azure-identity always sends 2019-08-01.
         version = request.query.get("api-version")
-        if version not in self.api_versions:
+        if version is not None and version not in self.api_versions:
             return _error(400, f"The api-version '{version}' is not supported; use "
                                f"{', '.join(sorted(self.api_versions))}.")
         resource = request.query.get("resource", "")

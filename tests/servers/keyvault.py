@@ -96,7 +96,18 @@ class KeyVaultServer(LoopbackServer):
             self._forbidden.clear()
 
     def fail(self, status: int, times: int = 1) -> None:
+        """Answer the next ``times`` GETs with ``status`` in Key Vault's error shape."""
         self._push_fault(Fault("fail", "GET", times, status=status))
+
+    def delay(self, seconds: float, times: int = 1) -> None:
+        """Hold the next ``times`` answers for ``seconds``, then answer normally."""
+        self._push_fault(Fault("delay", "GET", times, seconds=seconds))
+
+    def reset_state(self) -> None:
+        """Forget traffic, faults and RBAC denials; secrets are kept."""
+        with self._lock:
+            super().reset_state()
+            self._forbidden.clear()
 
     def secret_id(self, name: str, version: str) -> str:
         return f"{self.url}/secrets/{name}/{version}"
@@ -104,7 +115,9 @@ class KeyVaultServer(LoopbackServer):
     # -- request handling --------------------------------------------------------------
     def handle(self, request: RecordedRequest) -> Reply | None:
         fault = self._take_fault(request.method)
-        if fault is not None:
+        if fault is not None and fault.kind == "delay" and not self.sleep(fault.seconds):
+            return None
+        if fault is not None and fault.kind == "fail":
             return _error(fault.status, "InternalServerError" if fault.status >= 500 else "BadParameter",
                           f"Scripted {fault.status} from the Key Vault stand-in.")
         claims, problem = self._authenticate(request)
