@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import copy
 import hashlib
 import re
 import uuid
@@ -104,6 +105,11 @@ class AdoServer(LoopbackServer):
 
     # -- fault injection ---------------------------------------------------------------
     def fail(self, status: int, retry_after: int | None = None, times: int = 1, *, method: str = "POST") -> None:
+        """Answer the next ``times`` ``method`` calls with ``status`` and no side effect.
+
+        Bodies and headers are ADO's for that status (429 carries the full rate-limit set,
+        502/503 an HTML gateway page), so the client's error handling is what gets tested.
+        """
         if status not in _FAIL_STATUSES:
             raise ValueError(f"fail() supports {sorted(_FAIL_STATUSES)}")
         self._push_fault(Fault("fail", method, times, status=status, retry_after=retry_after))
@@ -118,6 +124,8 @@ class AdoServer(LoopbackServer):
 
     def accept_then_fail(self, status: int = 500, times: int = 1) -> None:
         """Create the run (if the request is valid), then answer ``status``: the ambiguous case."""
+        if status not in _FAIL_STATUSES:
+            raise ValueError(f"accept_then_fail() supports {sorted(_FAIL_STATUSES)}")
         self._push_fault(Fault("accept_then_fail", "POST", times, status=status))
 
     def throttle_warning(self, retry_after: int = 1, times: int = 1, *, method: str = "POST") -> None:
@@ -133,7 +141,7 @@ class AdoServer(LoopbackServer):
     def runs(self) -> list[dict[str, Any]]:
         """Created runs, oldest first, as ``GET .../runs/{id}`` returns them."""
         with self._lock:
-            return [dict(r.body) for r in self._runs]
+            return [copy.deepcopy(r.body) for r in self._runs]
 
     def secret_value(self, run_id: int, name: str) -> str | None:
         """A secret variable's value: never echoed by ADO, but tests may need to check it."""
