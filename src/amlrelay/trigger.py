@@ -13,7 +13,7 @@ from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
-from urllib3.exceptions import ConnectTimeoutError
+from urllib3.exceptions import ConnectTimeoutError, ReadTimeoutError
 from urllib3.util.retry import Retry
 
 from .auth import AdoCredential
@@ -91,22 +91,23 @@ class AdoClient:
         try:
             response = self._session.post(request.url(self.org_url), params=request.query(), json=request.body,
                                           headers=headers, timeout=self._timeout)
-        except requests.exceptions.ConnectionError as exc:
-            sent = _was_sent(exc)
-            raise AdoError(
-                f"No answer from ADO for {where}: {_reason(exc)}",
-                status=None,
-                retryable=True,
-                hint=("The request may have reached ADO: check the pipeline's runs before starting it again."
-                      if sent else "Check AMLRELAY_ADO_BASE_URL / AMLRELAY_ADO_ORGANIZATION and the network."),
-            ) from None
-        except requests.exceptions.Timeout:
-            raise AdoError(
-                f"ADO did not answer within {self._timeout:g} s for {where}.",
-                status=None, retryable=True,
-                hint="The run may have started: check the pipeline's runs before starting it again.",
-            ) from None
+        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+            raise self._no_answer(exc, where) from None
         return self._parse(response, request, where)
+
+    def _no_answer(self, exc: requests.exceptions.RequestException, where: str) -> AdoError:
+        reason = exc.args[0] if exc.args else None
+        inner = getattr(reason, "reason", reason)
+        if isinstance(exc, requests.exceptions.ReadTimeout) or isinstance(inner, ReadTimeoutError):
+            return AdoError(f"ADO did not answer within {self._timeout:g} s for {where}.", status=None,
+                            retryable=True,
+                            hint="The run may have started: check the pipeline's runs before starting it again.")
+        if isinstance(exc, requests.exceptions.ConnectTimeout) or isinstance(inner, ConnectTimeoutError):
+            # NewConnectionError and DNS failures derive from ConnectTimeoutError: nothing was sent
+            return AdoError(f"Could not connect to ADO for {where}: {_reason(exc)}", status=None, retryable=True,
+                            hint="Check AMLRELAY_ADO_BASE_URL / AMLRELAY_ADO_ORGANIZATION and the network.")
+        return AdoError(f"No answer from ADO for {where}: {_reason(exc)}", status=None, retryable=True,
+                        hint="The request may have reached ADO: check the pipeline's runs before starting it again.")
 
     def _parse(self, response: requests.Response, request: PipelineRunRequest, where: str) -> PipelineRun:
         status = response.status_code
@@ -149,13 +150,6 @@ def _json(response: requests.Response) -> Any:
         return response.json()
     except ValueError:
         return None
-
-
-def _was_sent(exc: requests.exceptions.ConnectionError) -> bool:
-    """Whether the request may have reached ADO: only a connection that never opened surely did not."""
-    reason = exc.args[0] if exc.args else None
-    inner = getattr(reason, "reason", reason)
-    return not isinstance(inner, ConnectTimeoutError)  # NewConnectionError and DNS failures derive from it
 
 
 def _reason(exc: BaseException) -> str:

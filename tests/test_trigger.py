@@ -1,0 +1,178 @@
+"""Trigger against the strict ADO stand-in: retries that honour Retry-After, and refusals that explain."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from amlrelay.auth import EntraCredential, KeyVaultPatCredential, managed_identity
+from amlrelay.errors import AdoError, AuthError
+from amlrelay.events import parse_events
+from amlrelay.router import build_request
+from amlrelay.routes import load_routes
+from amlrelay.trigger import AdoClient
+from tests.conftest import ROUTES_FILE, sample
+from tests.servers.ado import ADO_RESOURCE, AdoServer
+from tests.servers.identity import IdentityServer
+from tests.servers.keyvault import KeyVaultServer
+from tests.stack import pipelines_for
+
+ROUTES = load_routes(ROUTES_FILE)
+
+
+def request_for(name: str = "model_registered") -> Any:
+    event = parse_events([sample("event-grid-schema", name)])[0]
+    route = {"model_registered": "deploy-registered-model", "run_completed": "evaluate-trained-model"}[name]
+    return build_request(ROUTES.by_name(route), event)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def ado(identity_server: IdentityServer, azure_env: dict[str, str]) -> Iterator[AdoServer]:
+    token = identity_server.token_for(ADO_RESOURCE)
+    with AdoServer("contoso", pipelines=pipelines_for(ROUTES), bearer_tokens={token}) as server:
+        yield server
+
+
+def client(ado: AdoServer, **kw: Any) -> AdoClient:
+    options: dict[str, Any] = {"retries": 3, "backoff": 0, "timeout": 2, "max_retry_after": 2, **kw}
+    return AdoClient(ado.org_url, EntraCredential(managed_identity(None)), **options)
+
+
+def test_a_run_is_started_with_the_managed_identity_token(ado: AdoServer, identity_server: IdentityServer) -> None:
+    run = client(ado).run_pipeline(request_for())
+    assert run.id == ado.runs[0]["id"]
+    assert run.state == "inProgress"
+    assert run.url == ado.runs[0]["_links"]["web"]["href"]
+    [token_request] = identity_server.token_requests
+    assert token_request.query["resource"] == ADO_RESOURCE
+
+
+@pytest.mark.parametrize("status", [429, 500, 502, 503])
+def test_throttling_and_server_errors_are_retried(ado: AdoServer, status: int) -> None:
+    ado.fail(status, retry_after=1 if status == 429 else None, times=2)
+    started = time.monotonic()
+    run = client(ado).run_pipeline(request_for())
+    assert run.id == 1
+    assert len(ado.run_requests) == 3
+    if status == 429:
+        assert time.monotonic() - started >= 2  # Retry-After: 1, twice
+
+
+def test_retry_after_is_capped(ado: AdoServer) -> None:
+    ado.fail(429, retry_after=3600)
+    started = time.monotonic()
+    client(ado, max_retry_after=0.2).run_pipeline(request_for())
+    assert time.monotonic() - started < 5
+
+
+def test_persistent_throttling_fails_with_a_remedy(ado: AdoServer) -> None:
+    ado.fail(429, retry_after=0, times=10)
+    with pytest.raises(AdoError) as info:
+        client(ado, retries=2).run_pipeline(request_for())
+    assert info.value.status == 429
+    assert info.value.retryable
+    assert "TF400733" in info.value.message
+    assert len(ado.run_requests) == 3
+    assert ado.runs == []
+
+
+def test_bad_request_passes_on_ados_message(ado: AdoServer) -> None:
+    request = request_for()
+    request.body["variables"]["NOT_SETTABLE"] = {"value": "x", "isSecret": False}
+    with pytest.raises(AdoError) as info:
+        client(ado).run_pipeline(request)
+    assert info.value.status == 400
+    assert "NOT_SETTABLE" in info.value.message
+    assert "settable at queue time" in info.value.hint
+    assert len(ado.run_requests) == 1  # 400 is final: not retried
+
+
+def test_connection_reset_after_sending_is_not_retried_and_says_so(ado: AdoServer) -> None:
+    ado.reset(after_create=True)
+    with pytest.raises(AdoError) as info:
+        client(ado).run_pipeline(request_for())
+    assert info.value.status is None
+    assert "may have reached ADO" in info.value.hint
+    assert len(ado.runs) == 1  # the run exists: a blind retry would have started a second one
+    assert len(ado.run_requests) == 1
+
+
+def test_timeout_is_reported_as_possibly_started(ado: AdoServer) -> None:
+    ado.delay(3)
+    with pytest.raises(AdoError, match=r"did not answer within 0\.5 s") as info:
+        client(ado, timeout=0.5).run_pipeline(request_for())
+    assert "may have started" in info.value.hint
+
+
+def test_unreachable_ado_is_retryable_and_names_the_setting() -> None:
+    with IdentityServer() as identity:
+        pass  # a port that was just closed: nothing listens there
+    unreachable = AdoClient(f"{identity.url}/contoso", _StaticCredential(), retries=1, backoff=0)
+    with pytest.raises(AdoError) as info:
+        unreachable.run_pipeline(request_for())
+    assert info.value.retryable
+    assert "AMLRELAY_ADO_BASE_URL" in info.value.hint
+
+
+def test_sign_in_page_is_recognised_as_a_refused_credential(ado: AdoServer) -> None:
+    ado.signin_page()
+    with pytest.raises(AdoError, match="sign-in page"):
+        client(ado).run_pipeline(request_for())
+
+
+def test_forbidden_names_the_identitys_object_id(ado: AdoServer, identity_server: IdentityServer) -> None:
+    ado.forbid(identity_server.token_for(ADO_RESOURCE))
+    with pytest.raises(AdoError) as info:
+        client(ado).run_pipeline(request_for())
+    assert info.value.status == 403
+    assert identity_server.object_id in info.value.message
+    assert "Queue builds" in info.value.hint
+
+
+def test_pat_is_read_once_from_key_vault_and_sent_as_basic(ado: AdoServer, keyvault_server: KeyVaultServer) -> None:
+    ado.add_pat("pat-from-vault")
+    keyvault_server.set_secret("ado-pat", "pat-from-vault")
+    credential = KeyVaultPatCredential(keyvault_server.url, "ado-pat", managed_identity(None))
+    pat_client = AdoClient(ado.org_url, credential, backoff=0)
+    pat_client.run_pipeline(request_for())
+    pat_client.run_pipeline(request_for("run_completed"))
+    assert len(ado.runs) == 2
+    authorized_reads = [r for r in keyvault_server.requests if "Authorization" in r.headers]
+    assert len(authorized_reads) == 1  # one challenge round trip, then one read for the whole job
+
+
+def test_key_vault_forbidden_says_which_role_to_grant(keyvault_server: KeyVaultServer,
+                                                      azure_env: dict[str, str]) -> None:
+    keyvault_server.set_secret("ado-pat", "x")
+    keyvault_server.forbid()
+    credential = KeyVaultPatCredential(keyvault_server.url, "ado-pat", managed_identity(None))
+    with pytest.raises(AuthError, match="Key Vault Secrets User"):
+        credential.authorization()
+
+
+def test_missing_secret_is_named(keyvault_server: KeyVaultServer, azure_env: dict[str, str]) -> None:
+    credential = KeyVaultPatCredential(keyvault_server.url, "nope", managed_identity(None))
+    with pytest.raises(AuthError, match=r"'nope' in Key Vault .* does not exist"):
+        credential.authorization()
+
+
+def test_every_body_sent_is_valid_against_the_official_spec(ado: AdoServer) -> None:
+    for name in ("model_registered", "run_completed"):
+        client(ado).run_pipeline(request_for(name))
+    assert ado.errors == []
+    assert all(json.dumps(r.json) for r in ado.run_requests)
+
+
+class _StaticCredential:
+    def authorization(self) -> str:
+        return "Bearer static"
+
+    def describe(self) -> str:
+        return "a static test token"
+
+    def remedy(self, status: int) -> str:
+        return "n/a"
