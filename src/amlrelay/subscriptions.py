@@ -19,8 +19,8 @@ To select *exactly* what :func:`amlrelay.router.select` accepts, the generator
    dropped for RunCompleted, one that fails removes RunCompleted from the route;
 2. groups the route's event types by identical filters (advanced filters apply to every included type);
 3. turns each ``notBeginsWith``/``notEndsWith``/``notContains`` on a field the event may lack into two
-   mutually exclusive alternatives, ``IsNullOrUndefined`` or the ``StringNot*`` filter, one subscription
-   each (a field every valid event of the group carries needs no split).
+   mutually exclusive alternatives, one subscription each: ``IsNullOrUndefined``, or ``IsNotNull`` plus the
+   ``StringNot*`` filter (a field every valid event of the group carries needs no split).
 
 Usage: ``python -m amlrelay.subscriptions routes.json > infra/generated/subscriptions.json``
 (``--check FILE`` exits 1 when FILE is stale, for CI).
@@ -113,7 +113,7 @@ def _needs_split(condition: Filter, event_types: Sequence[str]) -> bool:
 
 
 def _alternatives(filters: tuple[Filter, ...], event_types: Sequence[str]) -> list[list[dict[str, Any]]]:
-    options: list[list[dict[str, Any] | None]] = []
+    options: list[list[list[dict[str, Any]]]] = []
     for condition in filters:
         if condition.field.lower() in _NUMERIC_FIELDS and condition.operator != "exists":
             raise RoutesError(
@@ -123,11 +123,13 @@ def _alternatives(filters: tuple[Filter, ...], event_types: Sequence[str]) -> li
             )
         option = _advanced_filter(condition)
         if _needs_split(condition, event_types):
-            options.append([{"operatorType": MISSING_OPERATOR, "key": option["key"]}, option])
+            # Exclusive alternatives: the key is missing or null | it has a value that passes the filter.
+            options.append([[{"operatorType": MISSING_OPERATOR, "key": option["key"]}],
+                            [{"operatorType": EXISTS_OPERATOR, "key": option["key"]}, option]])
         else:
-            options.append([option])
-    combos = [list(c) for c in itertools.product(*options)] if options else [[]]
-    return [[f for f in combo if f is not None] for combo in combos]
+            options.append([[option]])
+    combos = itertools.product(*options) if options else iter([()])
+    return [[f for part in combo for f in part] for combo in combos]
 
 
 def _name(route: str, group_suffix: str, alternative: int | None) -> str:

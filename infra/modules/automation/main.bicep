@@ -169,5 +169,5 @@ output runbookName string = runbook.name
 @description('The runtime environment\'s name.')
 output runtimeEnvironmentName string = runtimeEnvironment.name
 
-@description('The webhook\'s name (empty until scripts/deploy created it). Its URI is never an output.')
-output webhookName string = empty(webhookUri) ? '' : webhook.name
+@description('The webhook\'s name (it exists once scripts/deploy has passed its URI). The URI is never an output.')
+output webhookName string = webhookName

@@ -1,0 +1,1 @@
+"""Offline tests of infra/ and scripts/ (issue 4)."""

@@ -1,0 +1,225 @@
+"""Offline checks of infra/: parse, conventions, checkov, and property names against the Azure SDK models."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from .conftest import INFRA, REPO, SDK_MODELS, infra_tool
+
+# Keys Bicep adds to a resource body that are not part of the REST payload.
+BICEP_KEYS = {"name", "parent", "scope", "dependsOn"}
+# Microsoft.Web/connections is in no Python SDK; its documented body (ARM template reference
+# https://learn.microsoft.com/azure/templates/microsoft.web/2016-06-01/connections), kept narrow.
+WEB_CONNECTION = {
+    "fields": {
+        "location": None, "tags": None, "etag": None,
+        "properties": {"fields": {
+            "displayName": None, "api": {"fields": {"id": None, "name": None, "displayName": None,
+                                                     "type": None}},
+            "parameterValues": "dict", "parameterValueSet": "dict", "customParameterValues": "dict",
+            "nonSecretParameterValues": "dict", "testLinks": "list", "statuses": "list",
+        }},
+    }
+}
+HANDLED_ELSEWHERE = {"Microsoft.MachineLearningServices/workspaces"}  # only ever `existing`
+
+
+def test_every_bicep_file_parses_with_pycep_051(bicep: dict[str, Any]) -> None:
+    assert bicep["errors"] == {}
+    names = set(bicep["files"])
+    assert "main.bicep" in names
+    for module in ("storage", "automation", "event-grid", "logic-app", "key-vault", "role-assignments"):
+        assert f"modules/{module}/main.bicep" in names
+        assert (INFRA / "modules" / module / "README.md").is_file(), f"modules/{module} has no README.md"
+
+
+def _decorators(item: dict[str, Any]) -> dict[str, Any]:
+    return {d["type"]: d.get("argument") for d in item.get("decorators", [])}
+
+
+def test_every_parameter_is_described_required_or_optional(bicep: dict[str, Any]) -> None:
+    problems = []
+    for path, doc in bicep["files"].items():
+        for name, param in doc.get("parameters", {}).items():
+            decorators = _decorators(param)
+            text = decorators.get("description")
+            if not isinstance(text, str) or not re.match(r"^(Required|Optional)\. ", text):
+                problems.append(f"{path}: param {name}: description must start with 'Required. ' or 'Optional. '")
+                continue
+            has_default = "default" in param and param["default"] is not None
+            if text.startswith("Required.") and has_default:
+                problems.append(f"{path}: param {name} is described Required but has a default")
+            if text.startswith("Optional.") and not has_default:
+                problems.append(f"{path}: param {name} is described Optional but has no default")
+            if "secure" in decorators and has_default and param["default"] not in ("", {}):
+                problems.append(f"{path}: secure param {name} has a non-empty default")
+        for name, output in doc.get("outputs", {}).items():
+            if "description" not in _decorators(output):
+                problems.append(f"{path}: output {name} has no description")
+    assert problems == []
+
+
+def test_no_secret_is_an_output(bicep: dict[str, Any]) -> None:
+    text = "\n".join(p.read_text(encoding="utf-8") for p in INFRA.rglob("*.bicep"))
+    for line in text.splitlines():
+        if line.startswith("output "):
+            assert not re.search(r"webhookUri|endpointUrl|listCallbackUrl|PackageUri|listKeys", line), line
+
+
+def test_no_hard_coded_cloud_hosts() -> None:
+    hosts = re.compile(r"core\.windows\.net|vault\.azure\.net|azure-automation\.net"
+                       r"|management\.azure\.com/(?!providers/Microsoft\.Logic/schemas)")
+    for path in INFRA.rglob("*.bicep"):
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if line.lstrip().startswith("//") or "@description" in line:
+                continue
+            assert not hosts.search(line), f"{path}:{number}: hard-coded cloud host: {line.strip()}"
+
+
+def test_checkov_reports_no_failed_check_and_every_skip_is_justified() -> None:
+    checkov = infra_tool("checkov")
+    done = subprocess.run(
+        [str(checkov), "-d", str(INFRA), "--framework", "bicep", "--compact", "--skip-download", "--quiet",
+         "--output", "json"],
+        capture_output=True, text=True, check=False, timeout=180,
+    )
+    report = json.loads(done.stdout)
+    summary = report["summary"]
+    assert summary["failed"] == 0, json.dumps(report["results"].get("failed_checks", []), indent=1)[:4000]
+    assert summary["parsing_errors"] == 0
+    assert summary["passed"] > 0
+    for path in INFRA.rglob("*.bicep"):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if "checkov:skip=" in line:
+                assert re.search(r"checkov:skip=CKV2?_[A-Z]+_\d+:\S.{20,}", line), f"unjustified skip: {line.strip()}"
+
+
+# ------------------------------------------------------------------------------------------ fidelity
+
+def _is_expression(node: Any) -> bool:
+    return isinstance(node, dict) and len(node) == 1 and next(iter(node)) in {"operator", "function"}
+
+
+def _body(resource: dict[str, Any]) -> dict[str, Any]:
+    config = resource["config"]
+    while "config" in config and ("loop_type" in config or "condition" in config):
+        config = config["config"]
+    body: dict[str, Any] = config
+    return body
+
+
+def _check(node: Any, model: str | None, sdk: dict[str, Any], where: str, problems: list[str],
+           top: bool = True) -> None:
+    if model is None or not isinstance(node, dict) or _is_expression(node):
+        return
+    schema = sdk["models"][model]
+    discriminator = schema.get("discriminator")
+    if discriminator and isinstance(node.get(discriminator), str) and node[discriminator] in schema["subtypes"]:
+        schema = sdk["models"][schema["subtypes"][node[discriminator]]]
+    for key, value in node.items():
+        if key in BICEP_KEYS and top:
+            continue
+        ref = schema["fields"].get(key)
+        if ref is None:
+            problems.append(f"{where}.{key}: not a property of {model} ({', '.join(sorted(schema['fields']))})")
+            continue
+        if ref["kind"] == "model":
+            _check(value, ref["name"], sdk, f"{where}.{key}", problems, False)
+        elif ref["kind"] == "list" and isinstance(value, list) and ref["item"]["kind"] == "model":
+            for index, item in enumerate(value):
+                _check(item, ref["item"]["name"], sdk, f"{where}.{key}[{index}]", problems, False)
+
+
+def _check_static(node: Any, schema: Any, where: str, problems: list[str], top: bool = True) -> None:
+    if not isinstance(node, dict) or _is_expression(node) or not isinstance(schema, dict):
+        return
+    for key, value in node.items():
+        if key in BICEP_KEYS and top:
+            continue
+        if key not in schema["fields"]:
+            problems.append(f"{where}.{key}: not a documented property")
+            continue
+        _check_static(value, schema["fields"][key], f"{where}.{key}", problems, False)
+
+
+def _resources(bicep: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    out = []
+    for path, doc in bicep["files"].items():
+        for name, resource in doc.get("resources", {}).items():
+            out.append((f"{path}:{name}", name, resource))
+    return out
+
+
+def test_resource_properties_exist_in_the_sdk_models(bicep: dict[str, Any], sdk: dict[str, Any]) -> None:
+    problems: list[str] = []
+    for where, _name, resource in _resources(bicep):
+        kind = resource["type"]
+        if resource.get("existing"):
+            assert kind in SDK_MODELS or kind in HANDLED_ELSEWHERE, f"{where}: unknown type {kind}"
+            continue
+        if kind == "Microsoft.Web/connections":
+            assert resource["api_version"] == "2016-06-01"
+            _check_static(_body(resource), WEB_CONNECTION, where, problems)
+            continue
+        assert kind in SDK_MODELS, f"{where}: {kind} has no SDK model mapped in conftest.SDK_MODELS"
+        root = sdk["roots"][SDK_MODELS[kind]]
+        _check(_body(resource), root, sdk, where, problems)
+    assert problems == []
+
+
+def test_api_versions_are_the_ones_the_sdks_know(bicep: dict[str, Any], sdk: dict[str, Any]) -> None:
+    for where, _name, resource in _resources(bicep):
+        kind = resource["type"]
+        if kind in SDK_MODELS:
+            assert resource["api_version"] == sdk["api_versions"][SDK_MODELS[kind]], where
+
+
+def test_fidelity_check_catches_a_misplaced_property(sdk: dict[str, Any]) -> None:
+    problems: list[str] = []
+    root = sdk["roots"][SDK_MODELS["Microsoft.EventGrid/systemTopics/eventSubscriptions"]]
+    body = {"name": "x", "properties": {"destination": {"endpointType": "WebHook", "properties": {
+        "endpointUrl": "u", "maxEventsPerBatch": 1}}, "maxEventsPerBatch": 1,
+        "retryPolicy": {"maxDeliveryAttemps": 3}}}
+    _check(body, root, sdk, "probe", problems)
+    assert len(problems) == 2, problems
+
+
+def test_generated_subscription_filters_fit_the_sdk_model(sdk: dict[str, Any]) -> None:
+    generated = json.loads((INFRA / "generated" / "subscriptions.json").read_text(encoding="utf-8"))
+    root = sdk["roots"][SDK_MODELS["Microsoft.EventGrid/systemTopics/eventSubscriptions"]]
+    problems: list[str] = []
+    for handler, items in generated["handlers"].items():
+        for item in items:
+            body = {"properties": {"filter": item["filter"], "destination": {"endpointType": "WebHook",
+                    "properties": {k: v for k, v in item.items() if k in ("maxEventsPerBatch",
+                                                                          "preferredBatchSizeInKilobytes")}}}}
+            _check(body, root, sdk, f"{handler}:{item['name']}", problems)
+            assert re.fullmatch(r"[A-Za-z0-9-]{3,64}", item["name"]), item["name"]
+    assert problems == []
+
+
+def test_generated_subscriptions_are_up_to_date() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "amlrelay.subscriptions", str(REPO / "routes.json"), "--check",
+         str(INFRA / "generated" / "subscriptions.json")],
+        capture_output=True, text=True, check=False, cwd=REPO,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("name", ["dev", "prod"])
+def test_parameter_files_name_only_declared_parameters(bicep: dict[str, Any], name: str) -> None:
+    declared = set(bicep["files"]["main.bicep"]["parameters"])
+    text = (INFRA / "env" / f"{name}.bicepparam").read_text(encoding="utf-8")
+    assert "using '../main.bicep'" in text
+    used = set(re.findall(r"^param (\w+) =", text, flags=re.MULTILINE))
+    assert used
+    assert used <= declared, used - declared
+    required = {n for n, p in bicep["files"]["main.bicep"]["parameters"].items() if p.get("default") is None}
+    assert required <= used, required - used
