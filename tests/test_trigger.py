@@ -51,8 +51,8 @@ def test_a_run_is_started_with_the_managed_identity_token(ado: AdoServer, identi
     assert token_request.query["resource"] == ADO_RESOURCE
 
 
-@pytest.mark.parametrize("status", [429, 500, 502, 503])
-def test_throttling_and_server_errors_are_retried(ado: AdoServer, status: int) -> None:
+@pytest.mark.parametrize("status", [429, 503])
+def test_throttling_and_unavailability_are_retried(ado: AdoServer, status: int) -> None:
     ado.fail(status, retry_after=1 if status == 429 else None, times=2)
     started = time.monotonic()
     run = client(ado).run_pipeline(request_for())
@@ -60,6 +60,21 @@ def test_throttling_and_server_errors_are_retried(ado: AdoServer, status: int) -
     assert len(ado.run_requests) == 3
     if status == 429:
         assert time.monotonic() - started >= 2  # Retry-After: 1, twice
+
+
+@pytest.mark.parametrize("status", [500, 502])
+def test_errors_after_which_the_run_may_exist_are_not_resent_blindly(ado: AdoServer, status: int) -> None:
+    ado.accept_then_fail(status)
+    with pytest.raises(AdoError) as info:
+        client(ado).run_pipeline(request_for())
+    assert info.value.ambiguous
+    assert len(ado.run_requests) == 1
+    assert len(ado.runs) == 1  # ADO queued it: a resend would have started a second run
+
+
+def test_reads_are_retried_on_server_errors(ado: AdoServer) -> None:
+    ado.fail(500, method="GET", times=2)
+    assert client(ado).list_runs("mlops", 20) == []
 
 
 def test_retry_after_is_capped(ado: AdoServer) -> None:
@@ -96,6 +111,7 @@ def test_connection_reset_after_sending_is_not_retried_and_says_so(ado: AdoServe
     with pytest.raises(AdoError) as info:
         client(ado).run_pipeline(request_for())
     assert info.value.status is None
+    assert info.value.ambiguous
     assert "may have reached ADO" in info.value.hint
     assert len(ado.runs) == 1  # the run exists: a blind retry would have started a second one
     assert len(ado.run_requests) == 1

@@ -55,10 +55,12 @@ class AuthError(AmlRelayError):
 class AdoError(AmlRelayError):
     """ADO refused or failed the pipeline run request."""
 
-    def __init__(self, message: str, *, status: int | None, hint: str = "", retryable: bool = False) -> None:
+    def __init__(self, message: str, *, status: int | None, hint: str = "", retryable: bool = False,
+                 ambiguous: bool = False) -> None:
         super().__init__(message, hint=hint)
         self.status = status
         self.retryable = retryable
+        self.ambiguous = ambiguous  # the request was sent and ADO may have queued the run
 
 
 class LedgerError(AmlRelayError):

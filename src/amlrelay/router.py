@@ -8,12 +8,13 @@ must hold, and a field the event lacks fails every condition except the ``not*``
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
 from .models import AmlEvent
 from .routes import NEGATED, Filter, Route, Routes
+from .templating import Template
 
 API_VERSION = "7.1"
 
@@ -27,6 +28,9 @@ class PipelineRunRequest:
     pipeline_id: int
     pipeline_version: int | None
     body: dict[str, Any]
+    fingerprint: dict[str, str] = field(default_factory=dict)
+    """Values in the body that identify the AML outcome (templated from data fields, not from the delivery's
+    id or time): how :mod:`amlrelay.reconcile` recognises, among a pipeline's runs, one this request started."""
 
     def url(self, org_url: str) -> str:
         return f"{org_url.rstrip('/')}/{quote(self.project, safe='')}/_apis/pipelines/{self.pipeline_id}/runs"
@@ -117,7 +121,20 @@ def build_request(route: Route, event: AmlEvent) -> PipelineRunRequest:
         }
     if target.stages_to_skip:
         body["stagesToSkip"] = list(target.stages_to_skip)
-    return PipelineRunRequest(route.name, target.project, target.pipeline_id, target.pipeline_version, body)
+    fingerprint = {f"variables.{name}": body["variables"][name]["value"]
+                   for name, var in target.variables.items() if _identifies_outcome(var.value)}
+    fingerprint |= {f"templateParameters.{name}": body["templateParameters"][name]
+                    for name, template in target.template_parameters.items() if _identifies_outcome(template)}
+    return PipelineRunRequest(route.name, target.project, target.pipeline_id, target.pipeline_version, body,
+                              fingerprint)
+
+
+_PER_DELIVERY = frozenset({"eventid", "eventtype", "subject", "eventtime"})
+
+
+def _identifies_outcome(template: Template) -> bool:
+    fields = [f.lower() for f in template.fields]
+    return bool(fields) and not any(f in _PER_DELIVERY for f in fields)
 
 
 def normalize_ref(ref: str) -> str:

@@ -1,15 +1,19 @@
 """Trigger: send one "Runs - Run Pipeline" request (ADO REST 7.1) and explain every refusal.
 
-Retries use urllib3's ``Retry`` (through requests), not a loop of our own: 429 and 5xx answers are
-retried with exponential backoff, honouring ``Retry-After`` up to a cap; a connection that could not be
-opened is retried (nothing was sent). A request that was sent but got no answer (read timeout, reset) is
-*not* retried here: ADO may have started the run, and only the ledger's reconciliation can tell.
+Retries use urllib3's ``Retry`` (through requests), not a loop of our own, with exponential backoff that
+honours ``Retry-After`` up to a cap. What is retried depends on whether ADO can have acted on the request:
+
+* 429 and 503 (throttled, unavailable) and connections that never opened: ADO did nothing; retried.
+* 500, 502, 504, a read timeout or a reset *after* the POST was sent: ADO may have queued the run. A blind
+  resend could start it twice, so these are raised as ``ambiguous`` and the relay first looks for the run
+  (:mod:`amlrelay.reconcile`) before sending again. Reads (GET) are retried on every 5xx.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -18,9 +22,10 @@ from urllib3.util.retry import Retry
 
 from .auth import AdoCredential
 from .errors import AdoError
-from .router import PipelineRunRequest
+from .router import API_VERSION, PipelineRunRequest
 
 RETRY_STATUSES = (429, 500, 502, 503, 504)
+SAFE_POST_RETRY = frozenset({429, 503})  # answers that mean "not processed"
 USER_AGENT = "amlrelay/0.1 (+https://github.com/contoso/amlrelay)"
 
 
@@ -43,6 +48,11 @@ class _CappedRetry(Retry):
     def get_retry_after(self, response: Any) -> float | None:
         value = super().get_retry_after(response)
         return None if value is None else min(value, self.max_retry_after)
+
+    def is_retry(self, method: str, status_code: int, has_retry_after: bool = False) -> bool:
+        if method.upper() == "POST" and status_code not in SAFE_POST_RETRY:
+            return False
+        return bool(super().is_retry(method, status_code, has_retry_after))
 
     def new(self, **kw: Any) -> _CappedRetry:
         retry: _CappedRetry = super().new(**kw)  # type: ignore[assignment]
@@ -87,60 +97,97 @@ class AdoClient:
 
     def run_pipeline(self, request: PipelineRunRequest) -> PipelineRun:
         where = f"pipeline {request.pipeline_id} in project {request.project!r} of {self.org_url}"
+        response = self._send("POST", request.url(self.org_url), request.query(), request.body, where)
+        run = _run_from(_json(response)) if response.status_code == 200 else None
+        if run is None:
+            raise self._refusal(response, request.route, where)
+        return run
+
+    def list_runs(self, project: str, pipeline_id: int) -> list[dict[str, Any]]:
+        """Recent runs of a pipeline, newest first (ADO's list omits variables and parameters)."""
+        where = f"the runs of pipeline {pipeline_id} in project {project!r} of {self.org_url}"
+        url = f"{self.org_url}/{quote(project, safe='')}/_apis/pipelines/{pipeline_id}/runs"
+        response = self._send("GET", url, {"api-version": API_VERSION}, None, where)
+        body = _json(response)
+        if response.status_code != 200 or not isinstance(body, dict) or not isinstance(body.get("value"), list):
+            raise self._refusal(response, None, where)
+        runs = [r for r in body["value"] if isinstance(r, dict) and isinstance(r.get("id"), int)]
+        return sorted(runs, key=lambda r: int(r["id"]), reverse=True)
+
+    def get_run(self, project: str, pipeline_id: int, run_id: int) -> dict[str, Any]:
+        where = f"run {run_id} of pipeline {pipeline_id} in project {project!r} of {self.org_url}"
+        url = f"{self.org_url}/{quote(project, safe='')}/_apis/pipelines/{pipeline_id}/runs/{run_id}"
+        response = self._send("GET", url, {"api-version": API_VERSION}, None, where)
+        body = _json(response)
+        if response.status_code != 200 or not isinstance(body, dict):
+            raise self._refusal(response, None, where)
+        return body
+
+    def _send(self, method: str, url: str, params: dict[str, str], body: Any, where: str) -> requests.Response:
         headers = {"Authorization": self._credential.authorization(), "Accept": "application/json"}
         try:
-            response = self._session.post(request.url(self.org_url), params=request.query(), json=request.body,
-                                          headers=headers, timeout=self._timeout)
+            return self._session.request(method, url, params=params, json=body, headers=headers,
+                                         timeout=self._timeout)
         except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
             raise self._no_answer(exc, where) from None
-        return self._parse(response, request, where)
 
     def _no_answer(self, exc: requests.exceptions.RequestException, where: str) -> AdoError:
         reason = exc.args[0] if exc.args else None
         inner = getattr(reason, "reason", reason)
         if isinstance(exc, requests.exceptions.ReadTimeout) or isinstance(inner, ReadTimeoutError):
             return AdoError(f"ADO did not answer within {self._timeout:g} s for {where}.", status=None,
-                            retryable=True,
+                            retryable=True, ambiguous=True,
                             hint="The run may have started: check the pipeline's runs before starting it again.")
         if isinstance(exc, requests.exceptions.ConnectTimeout) or isinstance(inner, ConnectTimeoutError):
             # NewConnectionError and DNS failures derive from ConnectTimeoutError: nothing was sent
             return AdoError(f"Could not connect to ADO for {where}: {_reason(exc)}", status=None, retryable=True,
                             hint="Check AMLRELAY_ADO_BASE_URL / AMLRELAY_ADO_ORGANIZATION and the network.")
         return AdoError(f"No answer from ADO for {where}: {_reason(exc)}", status=None, retryable=True,
+                        ambiguous=True,
                         hint="The request may have reached ADO: check the pipeline's runs before starting it again.")
 
-    def _parse(self, response: requests.Response, request: PipelineRunRequest, where: str) -> PipelineRun:
+    def _refusal(self, response: requests.Response, route: str | None, where: str) -> AdoError:
         status = response.status_code
         body = _json(response)
-        if status == 200 and isinstance(body, dict) and isinstance(body.get("id"), int):
-            links = body.get("_links")
-            web = links.get("web") if isinstance(links, dict) else None
-            href = web.get("href") if isinstance(web, dict) else None
-            url = href if isinstance(href, str) else body.get("url")
-            return PipelineRun(body["id"], str(body.get("state", "unknown")), url, body.get("name"))
         message = body.get("message") if isinstance(body, dict) and isinstance(body.get("message"), str) else ""
         who = self._credential.describe()
         if status in (200, 203) or (status < 300 and not isinstance(body, dict)):
-            raise AdoError(f"ADO answered {where} with a sign-in page instead of a run (HTTP {status}): "
-                           f"it did not accept {who}.", status=status, hint=self._credential.remedy(401))
+            return AdoError(f"ADO answered {where} with a sign-in page instead of a run (HTTP {status}): "
+                            f"it did not accept {who}.", status=status, hint=self._credential.remedy(401))
         if status in (401, 403):
-            raise AdoError(f"ADO refused {who} for {where} (HTTP {status}). {message}".strip(),
-                           status=status, hint=self._credential.remedy(status))
+            return AdoError(f"ADO refused {who} for {where} (HTTP {status}). {message}".strip(),
+                            status=status, hint=self._credential.remedy(status))
         if status == 404:
-            raise AdoError(f"ADO found no {where} (HTTP 404). {message}".strip(), status=status,
-                           hint=f"Check 'pipeline.id' and 'project' of route {request.route!r}, the organization "
-                           "setting, and that the identity can see the project.")
+            return AdoError(f"ADO found no {where} (HTTP 404). {message}".strip(), status=status,
+                            hint=f"Check 'pipeline.id' and 'project' of route {route!r}, the organization "
+                            "setting, and that the identity can see the project.")
         if status == 429:
-            raise AdoError(f"ADO kept throttling requests for {where} after {self._retries} retries "
-                           f"(HTTP 429). {message}".strip(), status=status, retryable=True,
-                           hint="Spread the load, or give the identity 'Basic + Test Plans' for higher limits.")
+            return AdoError(f"ADO kept throttling requests for {where} after {self._retries} retries "
+                            f"(HTTP 429). {message}".strip(), status=status, retryable=True,
+                            hint="Spread the load, or give the identity 'Basic + Test Plans' for higher limits.")
+        if status == 503:
+            return AdoError(f"ADO stayed unavailable for {where} after {self._retries} retries (HTTP 503).",
+                            status=status, retryable=True, hint="ADO is having trouble; replay the event later.")
         if status >= 500:
-            raise AdoError(f"ADO failed {where} (HTTP {status}) after {self._retries} retries. {message}".strip(),
-                           status=status, retryable=True, hint="ADO is having trouble; replay the event later.")
-        raise AdoError(f"ADO rejected the request for {where} (HTTP {status}): {message or response.reason}",
-                       status=status,
-                       hint="Variables must be 'settable at queue time' and template parameters declared in the "
-                       f"pipeline's YAML; fix route {request.route!r} or the pipeline.")
+            return AdoError(f"ADO failed {where} (HTTP {status}). {message}".strip(), status=status, retryable=True,
+                            ambiguous=response.request.method == "POST",
+                            hint="The run may have been queued before the error: amlrelay checks the pipeline's "
+                            "runs before sending again.")
+        return AdoError(f"ADO rejected the request for {where} (HTTP {status}): {message or response.reason}",
+                        status=status,
+                        hint="Variables must be 'settable at queue time' and template parameters declared in the "
+                        f"pipeline's YAML; fix route {route!r} or the pipeline.")
+
+
+def _run_from(body: Any) -> PipelineRun | None:
+    """The fields we keep from ADO's ``Run``: ``_links.web.href`` is the page people open."""
+    if not isinstance(body, dict) or not isinstance(body.get("id"), int):
+        return None
+    links = body.get("_links")
+    web = links.get("web") if isinstance(links, dict) else None
+    href = web.get("href") if isinstance(web, dict) else None
+    url = href if isinstance(href, str) else body.get("url")
+    return PipelineRun(body["id"], str(body.get("state", "unknown")), url, body.get("name"))
 
 
 def _json(response: requests.Response) -> Any:
