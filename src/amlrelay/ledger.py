@@ -1,0 +1,503 @@
+"""Exactly-once ledger in Azure Table Storage.
+
+Event Grid delivers at least once and several webhook jobs can run at the same moment, so before amlrelay
+calls ADO it *claims* the outcome's key here, atomically, and afterwards records the ADO run (or the
+failure) on that claim. One key = one AML outcome + one route = at most one ADO run.
+
+Why Table Storage: it is the cheapest store that gives the two primitives the protocol needs, and both
+work against Azurite locally and with a managed identity in Azure:
+
+* insert-if-absent (``create_entity``: 409 when the row exists) for the first claim;
+* compare-and-swap on the ETag (``If-Match``: 412 when someone wrote in between) for taking over a failed
+  or stale claim and for recording the result, so exactly one of several concurrent takers wins and a
+  holder that lost its claim finds out instead of overwriting the winner.
+
+Every claim carries a random ``claim_id``. It is what "ours" means: the SDK retries a write whose response
+was lost, and that retry sees 409/412 for the row it just wrote; comparing claim ids tells it so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import logging
+import os
+import re
+import socket
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta, timezone
+from typing import Any, Literal
+
+from azure.core import MatchConditions
+from azure.core.credentials import AzureNamedKeyCredential, AzureSasCredential, TokenCredential
+from azure.core.exceptions import (
+    AzureError,
+    ClientAuthenticationError,
+    HttpResponseError,
+    ResourceExistsError,
+    ResourceModifiedError,
+    ResourceNotFoundError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
+from azure.data.tables import TableClient, UpdateMode
+
+from .errors import LedgerError
+
+log = logging.getLogger(__name__)
+
+State = Literal["claimed", "triggered", "failed"]
+Status = Literal["claimed", "duplicate", "busy", "retry"]
+
+DEFAULT_TABLE = "amlrelayledger"
+SCHEMA = 1
+_CHUNK = 32_000  # a string property holds 64 KiB = 32 Ki UTF-16 units; keep a margin
+_EVENT_CHUNKS = 4  # event JSON up to 128,000 chars (an AML event is ~2 KB); beyond that, truncated
+_MAX_TEXT = 8_000  # key, reason, url ... are cut to this for display; the row key hashes the full key
+_TABLE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]{2,62}$")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_SECRETISH = re.compile(r"(?i)(sig|accountkey|sharedaccesssignature|token)=[^&;\s'\"]+")
+_TAKE_TRIES = 8
+_CLIENT_DEFAULTS: dict[str, Any] = {"retry_total": 3, "connection_timeout": 10, "read_timeout": 30}
+
+_AUTH_HINT = (
+    "Give the runbook's managed identity the role 'Storage Table Data Contributor' on the storage account "
+    "(or check the account key / SAS in AMLRELAY_LEDGER_CONNECTION_STRING)."
+)
+_REACH_HINT = (
+    "Check the ledger's storage endpoint (AMLRELAY_LEDGER_CONNECTION_STRING locally, the account's table URL "
+    "in Azure) and the network path to it; locally, is Azurite running (scripts/azurite start)?"
+)
+
+
+@dataclass(frozen=True)
+class LedgerRecord:
+    """One outcome+route as stored. ``event_json`` is the first (or latest taking-over) delivery, kept so
+    a stale claim can be replayed; ``event_json_truncated`` says it was too large to keep whole."""
+
+    key: str
+    route: str
+    event_id: str
+    event_type: str
+    state: State
+    ado_run_id: int | None
+    ado_run_url: str | None
+    reason: str | None
+    claimed_at: datetime
+    updated_at: datetime
+    attempts: int
+    holder: str
+    claim_id: str
+    event_json: str | None
+    event_json_truncated: bool = False
+    row_key: str = ""
+    """SHA-256 of the full key: the Table RowKey (its first two digits are the PartitionKey). ``key`` is
+    the display form (control characters escaped, cut at 8,000 characters), so this is the address."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Result of :meth:`Ledger.claim`.
+
+    * ``claimed``: the key was new and is ours: call ADO, then :meth:`Ledger.mark_triggered`/``mark_failed``.
+    * ``retry``: ours after taking over a ``failed`` record or a stale ``claimed`` one; ``previous`` is the
+      record as it was. If ``previous.state == "claimed"`` its holder may have started the ADO run and died
+      before recording it: look for that run in ADO before starting another (see :meth:`Ledger.stale_claims`).
+    * ``duplicate``: already triggered; ``record.ado_run_id``/``ado_run_url`` name the run.
+    * ``busy``: another holder claimed it less than ``stale_after`` ago and is presumably working on it.
+    """
+
+    status: Status
+    record: LedgerRecord
+    etag: str | None
+    previous: LedgerRecord | None = None
+
+    @property
+    def owned(self) -> bool:
+        return self.status in ("claimed", "retry")
+
+
+class LostClaimError(LedgerError):
+    """A holder tried to record a result on a claim that someone else has since taken over."""
+
+    def __init__(self, message: str, *, current: LedgerRecord | None, hint: str = "") -> None:
+        super().__init__(message, hint=hint)
+        self.current = current
+
+
+def table_address(key: str) -> tuple[str, str]:
+    """(PartitionKey, RowKey) for a ledger key. Table keys forbid ``/ \\ # ?`` and control characters and
+    are capped at 1 KiB, and AML ids contain slashes, so the row key is the SHA-256 of the UTF-8 key;
+    its first two hex digits spread rows over 256 partitions (the unit of Table Storage throughput)."""
+    digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+    return digest[:2], digest
+
+
+def _clean(text: str, limit: int | None = _MAX_TEXT) -> str:
+    """Make arbitrary (hostile) text storable and printable: no lone surrogates, no control characters."""
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    text = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    return text if limit is None or len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _redact(text: str) -> str:
+    first = (text.strip().splitlines() or [""])[0]
+    return _SECRETISH.sub(lambda m: m.group(1) + "=***", first)[:300]
+
+
+def _utc(value: Any) -> datetime:
+    if not isinstance(value, datetime):
+        raise LedgerError(f"Ledger row has a non-datetime timestamp: {value!r}.", hint="")
+    # TablesEntityDatetime is a datetime subclass; give callers a plain aware datetime.
+    return datetime(*value.timetuple()[:6], value.microsecond, tzinfo=timezone.utc)
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def default_holder() -> str:
+    """host/pid/random: unique per process, readable in ``amlrelay status``."""
+    return f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
+
+
+class Ledger:
+    """The exactly-once ledger over one table. Thread-safe as far as ``TableClient`` is."""
+
+    def __init__(
+        self, table_client: TableClient, *, stale_after: timedelta = timedelta(minutes=15), holder: str | None = None
+    ) -> None:
+        self._table = table_client
+        self.stale_after = stale_after
+        self.holder = holder or default_holder()
+        self._where = f"table '{table_client.table_name}' at {table_client.url.split('?', 1)[0]}"
+
+    # ---- construction -------------------------------------------------------------------------------
+
+    @classmethod
+    def from_connection_string(cls, conn_str: str, table: str = DEFAULT_TABLE, **kw: Any) -> Ledger:
+        """Local use (Azurite) or an account key / SAS. The connection string is never echoed."""
+        _check_table_name(table)
+        ledger_kw, client_kw = _split_kw(kw)
+        try:
+            client = TableClient.from_connection_string(conn_str, table_name=table, **client_kw)
+        except ValueError:
+            raise LedgerError(
+                "The ledger connection string is malformed.",
+                hint="Set AMLRELAY_LEDGER_CONNECTION_STRING to a storage connection string "
+                '(locally: eval "$(scripts/azurite env)").',
+            ) from None
+        return cls(client, **ledger_kw)
+
+    @classmethod
+    def from_table_url(
+        cls,
+        account_table_url: str,
+        credential: TokenCredential | AzureNamedKeyCredential | AzureSasCredential,
+        table: str = DEFAULT_TABLE,
+        **kw: Any,
+    ) -> Ledger:
+        """In Azure: ``https://<account>.table.core.windows.net`` with a managed identity credential."""
+        _check_table_name(table)
+        if not account_table_url.startswith(("https://", "http://")):
+            raise LedgerError(
+                f"Ledger table URL must start with https://, got {_clean(account_table_url, 80)!r}.",
+                hint="Use the storage account's table endpoint, e.g. https://<account>.table.core.windows.net.",
+            )
+        ledger_kw, client_kw = _split_kw(kw)
+        client = TableClient(endpoint=account_table_url, table_name=table, credential=credential, **client_kw)
+        return cls(client, **ledger_kw)
+
+    def ensure_table(self) -> None:
+        """Create the table if missing (needs the same data role; no control-plane rights)."""
+        with self._errors("create the ledger table"), suppress(ResourceExistsError):
+            self._table.create_table()
+
+    # ---- the protocol -------------------------------------------------------------------------------
+
+    def claim(self, key: str, *, route: str, event_id: str, event_type: str, event_json: str | None) -> Claim:
+        """Claim ``key`` for this holder, or say why not. Never blocks; never returns ``owned`` to two
+        holders whose claims overlap in time."""
+        pk, rk = table_address(key)
+        claim_id = uuid.uuid4().hex
+        now = _now()
+        new = LedgerRecord(
+            key=_clean(key),
+            route=_clean(route),
+            event_id=_clean(event_id),
+            event_type=_clean(event_type),
+            state="claimed",
+            ado_run_id=None,
+            ado_run_url=None,
+            reason=None,
+            claimed_at=now,
+            updated_at=now,
+            attempts=1,
+            holder=self.holder,
+            claim_id=claim_id,
+            event_json=None,
+            row_key=rk,
+        )
+        new = _with_event(new, event_json)
+        with self._errors("claim an event"):
+            for _ in range(_TAKE_TRIES):
+                try:
+                    meta = self._table.create_entity(_to_entity(pk, rk, new))
+                    return Claim("claimed", new, str(meta["etag"]))
+                except ResourceExistsError:
+                    pass
+                try:
+                    current, etag = self._read(pk, rk)
+                except ResourceNotFoundError:
+                    continue  # deleted in between (purge): insert again
+                if current.claim_id == claim_id:  # our own write, whose response was lost and retried
+                    return Claim("retry" if current.attempts > 1 else "claimed", current, etag)
+                if current.state == "triggered":
+                    return Claim("duplicate", current, etag)
+                if current.state == "claimed" and now - current.updated_at < self.stale_after:
+                    return Claim("busy", current, etag)
+                taken = replace(new, attempts=current.attempts + 1)
+                if event_json is None:  # keep the event we have, so the record stays replayable
+                    taken = replace(
+                        taken, event_json=current.event_json, event_json_truncated=current.event_json_truncated
+                    )
+                try:
+                    meta = self._table.update_entity(
+                        _to_entity(pk, rk, taken),
+                        mode=UpdateMode.REPLACE,
+                        etag=etag,
+                        match_condition=MatchConditions.IfNotModified,
+                    )
+                except ResourceModifiedError:
+                    continue  # someone else wrote first: look again (they are busy, or done)
+                except ResourceNotFoundError:
+                    continue
+                log.info(
+                    "ledger: took over %s key %s from holder %s (attempt %d)",
+                    current.state,
+                    current.key[:200],
+                    current.holder,
+                    taken.attempts,
+                )
+                return Claim("retry", taken, str(meta["etag"]), previous=current)
+            # Only reachable under pathological churn on one key: report it as someone else's.
+            current, etag = self._read(pk, rk)
+            return Claim("busy", current, etag)
+
+    def renew(self, claim: Claim) -> Claim:
+        """Heartbeat: push ``updated_at`` forward so a slow holder (ADO throttling) is not seen as dead."""
+        record = self._write(claim, replace(claim.record, updated_at=_now()), "renew a claim")
+        return replace(claim, record=record[0], etag=record[1])
+
+    def mark_triggered(self, claim: Claim, *, run_id: int, run_url: str | None) -> LedgerRecord:
+        """Record the ADO run started for this claim. Raises :class:`LostClaimError` if the claim was
+        taken over meanwhile (the caller's run may then be a second one: it must be reported)."""
+        done = replace(
+            claim.record,
+            state="triggered",
+            ado_run_id=int(run_id),
+            ado_run_url=_clean(run_url) if run_url else None,
+            reason=None,
+            updated_at=_now(),
+        )
+        return self._write(claim, done, "record the ADO run")[0]
+
+    def mark_failed(self, claim: Claim, reason: str) -> LedgerRecord:
+        """Record why this attempt failed; the key can then be retried by the next delivery or a replay."""
+        failed = replace(claim.record, state="failed", reason=_clean(reason or "unknown"), updated_at=_now())
+        return self._write(claim, failed, "record a failure")[0]
+
+    # ---- reading ------------------------------------------------------------------------------------
+
+    def get(self, key: str) -> LedgerRecord | None:
+        pk, rk = table_address(key)
+        with self._errors("read the ledger"):
+            try:
+                return self._read(pk, rk)[0]
+            except ResourceNotFoundError:
+                return None
+
+    def recent(
+        self, limit: int = 50, *, state: State | None = None, since: datetime | None = None
+    ) -> list[LedgerRecord]:
+        """Newest ``limit`` records by ``updated_at``. Table Storage has no secondary index, so this scans
+        the table (server-side filtered by ``state``/``since``): fine for a ledger that is purged."""
+        clauses: list[str] = []
+        params: dict[str, Any] = {}
+        if state is not None:
+            clauses.append("state eq @state")
+            params["state"] = state
+        if since is not None:
+            clauses.append("updated_at ge @since")
+            params["since"] = since
+        return heapq.nlargest(limit, self._query(" and ".join(clauses), params), key=lambda r: r.updated_at)
+
+    def stale_claims(self) -> list[LedgerRecord]:
+        """Claims whose holder has not written for ``stale_after``: each is an event whose holder died,
+        possibly after starting the ADO run. Reconcile them (look the run up in ADO), then replay."""
+        cutoff = _now() - self.stale_after
+        found = self._query("state eq @state and updated_at lt @cutoff", {"state": "claimed", "cutoff": cutoff})
+        return sorted(found, key=lambda r: r.updated_at)
+
+    # ---- internals ----------------------------------------------------------------------------------
+
+    def _read(self, pk: str, rk: str) -> tuple[LedgerRecord, str]:
+        entity = self._table.get_entity(pk, rk)
+        return _from_entity(entity), str(entity.metadata["etag"])
+
+    def _query(self, flt: str, params: Mapping[str, Any]) -> Iterator[LedgerRecord]:
+        with self._errors("list ledger records"):
+            pages = self._table.query_entities(flt, parameters=dict(params)) if flt else self._table.list_entities()
+            for entity in pages:
+                if "claim_id" in entity:  # skip rows that are not ledger records
+                    yield _from_entity(entity)
+
+    def _write(self, claim: Claim, record: LedgerRecord, action: str) -> tuple[LedgerRecord, str]:
+        if not claim.owned or claim.etag is None:
+            raise LedgerError(f"Cannot {action} on a '{claim.status}' claim.", hint="Only claimed/retry own the key.")
+        rk = claim.record.row_key
+        pk = rk[:2]
+        with self._errors(action):
+            try:
+                meta = self._table.update_entity(
+                    _to_entity(pk, rk, record),
+                    mode=UpdateMode.REPLACE,
+                    etag=claim.etag,
+                    match_condition=MatchConditions.IfNotModified,
+                )
+                return record, str(meta["etag"])
+            except (ResourceModifiedError, ResourceNotFoundError):
+                try:
+                    current, etag = self._read(pk, rk)
+                except ResourceNotFoundError:
+                    current, etag = None, ""
+            if current is not None and current.claim_id == claim.record.claim_id and _same_result(current, record):
+                return current, etag  # our own write, retried by the SDK after a lost response
+            who = (
+                f"holder {current.holder} (state {current.state}, attempt {current.attempts})" if current else "a purge"
+            )
+            raise LostClaimError(
+                f"Lost the ledger claim on {claim.record.key[:200]!r}: it was taken over by {who} "
+                f"before this holder could {action}.",
+                current=current,
+                hint="This holder was too slow (over stale_after without renew()). If it started an ADO run, "
+                "that run may be a duplicate of the new holder's: report it; do not retry.",
+            )
+
+    @contextmanager
+    def _errors(self, action: str) -> Iterator[None]:
+        """Turn storage failures into LedgerError saying what to do. Only the endpoint is named: the
+        connection string, key or SAS never reach a message (URLs are cut before '?')."""
+        try:
+            yield
+        except LedgerError:
+            raise
+        except ClientAuthenticationError as exc:
+            raise LedgerError(
+                f"Ledger storage refused to {action} ({self._where}): {_redact(str(exc))}", hint=_AUTH_HINT
+            ) from None
+        except HttpResponseError as exc:
+            code = getattr(exc, "error_code", None) or ""
+            if exc.status_code == 403:
+                hint = _AUTH_HINT
+            elif exc.status_code == 404 and "TableNotFound" in (str(code) + str(exc)):
+                hint = "Create the table first (Ledger.ensure_table(), done by the relay at start-up)."
+            else:
+                hint = _REACH_HINT
+            raise LedgerError(
+                f"Ledger storage failed to {action} ({self._where}): HTTP {exc.status_code} "
+                f"{code}: {_redact(exc.reason or '')}",
+                hint=hint,
+            ) from None
+        except (ServiceRequestError, ServiceResponseError) as exc:
+            raise LedgerError(
+                f"Ledger storage unreachable while trying to {action} ({self._where}): {_redact(str(exc))}",
+                hint=_REACH_HINT,
+            ) from None
+        except AzureError as exc:
+            raise LedgerError(
+                f"Ledger storage error while trying to {action} ({self._where}): {_redact(str(exc))}", hint=_REACH_HINT
+            ) from None
+
+
+def _same_result(a: LedgerRecord, b: LedgerRecord) -> bool:
+    return (a.state, a.ado_run_id, a.reason) == (b.state, b.ado_run_id, b.reason)
+
+
+def _check_table_name(table: str) -> None:
+    if not _TABLE_NAME.match(table):
+        raise LedgerError(
+            f"Invalid ledger table name {_clean(table, 80)!r}.", hint="3-63 letters and digits, starting with a letter."
+        )
+
+
+def _split_kw(kw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    ledger_kw: dict[str, Any] = {k: kw.pop(k) for k in ("stale_after", "holder") if k in kw}
+    return ledger_kw, {**_CLIENT_DEFAULTS, **kw}
+
+
+def _with_event(record: LedgerRecord, event_json: str | None) -> LedgerRecord:
+    if event_json is None:
+        return record
+    text = _clean(event_json, limit=None)
+    cap = _CHUNK * _EVENT_CHUNKS
+    return replace(record, event_json=text[:cap], event_json_truncated=len(text) > cap)
+
+
+def _to_entity(pk: str, rk: str, r: LedgerRecord) -> dict[str, Any]:
+    entity: dict[str, Any] = {
+        "PartitionKey": pk,
+        "RowKey": rk,
+        "schema": SCHEMA,
+        "key": r.key,
+        "route": r.route,
+        "event_id": r.event_id,
+        "event_type": r.event_type,
+        "state": r.state,
+        "claimed_at": r.claimed_at,
+        "updated_at": r.updated_at,
+        "attempts": r.attempts,
+        "holder": r.holder,
+        "claim_id": r.claim_id,
+        "event_json_truncated": r.event_json_truncated,
+    }
+    for name, value in (("ado_run_id", r.ado_run_id), ("ado_run_url", r.ado_run_url), ("reason", r.reason)):
+        if value is not None:
+            entity[name] = value
+    if r.event_json is not None:
+        for i in range(0, max(len(r.event_json), 1), _CHUNK):
+            entity["event_json" if i == 0 else f"event_json_{i // _CHUNK}"] = r.event_json[i : i + _CHUNK]
+    return entity
+
+
+def _from_entity(e: Mapping[str, Any]) -> LedgerRecord:
+    state = e.get("state")
+    if state not in ("claimed", "triggered", "failed"):
+        raise LedgerError(
+            f"Ledger row {e.get('RowKey')} has unknown state {state!r}.",
+            hint="It was written by a newer or foreign writer; do not share the table.",
+        )
+    parts = [e.get("event_json")] + [e.get(f"event_json_{i}") for i in range(1, _EVENT_CHUNKS)]
+    event_json = "".join(p for p in parts if p) if parts[0] is not None else None
+    run_id = e.get("ado_run_id")
+    return LedgerRecord(
+        key=str(e.get("key", "")),
+        route=str(e.get("route", "")),
+        event_id=str(e.get("event_id", "")),
+        event_type=str(e.get("event_type", "")),
+        state=state,
+        ado_run_id=int(run_id) if run_id is not None else None,
+        ado_run_url=e.get("ado_run_url"),
+        reason=e.get("reason"),
+        claimed_at=_utc(e.get("claimed_at")),
+        updated_at=_utc(e.get("updated_at")),
+        attempts=int(e.get("attempts", 1)),
+        holder=str(e.get("holder", "")),
+        claim_id=str(e.get("claim_id", "")),
+        event_json=event_json,
+        event_json_truncated=bool(e.get("event_json_truncated", False)),
+        row_key=str(e.get("RowKey", "")),
+    )
