@@ -1,0 +1,293 @@
+"""The exactly-once ledger against a real Azurite (tests/azurite_plugin.py starts one if needed)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import socket
+import time
+from collections import Counter, defaultdict
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from amlrelay.errors import LedgerError
+from amlrelay.ledger import Claim, Ledger, LostClaimError, table_address
+
+WS = "/subscriptions/0000/resourcegroups/rg/providers/microsoft.machinelearningservices/workspaces/ws"
+KEY = f"{WS}|run|r1|completed|deploy"
+LONG = timedelta(hours=1)
+
+
+@pytest.fixture
+def make(azurite: str, table_name: str) -> Any:
+    """Ledger factory: each call is another holder (job) on the same fresh table."""
+    created = []
+
+    def _make(holder: str = "", stale_after: timedelta = LONG) -> Ledger:
+        ledger = Ledger.from_connection_string(
+            azurite, table=table_name, stale_after=stale_after, holder=holder or None, retry_total=0
+        )
+        if not created:
+            ledger.ensure_table()
+            created.append(True)
+        return ledger
+
+    return _make
+
+
+def claim(ledger: Ledger, key: str = KEY, event_id: str = "e1", event_json: str | None = '{"id": "e1"}') -> Claim:
+    return ledger.claim(key, route="deploy", event_id=event_id, event_type="RunCompleted", event_json=event_json)
+
+
+def test_first_claim_then_duplicate_after_triggered(make: Any) -> None:
+    a, b = make("job-a"), make("job-b")
+    first = claim(a)
+    assert first.status == "claimed"
+    assert first.owned
+    assert (first.record.state, first.record.attempts, first.record.holder) == ("claimed", 1, "job-a")
+    done = a.mark_triggered(first, run_id=4242, run_url="https://dev.azure.com/o/p/_build/results?buildId=4242")
+    assert (done.state, done.ado_run_id) == ("triggered", 4242)
+
+    again = claim(b, event_id="e2")  # RunStatusChanged(Completed) of the same run, another delivery
+    assert again.status == "duplicate"
+    assert not again.owned
+    assert again.record.ado_run_id == 4242
+    assert again.record.ado_run_url
+    assert again.record.ado_run_url.endswith("4242")
+    assert again.record.event_id == "e1"  # the record keeps the delivery that triggered
+    stored = a.get(KEY)
+    assert stored is not None
+    assert stored.state == "triggered"
+    assert stored.event_json == '{"id": "e1"}'
+    assert a.get(KEY + "|other") is None
+
+
+def test_busy_while_held_by_a_live_holder(make: Any) -> None:
+    a, b = make("job-a"), make("job-b")
+    held = claim(a)
+    busy = claim(b, event_id="e2")
+    assert busy.status == "busy"
+    assert not busy.owned
+    assert busy.record.holder == "job-a"
+    with pytest.raises(LedgerError, match="busy"):
+        b.mark_triggered(busy, run_id=1, run_url=None)
+    assert a.mark_triggered(held, run_id=7, run_url=None).ado_run_id == 7
+
+
+def test_takeover_after_stale_and_lost_claim_detection(make: Any) -> None:
+    a, b = make("job-a"), make("job-b", stale_after=timedelta(milliseconds=50))
+    old = claim(a)
+    time.sleep(0.1)
+    taken = claim(b, event_id="e2", event_json=None)
+    assert taken.status == "retry"
+    assert taken.owned
+    assert taken.previous is not None
+    assert taken.previous.holder == "job-a"
+    assert taken.previous.state == "claimed"  # holder died mid-call: the caller must reconcile with ADO
+    assert taken.record.attempts == 2
+    assert taken.record.holder == "job-b"
+    assert taken.record.event_json == '{"id": "e1"}'  # no new body given: the old one is kept for replay
+
+    for mark in (lambda: a.mark_triggered(old, run_id=1, run_url=None), lambda: a.mark_failed(old, "boom")):
+        with pytest.raises(LostClaimError, match="taken over by holder job-b") as info:
+            mark()
+        assert info.value.current is not None
+        assert info.value.current.holder == "job-b"
+    assert b.mark_triggered(taken, run_id=2, run_url=None).ado_run_id == 2
+    with pytest.raises(LostClaimError):  # the loser still cannot overwrite the winner's result
+        a.mark_triggered(old, run_id=1, run_url=None)
+    record = a.get(KEY)
+    assert record is not None
+    assert (record.state, record.ado_run_id) == ("triggered", 2)
+
+
+def test_retry_after_failed(make: Any) -> None:
+    a, b = make("job-a"), make("job-b")
+    first = claim(a)
+    failed = a.mark_failed(first, "ADO 503 Service Unavailable")
+    assert (failed.state, failed.reason) == ("failed", "ADO 503 Service Unavailable")
+    again = claim(b, event_id="e2", event_json='{"id": "e2"}')
+    assert again.status == "retry"
+    assert again.record.attempts == 2
+    assert again.previous is not None
+    assert again.previous.reason == "ADO 503 Service Unavailable"
+    assert again.record.reason is None
+    assert again.record.event_json == '{"id": "e2"}'
+    assert claim(a).status == "busy"
+    b.mark_triggered(again, run_id=9, run_url=None)
+    assert claim(a).status == "duplicate"
+
+
+def test_renew_keeps_a_slow_holder_alive(make: Any) -> None:
+    a, b = make("job-a"), make("job-b", stale_after=timedelta(milliseconds=600))
+    held = claim(a)
+    time.sleep(0.4)
+    held = a.renew(held)
+    time.sleep(0.4)  # 0.8 s since the claim, 0.4 s since the heartbeat
+    assert claim(b).status == "busy"
+    assert a.mark_triggered(held, run_id=3, run_url=None).state == "triggered"
+
+
+def test_mark_is_idempotent_for_its_own_claim(make: Any) -> None:
+    """An SDK retry after a lost response re-sends the write with the old ETag: it must not look lost."""
+    a = make("job-a")
+    held = claim(a)
+    first = a.mark_triggered(held, run_id=5, run_url=None)
+    assert a.mark_triggered(held, run_id=5, run_url=None).ado_run_id == first.ado_run_id
+    with pytest.raises(LostClaimError):  # but a different result on the same claim is not a retry
+        a.mark_failed(held, "other")
+
+
+HOSTILE = {
+    "slashes": "a/b\\c#d?e%2F/../..",
+    "control": "run\x00\x01\t\n\x7f|x",
+    "unicode": "モデル/ümlaut/🙂/\u202e/\ufeff",
+    "surrogate": "run|\ud800|x",
+    "odata": "' or PartitionKey ne '' or '",
+    "empty": "",
+    "2kb": "w/" * 1024,
+    "40kb": "é" * 40_000,
+}
+
+
+@pytest.mark.parametrize("key", list(HOSTILE.values()), ids=list(HOSTILE))
+def test_hostile_keys_are_stored_and_found(make: Any, key: str) -> None:
+    a, b = make("job-a"), make("job-b")
+    pk, rk = table_address(key)
+    assert len(rk) == 64
+    assert pk == rk[:2]
+    assert rk.isalnum()
+    held = claim(a, key=key)
+    assert held.status == "claimed"
+    assert claim(b, key=key).status == "busy"
+    assert claim(b, key=key + "x").status == "claimed"  # no collision with a neighbour
+    a.mark_triggered(held, run_id=11, run_url=None)
+    record = b.get(key)
+    assert record is not None
+    assert record.ado_run_id == 11
+    assert record.row_key == rk
+    assert "\x00" not in record.key
+    assert len(record.key) <= 8000
+    if key.isprintable() and len(key) <= 8000:
+        assert record.key == key
+
+
+def test_event_json_kept_whole_or_flagged_truncated(make: Any) -> None:
+    a = make("job-a")
+    big = '{"data": "' + "x" * 100_000 + '"}'
+    held = claim(a, key="big", event_json=big)
+    stored = a.get("big")
+    assert stored is not None
+    assert stored.event_json == big
+    assert not stored.event_json_truncated
+    a.mark_failed(held, "r")
+    huge = "y" * 200_000
+    claim(a, key="huge", event_json=huge)
+    stored = a.get("huge")
+    assert stored is not None
+    assert stored.event_json_truncated
+    assert stored.event_json is not None
+    assert huge.startswith(stored.event_json)
+    assert len(stored.event_json) >= 100_000
+
+
+def test_recent_and_stale_listing(make: Any) -> None:
+    a = make("job-a", stale_after=timedelta(milliseconds=300))
+    keys = [f"k{i}" for i in range(6)]
+    claims = {k: claim(a, key=k, event_id=k) for k in keys}
+    a.mark_triggered(claims["k0"], run_id=100, run_url=None)
+    a.mark_failed(claims["k1"], "no")
+    time.sleep(0.4)
+    a.mark_triggered(claims["k2"], run_id=102, run_url=None)
+
+    recent = a.recent(limit=3)
+    assert next(r.key for r in recent) == "k2"
+    assert len(recent) == 3
+    assert [r.updated_at for r in recent] == sorted((r.updated_at for r in recent), reverse=True)
+    assert {r.key for r in a.recent(state="triggered")} == {"k0", "k2"}
+    assert [r.key for r in a.recent(state="failed")] == ["k1"]
+    assert {r.key for r in a.stale_claims()} == {"k3", "k4", "k5"}
+    assert all(r.state == "claimed" and r.event_json for r in a.stale_claims())
+
+
+def test_storage_errors_say_what_to_do(azurite: str, table_name: str) -> None:
+    secret = azurite.split("AccountKey=")[1].split(";")[0]
+    with socket.socket() as sock:  # a loopback port that nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    dead = f"AccountName=devstoreaccount1;AccountKey={secret};TableEndpoint=http://127.0.0.1:{port}/devstoreaccount1;"
+    ledger = Ledger.from_connection_string(dead, table=table_name, retry_total=0)
+    with pytest.raises(LedgerError, match="unreachable") as info:
+        claim(ledger)
+    assert "scripts/azurite start" in info.value.hint
+    assert secret not in str(info.value)
+
+    with pytest.raises(LedgerError, match="malformed") as bad:
+        Ledger.from_connection_string("not a connection string " + secret, table=table_name)
+    assert secret not in str(bad.value)
+
+    wrong_key = azurite.replace(secret, "d3Jvbmc=" * 11)
+    with pytest.raises(LedgerError) as denied:
+        Ledger.from_connection_string(wrong_key, table=table_name, retry_total=0).ensure_table()
+    assert "Storage Table Data Contributor" in denied.value.hint
+
+    missing = Ledger.from_connection_string(azurite, table=table_name, retry_total=0)
+    with pytest.raises(LedgerError) as no_table:
+        claim(missing)
+    assert "ensure_table" in no_table.value.hint
+
+    with pytest.raises(LedgerError, match="table name"):
+        Ledger.from_connection_string(azurite, table="bad-name")
+
+
+# ---- concurrency: 8 processes race for the same keys ------------------------------------------------
+
+PROCS = 8
+KEYS = 200
+
+
+def _race(conn: str, table: str, worker: int, keys: list[str], barrier: Any, out: Any) -> None:
+    ledger = Ledger.from_connection_string(conn, table=table, holder=f"w{worker}", stale_after=LONG)
+    order = keys if worker % 2 == 0 else keys[::-1]
+    results = []
+    barrier.wait()
+    for i, key in enumerate(order):
+        got = ledger.claim(key, route="r", event_id=f"{worker}-{i}", event_type="RunCompleted", event_json="{}")
+        if got.owned:
+            ledger.mark_triggered(got, run_id=worker * 100_000 + i, run_url=None)
+        results.append((key, got.status, worker))
+    out.put(results)
+
+
+def test_concurrent_processes_claim_each_key_exactly_once(make: Any, azurite: str, table_name: str) -> None:
+    setup = make("setup")
+    keys = [f"{KEY}|{i}" for i in range(KEYS)]
+    for key in keys[1::2]:  # half the keys start as failed records: the race is then for the takeover
+        setup.mark_failed(claim(setup, key=key), "earlier attempt failed")
+
+    ctx = multiprocessing.get_context("spawn")
+    barrier, out = ctx.Barrier(PROCS), ctx.Queue()
+    procs = [ctx.Process(target=_race, args=(azurite, table_name, w, keys, barrier, out)) for w in range(PROCS)]
+    for p in procs:
+        p.start()
+    results = [row for _ in procs for row in out.get(timeout=120)]
+    for p in procs:
+        p.join(timeout=30)
+        assert p.exitcode == 0
+
+    assert len(results) == PROCS * KEYS
+    owners: dict[str, list[int]] = defaultdict(list)
+    for key, status, worker in results:
+        if status in ("claimed", "retry"):
+            owners[key].append(worker)
+    assert {k: len(v) for k, v in owners.items()} == dict.fromkeys(keys, 1)
+    statuses = Counter(status for _, status, _ in results)
+    assert statuses["claimed"] == KEYS // 2
+    assert statuses["retry"] == KEYS // 2
+    for key in keys:
+        record = setup.get(key)
+        assert record is not None
+        assert record.state == "triggered"
+        assert record.ado_run_id is not None
+        assert record.ado_run_id // 100_000 == owners[key][0]
