@@ -249,6 +249,9 @@ class Ledger:
                     return Claim("claimed", new, str(meta["etag"]))
                 except ResourceExistsError:
                     pass
+                except ResourceNotFoundError:  # the table itself is missing (first use, Azurite)
+                    self.ensure_table()
+                    continue
                 try:
                     current, etag = self._read(pk, rk)
                 except ResourceNotFoundError:
@@ -404,7 +407,7 @@ class Ledger:
             if exc.status_code == 403:
                 hint = _AUTH_HINT
             elif exc.status_code == 404 and "TableNotFound" in (str(code) + str(exc)):
-                hint = "Create the table first (Ledger.ensure_table(), done by the relay at start-up)."
+                hint = "Create the table (infra deploys it; Ledger.ensure_table() locally)."
             else:
                 hint = _REACH_HINT
             raise LedgerError(

@@ -13,35 +13,35 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import AdoError, AmlRelayError, LedgerError, TemplateError, UntrustedSourceError
 from .events import Invalid, Parsed, Skipped
 from .models import AmlEvent
+from .reconcile import CannotReconcileError, find_started_run
 from .record import Outcome
 from .router import PipelineRunRequest, build_request, select
 from .routes import Route, Routes
 from .trigger import PipelineRun
 from .validate import SourcePolicy
 
+if TYPE_CHECKING:
+    from .ledger import Ledger  # imported by the runbook only when a ledger is configured
+
 
 class Trigger(Protocol):
+    """What the relay needs from ADO: start a run, and read runs back to reconcile an ambiguous answer."""
+
     def run_pipeline(self, request: PipelineRunRequest) -> PipelineRun: ...
 
+    def list_runs(self, project: str, pipeline_id: int) -> list[dict[str, Any]]: ...
 
-class ClaimLike(Protocol):
-    status: str
-
-    @property
-    def record(self) -> Any: ...
+    def get_run(self, project: str, pipeline_id: int, run_id: int) -> dict[str, Any]: ...
 
 
-class LedgerLike(Protocol):
-    def claim(self, key: str, *, route: str, event_id: str, event_type: str, event_json: str | None) -> Any: ...
-
-    def mark_triggered(self, claim: Any, *, run_id: int, run_url: str | None) -> Any: ...
-
-    def mark_failed(self, claim: Any, reason: str) -> Any: ...
+AMBIGUOUS = "[ambiguous] "
+"""Prefix of a ledger failure after which ADO may hold a run: the next attempt reconciles before sending."""
 
 
 @dataclass
@@ -50,7 +50,7 @@ class Relay:
     policy: SourcePolicy
     org_url: str
     trigger: Trigger | None  # None in a dry run: nothing can be sent
-    ledger: LedgerLike | None = None
+    ledger: Ledger | None = None
     dry_run: bool = False
     only_route: str | None = None  # a manual start may name the route to use
 
@@ -87,38 +87,66 @@ class Relay:
             preview = {"method": "POST", "url": request.url(self.org_url), "query": request.query(),
                        "body": request.redacted_body()}
             return self._outcome(event, route, "dry-run", request=preview)
-        claim = None
-        if self.ledger is not None:
-            try:
-                claim = self.ledger.claim(f"{event.outcome_key()}|{route.name.lower()}", route=route.name,
-                                          event_id=event.id, event_type=event.type,
-                                          event_json=json.dumps(original) if original is not None else None)
-            except LedgerError as exc:
-                return self._outcome(event, route, "failed", reason=f"nothing triggered: {exc}")
-            if claim.status in ("duplicate", "busy"):
-                record = claim.record
-                reason = ("already triggered" if claim.status == "duplicate"
-                          else f"another job is triggering it (claimed {record.claimed_at:%Y-%m-%d %H:%M:%S}Z)")
-                return self._outcome(event, route, "duplicate", run_id=record.ado_run_id, run_url=record.ado_run_url,
-                                     reason=reason)
+        if self.ledger is None:
+            return self._unrecorded(event, route, request)
         try:
-            run = self.trigger.run_pipeline(request)
+            claim = self.ledger.claim(f"{event.outcome_key()}|{route.name.lower()}", route=route.name,
+                                      event_id=event.id, event_type=event.type,
+                                      event_json=json.dumps(original) if original is not None else None)
+        except LedgerError as exc:
+            return self._outcome(event, route, "failed", reason=f"nothing triggered: {exc}")
+        if claim.status in ("duplicate", "busy"):
+            record = claim.record
+            reason = ("already triggered" if claim.status == "duplicate"
+                      else f"another job is starting it (claimed {record.claimed_at:%Y-%m-%d %H:%M:%S} UTC)")
+            return self._outcome(event, route, "duplicate", run_id=record.ado_run_id, run_url=record.ado_run_url,
+                                 reason=reason)
+        previous = claim.previous
+        try:
+            if previous is not None and (previous.state == "claimed" or (previous.reason or "").startswith(AMBIGUOUS)):
+                # the earlier holder died mid-call, or ADO's answer left it open: look before sending
+                found = find_started_run(self.trigger, request, since=previous.claimed_at)
+                if found is not None:
+                    self.ledger.mark_triggered(claim, run_id=found.id, run_url=found.url)
+                    return self._outcome(event, route, "duplicate", run_id=found.id, run_url=found.url,
+                                         reason="started by an earlier attempt that could not record it")
+            run = self._start(request)
         except AmlRelayError as exc:
-            reason = str(exc)
-            if claim is not None and self.ledger is not None:
-                try:
-                    self.ledger.mark_failed(claim, reason[:1000])
-                except LedgerError as ledger_exc:
-                    reason += f" (and the ledger could not record it: {ledger_exc})"
-            ambiguous = isinstance(exc, AdoError) and exc.status is None
-            return self._outcome(event, route, "failed", reason=reason + (" [ambiguous]" if ambiguous else ""))
-        warning = None
-        if claim is not None and self.ledger is not None:
+            reason = (AMBIGUOUS if _ambiguous(exc) else "") + str(exc)
             try:
-                self.ledger.mark_triggered(claim, run_id=run.id, run_url=run.url)
-            except LedgerError as exc:
-                warning = f"triggered, but the ledger could not record it: {exc}"
-        return self._outcome(event, route, "triggered", run_id=run.id, run_url=run.url, reason=warning)
+                self.ledger.mark_failed(claim, reason[:4000])
+            except LedgerError as ledger_exc:
+                reason += f" (and the ledger could not record the failure: {ledger_exc})"
+            return self._outcome(event, route, "failed", reason=reason)
+        try:
+            self.ledger.mark_triggered(claim, run_id=run.id, run_url=run.url)
+        except LedgerError as exc:
+            return self._outcome(event, route, "triggered", run_id=run.id, run_url=run.url,
+                                 reason=f"triggered, but the ledger could not record it: {exc}")
+        return self._outcome(event, route, "triggered", run_id=run.id, run_url=run.url)
+
+    def _start(self, request: PipelineRunRequest) -> PipelineRun:
+        """Start the run; after an answer that leaves open whether ADO queued it, look for it, and send once
+        more only when it is certainly not there."""
+        assert self.trigger is not None
+        sent_at = datetime.now(timezone.utc)
+        try:
+            return self.trigger.run_pipeline(request)
+        except AdoError as exc:
+            if not exc.ambiguous:
+                raise
+            found = find_started_run(self.trigger, request, since=sent_at)
+            if found is not None:
+                return found
+        return self.trigger.run_pipeline(request)
+
+    def _unrecorded(self, event: AmlEvent, route: Route, request: PipelineRunRequest) -> Outcome:
+        """Without a ledger (AMLRELAY_LEDGER=false): at least once, never exactly once."""
+        try:
+            run = self._start(request)
+        except AmlRelayError as exc:
+            return self._outcome(event, route, "failed", reason=(AMBIGUOUS if _ambiguous(exc) else "") + str(exc))
+        return self._outcome(event, route, "triggered", run_id=run.id, run_url=run.url)
 
     @staticmethod
     def _outcome(event: AmlEvent, route: Route | None, kind: Any, *, run_id: int | None = None,
@@ -126,6 +154,10 @@ class Relay:
                  request: dict[str, Any] | None = None) -> Outcome:
         return Outcome(event.id, event.type, event.subject, kind, route.name if route else None, run_id, run_url,
                        reason, request)
+
+
+def _ambiguous(exc: AmlRelayError) -> bool:
+    return (isinstance(exc, AdoError) and exc.ambiguous) or isinstance(exc, CannotReconcileError)
 
 
 def _short(event_type: str) -> str:

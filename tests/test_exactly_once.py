@@ -1,0 +1,195 @@
+"""Exactly once, end to end: the relay with a real ledger (Azurite) and the strict ADO stand-in.
+
+Each test ends in one of two states and asserts which: the outcome's pipeline run exists exactly once, or
+the event is recorded failed with a reason (and the job exits non-zero). Never two runs, never silence.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from amlrelay.events import parse_events
+from amlrelay.ledger import Ledger
+from amlrelay.record import exit_code
+from amlrelay.relay import AMBIGUOUS, Relay
+from amlrelay.routes import load_routes, parse_routes
+from amlrelay.runbook import build_relay
+from amlrelay.settings import resolve
+from tests.conftest import ROUTES_FILE, SAMPLE_WORKSPACE, sample
+from tests.stack import Stack, local_stack
+from tests.test_webhook import argv_forms
+
+
+@pytest.fixture
+def stack(monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
+    with local_stack() as s:
+        for name, value in s.env().items():  # the relay runs in process here: same environment as a job
+            monkeypatch.setenv(name, value)
+        yield s
+
+
+@pytest.fixture
+def ledger_env(azurite: str, table_name: str) -> dict[str, str]:
+    return {"AMLRELAY_LEDGER": "true", "AMLRELAY_LEDGER_CONNECTION_STRING": azurite,
+            "AMLRELAY_LEDGER_TABLE": table_name}
+
+
+def relay_for(stack: Stack, ledger_env: dict[str, str], routes: Any = None, **overrides: str) -> Relay:
+    env = {**stack.env(), **ledger_env, **overrides}
+    settings = resolve({}, env=env)
+    relay = build_relay(settings, routes or load_routes(ROUTES_FILE))
+    assert relay.ledger is not None
+    relay.ledger.ensure_table()
+    return relay
+
+
+def deliver(relay: Relay, *events: dict[str, Any]) -> list[Any]:
+    return relay.handle(parse_events(list(events)), raw=list(events))
+
+
+def completed_status_change() -> dict[str, Any]:
+    event = sample("cloud-events-schema", "run_status_changed")
+    event["id"], event["data"]["runStatus"] = "another-delivery", "Completed"
+    return event
+
+
+def test_redelivery_and_completed_status_change_start_one_run(stack: Stack, ledger_env: dict[str, str]) -> None:
+    relay = relay_for(stack, ledger_env)
+    first = deliver(relay, sample("event-grid-schema", "run_completed"))
+    again = deliver(relay, sample("event-grid-schema", "run_completed"), completed_status_change())
+    assert [o.outcome for o in first + again] == ["triggered", "duplicate", "duplicate"]
+    assert {o.ado_run_id for o in first + again} == {stack.ado.runs[0]["id"]}
+    assert len(stack.ado.runs) == 1
+
+
+def test_duplicate_across_processes_as_automation_runs_them(stack: Stack, ledger_env: dict[str, str]) -> None:
+    argv = argv_forms([sample("event-grid-schema", "model_registered")])["hashtable-split"]
+    outputs = []
+    for _ in range(2):
+        done = subprocess.run(stack.runbook_command(*argv), env={**stack.env(), **ledger_env}, capture_output=True,
+                              text=True, timeout=60, check=False)
+        outputs.append((done.returncode, json.loads(done.stdout.splitlines()[0])))
+    assert [(code, out["outcome"]) for code, out in outputs] == [(0, "triggered"), (0, "duplicate")]
+    assert outputs[1][1]["ado_run_id"] == outputs[0][1]["ado_run_id"]
+    assert len(stack.ado.runs) == 1
+
+
+@pytest.mark.parametrize("fault", ["accept_then_500", "accept_then_502", "reset_after_create", "slow_answer"])
+def test_ado_queued_the_run_but_the_answer_was_lost(stack: Stack, ledger_env: dict[str, str], fault: str) -> None:
+    relay = relay_for(stack, ledger_env, AMLRELAY_TIMEOUT="1")
+    if fault.startswith("accept_then_"):
+        stack.ado.accept_then_fail(int(fault[-3:]))
+    elif fault == "reset_after_create":
+        stack.ado.reset(after_create=True)
+    else:
+        stack.ado.delay(2)
+    [outcome] = deliver(relay, sample("event-grid-schema", "model_registered"))
+    assert outcome.outcome == "triggered"
+    assert len(stack.ado.runs) == 1  # found and adopted, not sent again
+    assert outcome.ado_run_id == stack.ado.runs[0]["id"]
+
+
+@pytest.mark.parametrize("fault", ["500_not_created", "reset_before_create"])
+def test_an_error_that_created_nothing_is_resent_once(stack: Stack, ledger_env: dict[str, str], fault: str) -> None:
+    relay = relay_for(stack, ledger_env)
+    if fault == "500_not_created":
+        stack.ado.fail(500)
+    else:
+        stack.ado.reset()
+    [outcome] = deliver(relay, sample("event-grid-schema", "model_deployed"))
+    assert outcome.outcome == "triggered"
+    assert len(stack.ado.runs) == 1
+
+
+def test_holder_died_between_ado_call_and_ledger_write(stack: Stack, ledger_env: dict[str, str]) -> None:
+    relay = relay_for(stack, ledger_env)
+    assert relay.ledger is not None
+    event = sample("event-grid-schema", "run_completed")
+    parsed = parse_events([event])[0]
+    key = f"{parsed.outcome_key()}|evaluate-trained-model"  # type: ignore[union-attr]
+    claim = relay.ledger.claim(key, route="evaluate-trained-model", event_id="x", event_type="RunCompleted",
+                               event_json=json.dumps(event))
+    assert claim.status == "claimed"
+    from amlrelay.router import build_request
+
+    relay.trigger.run_pipeline(build_request(load_routes(ROUTES_FILE).by_name("evaluate-trained-model"),
+                                             parsed))  # type: ignore[union-attr,arg-type]
+    # ... and the process dies here. Much later, Event Grid or a replay delivers the event again:
+    relay.ledger = Ledger.from_connection_string(ledger_env["AMLRELAY_LEDGER_CONNECTION_STRING"],
+                                                 table=ledger_env["AMLRELAY_LEDGER_TABLE"],
+                                                 stale_after=timedelta(seconds=0))
+    [outcome] = deliver(relay, event)
+    assert outcome.outcome == "duplicate"
+    assert "earlier attempt" in (outcome.reason or "")
+    assert len(stack.ado.runs) == 1
+    record = relay.ledger.get(key)
+    assert record is not None
+    assert record.state == "triggered"
+    assert record.ado_run_id == stack.ado.runs[0]["id"]
+
+
+def test_unreconcilable_route_fails_loudly_instead_of_guessing(stack: Stack, ledger_env: dict[str, str]) -> None:
+    routes = parse_routes(json.dumps({"version": 1, "routes": [{
+        "name": "no-fingerprint", "events": ["ModelRegistered"], "pipeline": {"project": "mlops", "id": 20}}]}))
+    relay = relay_for(stack, ledger_env, routes=routes)
+    stack.ado.accept_then_fail(500)
+    [outcome] = deliver(relay, sample("event-grid-schema", "model_registered"))
+    assert outcome.outcome == "failed"
+    assert outcome.reason.startswith(AMBIGUOUS)
+    assert "cannot tell whether an earlier attempt" in outcome.reason
+    [again] = deliver(relay, sample("event-grid-schema", "model_registered"))  # a redelivery does not guess
+    assert again.outcome == "failed"
+    assert len(stack.ado.runs) == 1
+    assert exit_code([outcome]) == 1
+
+
+@pytest.mark.parametrize(
+    ("break_it", "message"),
+    [
+        (lambda s: s.identity.fail(500, times=20), "No Entra token"),
+        (lambda s: s.ado.fail(403), "HTTP 403"),
+        (lambda s: s.ado.fail(429, retry_after=0, times=20), "throttling"),
+        (lambda s: s.ado.fail(503, times=20), "unavailable"),
+    ],
+)
+def test_a_failure_is_recorded_and_the_next_delivery_triggers_once(stack: Stack, ledger_env: dict[str, str],
+                                                                   break_it: Any, message: str) -> None:
+    relay = relay_for(stack, ledger_env, AMLRELAY_MAX_RETRIES="2")
+    break_it(stack)
+    [failed] = deliver(relay, sample("event-grid-schema", "dataset_drift_detected"))
+    assert failed.outcome == "failed"
+    assert message in (failed.reason or "")
+    assert stack.ado.runs == []
+    stack.identity.reset_state()
+    stack.ado.reset_state()
+    relay = relay_for(stack, ledger_env)  # the redelivery is a new job: a new process and credential
+    [retried] = deliver(relay, sample("event-grid-schema", "dataset_drift_detected"))
+    assert retried.outcome == "triggered", retried.reason
+    assert len(stack.ado.runs) == 1
+
+
+def test_unreachable_ledger_triggers_nothing(stack: Stack, ledger_env: dict[str, str]) -> None:
+    broken = {**ledger_env, "AMLRELAY_LEDGER_CONNECTION_STRING": ledger_env["AMLRELAY_LEDGER_CONNECTION_STRING"]
+              .replace("127.0.0.1:", "127.0.0.1:1")}
+    settings = resolve({}, env={**stack.env(), **broken})
+    relay = build_relay(settings, load_routes(ROUTES_FILE))
+    [outcome] = deliver(relay, sample("event-grid-schema", "model_registered"))
+    assert outcome.outcome == "failed"
+    assert (outcome.reason or "").startswith("nothing triggered")
+    assert stack.ado.requests == []
+
+
+def test_foreign_workspace_never_reaches_the_ledger(stack: Stack, ledger_env: dict[str, str]) -> None:
+    relay = relay_for(stack, ledger_env)
+    event = sample("event-grid-schema", "model_registered")
+    event["topic"] = SAMPLE_WORKSPACE.replace("{workspace-name}", "other")
+    [outcome] = deliver(relay, event)
+    assert outcome.outcome == "rejected"
+    assert relay.ledger is not None
+    assert relay.ledger.recent() == []
