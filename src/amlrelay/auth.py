@@ -34,7 +34,13 @@ class AdoCredential(Protocol):
         """What to do when ADO answers ``status`` (401/403) to this credential."""
 
 
-def managed_identity(client_id: str | None) -> TokenCredential:
+def managed_identity(client_id: str | None, *, kind: str = "managed-identity") -> TokenCredential:
+    """The handler's identity. ``kind="default"`` (DefaultAzureCredential: az login, environment...) is for
+    running amlrelay's commands from an operator's machine; handlers in Azure use the managed identity."""
+    if kind == "default":
+        from azure.identity import DefaultAzureCredential
+
+        return DefaultAzureCredential(managed_identity_client_id=client_id)
     from azure.identity import ManagedIdentityCredential
 
     return ManagedIdentityCredential(client_id=client_id) if client_id else ManagedIdentityCredential()

@@ -88,7 +88,7 @@ def build_relay(settings: Settings, routes: Routes, *, only_route: str | None = 
     if only_route:
         routes.by_name(only_route)  # fail fast on a typo, before anything else happens
     trigger = None if settings.dry_run else _ado_client(settings)
-    ledger = None if settings.dry_run or not settings.ledger else _ledger(settings)
+    ledger = None if settings.dry_run or not settings.ledger else open_ledger(settings)
     return Relay(routes, SourcePolicy(settings.allowed_workspaces), settings.org_url, trigger, ledger,
                  settings.dry_run, only_route)
 
@@ -97,7 +97,7 @@ def _ado_client(settings: Settings) -> Any:
     from .auth import EntraCredential, KeyVaultPatCredential, managed_identity
     from .trigger import AdoClient
 
-    identity = managed_identity(settings.managed_identity_client_id)
+    identity = managed_identity(settings.managed_identity_client_id, kind=settings.credential)
     credential: Any
     if settings.auth == "pat":
         assert settings.key_vault_url  # guaranteed by settings.resolve
@@ -109,17 +109,22 @@ def _ado_client(settings: Settings) -> Any:
                      backoff=settings.backoff, max_retry_after=settings.max_retry_after)
 
 
-def _ledger(settings: Settings) -> Any:
+def open_ledger(settings: Settings) -> Any:
+    from datetime import timedelta
+
     from .ledger import Ledger
 
+    stale_after = timedelta(seconds=settings.ledger_stale_after)
     if settings.ledger_connection_string:
-        ledger = Ledger.from_connection_string(settings.ledger_connection_string, table=settings.ledger_table)
+        ledger = Ledger.from_connection_string(settings.ledger_connection_string, table=settings.ledger_table,
+                                               stale_after=stale_after)
     else:
         from .auth import managed_identity
 
         assert settings.ledger_table_url  # guaranteed by settings.resolve
-        ledger = Ledger.from_table_url(settings.ledger_table_url, managed_identity(settings.managed_identity_client_id),
-                                       table=settings.ledger_table)
+        identity = managed_identity(settings.managed_identity_client_id, kind=settings.credential)
+        ledger = Ledger.from_table_url(settings.ledger_table_url, identity, table=settings.ledger_table,
+                                       stale_after=stale_after)
     return ledger
 
 

@@ -18,6 +18,7 @@ from .auth import ADO_RESOURCE
 from .errors import SettingsError
 
 AUTH_MODES = ("managed-identity", "pat")
+CREDENTIALS = ("managed-identity", "default")
 Lookup = Callable[[str], "str | None"]
 
 
@@ -36,11 +37,22 @@ class Settings:
     ledger_table_url: str | None = None
     ledger_table: str = "amlrelayledger"
     ledger: bool = True
+    ledger_stale_after: float = 900.0  # seconds after which a silent claim's holder is presumed dead
+    deadletter_container: str = "deadletters"
+    blob_url: str | None = None  # default: the ledger account's blob endpoint
+    credential: str = "managed-identity"
     dry_run: bool = False
     timeout: float = 30.0
     max_retries: int = 4
     backoff: float = 1.0
     max_retry_after: float = 60.0
+
+    @property
+    def blob_account_url(self) -> str | None:
+        """Dead letters live in the ledger's account: derive its blob endpoint (any cloud's suffix)."""
+        if self.blob_url:
+            return self.blob_url
+        return self.ledger_table_url.replace(".table.", ".blob.", 1) if self.ledger_table_url else None
 
     @property
     def org_url(self) -> str:
@@ -76,8 +88,9 @@ def automation_lookup() -> Lookup | None:
 
 
 def resolve(params: Mapping[str, str | None], *, env: Mapping[str, str] | None = None,
-            automation: Lookup | None = None) -> Settings:
-    """Build :class:`Settings` from the three sources; raise :class:`SettingsError` listing every problem."""
+            automation: Lookup | None = None, ledger_only: bool = False) -> Settings:
+    """Build :class:`Settings` from the three sources; raise :class:`SettingsError` listing every problem.
+    ``ledger_only``: for commands that only read the ledger (``amlrelay status``)."""
     environ = os.environ if env is None else env
 
     def raw(name: str) -> str | None:
@@ -99,7 +112,7 @@ def resolve(params: Mapping[str, str | None], *, env: Mapping[str, str] | None =
             values[name] = _PARSERS.get(name, str)(text)
         except ValueError as exc:
             problems.append(f"{env_name(name)} {exc}")
-    for name in ("ado_organization", "routes", "allowed_workspaces"):
+    for name in () if ledger_only else ("ado_organization", "routes", "allowed_workspaces"):
         if name not in values and not any(p.startswith(env_name(name) + " ") for p in problems):
             problems.append(f"{env_name(name)} is missing ({_HELP[name]})")
     if values.get("auth") == "pat" and not values.get("key_vault_url"):
@@ -112,6 +125,8 @@ def resolve(params: Mapping[str, str | None], *, env: Mapping[str, str] | None =
                         "AMLRELAY_LEDGER=false only to accept duplicate runs)")
     if problems:
         raise SettingsError(problems)
+    if ledger_only:
+        values = {"ado_organization": "", "routes": "", "allowed_workspaces": (), **values}
     return Settings(**values)
 
 
@@ -175,6 +190,8 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "ado_base_url": _url,
     "allowed_workspaces": _workspaces,
     "auth": _choice(*AUTH_MODES),
+    "credential": _choice(*CREDENTIALS),
+    "blob_url": _url,
     "key_vault_url": _url,
     "ledger_table_url": _url,
     "ledger": _bool,
@@ -183,6 +200,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "max_retries": _positive(int),
     "backoff": _positive(float),
     "max_retry_after": _positive(float),
+    "ledger_stale_after": _positive(float),
 }
 _HELP = {
     "ado_organization": "the ADO organization name, e.g. contoso",
