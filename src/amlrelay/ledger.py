@@ -379,15 +379,19 @@ class Ledger:
                     current, etag = None, ""
             if current is not None and current.claim_id == claim.record.claim_id and _same_result(current, record):
                 return current, etag  # our own write, retried by the SDK after a lost response
-            who = (
-                f"holder {current.holder} (state {current.state}, attempt {current.attempts})" if current else "a purge"
-            )
+            if current is not None and current.claim_id == claim.record.claim_id:
+                what = f"this claim was already recorded as {current.state}"
+            elif current is not None:
+                what = (
+                    f"it was taken over by holder {current.holder} (state {current.state}, attempt {current.attempts})"
+                )
+            else:
+                what = "its record was deleted"
             raise LostClaimError(
-                f"Lost the ledger claim on {claim.record.key[:200]!r}: it was taken over by {who} "
-                f"before this holder could {action}.",
+                f"Lost the ledger claim on {claim.record.key[:200]!r}: {what} before this holder could {action}.",
                 current=current,
-                hint="This holder was too slow (over stale_after without renew()). If it started an ADO run, "
-                "that run may be a duplicate of the new holder's: report it; do not retry.",
+                hint="If this holder started an ADO run, it may duplicate the current holder's: report it, do not "
+                "retry. A holder that can take longer than stale_after must renew() its claim.",
             )
 
     @contextmanager
