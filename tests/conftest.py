@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-# TODO(before merge): list both plainly once they exist.
-pytest_plugins = [p for p in ("tests.servers.pytest_plugin", "tests.azurite_plugin") if importlib.util.find_spec(p)]
+from tests import secret_guard
+
+pytest_plugins = ["tests.servers.pytest_plugin", "tests.azurite_plugin"]
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -36,3 +36,32 @@ def all_samples() -> list[tuple[str, str]]:
 @pytest.fixture
 def routes_file() -> Path:
     return ROUTES_FILE
+
+
+# --- secret hygiene over every output stream of the suite (see tests/secret_guard.py) ------------------
+
+def pytest_configure(config: pytest.Config) -> None:
+    secret_guard.register_defaults()
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    for stream, text in (("stdout", report.capstdout), ("stderr", report.capstderr), ("log", report.caplog)):
+        secret_guard.record(f"{report.nodeid} ({report.when}, {stream})", text)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    found = secret_guard.leaks()
+    if found:
+        session.config.stash[_LEAKS] = found
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    found = terminalreporter.config.stash.get(_LEAKS, [])
+    if found:
+        terminalreporter.section("SECRET LEAKED INTO OUTPUT", red=True)
+        for line in found:
+            terminalreporter.write_line(line)
+
+
+_LEAKS = pytest.StashKey[list[str]]()

@@ -21,6 +21,7 @@ from amlrelay.relay import AMBIGUOUS, Relay
 from amlrelay.routes import load_routes, parse_routes
 from amlrelay.runbook import build_relay
 from amlrelay.settings import resolve
+from tests import secret_guard
 from tests.conftest import ROUTES_FILE, SAMPLE_WORKSPACE, sample
 from tests.stack import Stack, local_stack
 from tests.test_webhook import argv_forms
@@ -74,6 +75,7 @@ def test_duplicate_across_processes_as_automation_runs_them(stack: Stack, ledger
     for _ in range(2):
         done = subprocess.run(stack.runbook_command(*argv), env={**stack.env(), **ledger_env}, capture_output=True,
                               text=True, timeout=60, check=False)
+        secret_guard.record("runbook stdout", done.stdout + done.stderr)
         outputs.append((done.returncode, json.loads(done.stdout.splitlines()[0])))
     assert [(code, out["outcome"]) for code, out in outputs] == [(0, "triggered"), (0, "duplicate")]
     assert outputs[1][1]["ado_run_id"] == outputs[0][1]["ado_run_id"]

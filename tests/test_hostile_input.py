@@ -104,3 +104,11 @@ def test_huge_strings_and_deep_nesting_are_refused() -> None:
     event["data"]["runTags"] = nested
     [item] = parse_events([event])
     assert isinstance(item, AmlEvent)  # nested tag values are ignored for routing, not a crash
+
+
+def test_the_secret_guard_finds_a_secret_in_any_stream() -> None:
+    from tests import secret_guard
+
+    outputs = [("runbook stdout", "ok"), ("test log", "Authorization: Bearer abc.def.SIGNATURE")]
+    assert secret_guard.leaks(outputs, {"token": "abc.def.SIGNATURE"}) == ["token in test log"]
+    assert secret_guard.leaks(outputs, {"token": "other"}) == []

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from tests import secret_guard
 from tests.conftest import all_samples, sample
 from tests.stack import PAT, Stack, local_stack
 from tests.test_webhook import argv_forms
@@ -33,6 +34,8 @@ def stack() -> Iterator[Stack]:
 def run(stack: Stack, argv: list[str], **env: str) -> tuple[int, list[dict[str, Any]], list[str]]:
     done = subprocess.run(stack.runbook_command(*argv), env=stack.env(**env), capture_output=True, text=True,
                           timeout=60, check=False)
+    secret_guard.record("runbook stdout", done.stdout)
+    secret_guard.record("runbook stderr", done.stderr)
     assert done.stderr == "", done.stderr  # Automation's Python sandbox drops stderr: nothing may go there
     records = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     human = [line for line in done.stdout.splitlines() if not line.startswith("{")]
