@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from azure.data.tables import TableClient, UpdateMode
 from azure.storage.blob import ContainerClient
 
 from amlrelay.cli import main as cli
 from amlrelay.events import parse_events
-from amlrelay.ledger import Ledger
+from amlrelay.ledger import Ledger, table_address
 from tests.conftest import sample
 from tests.stack import Stack, local_stack
 
@@ -79,8 +81,8 @@ def test_a_replay_that_fails_leaves_the_blob_for_next_time(env: Stack, capsys: p
     assert outcomes[0]["outcome"] == "triggered"
 
 
-def test_stale_claims_are_replayed_from_the_event_the_ledger_kept(env: Stack, capsys: pytest.CaptureFixture[str],
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_stale_claims_are_replayed_from_the_event_the_ledger_kept(env: Stack,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
     import os
 
     event = sample("event-grid-schema", "run_completed")
@@ -89,9 +91,15 @@ def test_stale_claims_are_replayed_from_the_event_the_ledger_kept(env: Stack, ca
                                            table=os.environ["AMLRELAY_LEDGER_TABLE"])
     ledger.ensure_table()
     key = f"{parsed.outcome_key()}|evaluate-trained-model"  # type: ignore[union-attr]
-    ledger.claim(key, route="evaluate-trained-model", event_id="x", event_type="RunCompleted",
-                 event_json=json.dumps(event))  # ... and its job died before calling ADO
-    monkeypatch.setenv("AMLRELAY_LEDGER_STALE_AFTER", "0")
+    claim = ledger.claim(key, route="evaluate-trained-model", event_id="x", event_type="RunCompleted",
+                         event_json=json.dumps(event))  # ... and its job died before calling ADO, an hour ago:
+    table = TableClient.from_connection_string(os.environ["AMLRELAY_LEDGER_CONNECTION_STRING"],
+                                               os.environ["AMLRELAY_LEDGER_TABLE"])
+    an_hour_ago = datetime.now(timezone.utc) - timedelta(hours=1)
+    pk, rk = table_address(key)
+    table.update_entity({"PartitionKey": pk, "RowKey": rk, "claimed_at": an_hour_ago, "updated_at": an_hour_ago},
+                        mode=UpdateMode.MERGE)
+    assert claim.status == "claimed"
     code, outcomes = run_cli(capsys, "replay", "--json", "--stale", "--no-dead-letters")
     assert code == 0
     assert [o["outcome"] for o in outcomes] == ["triggered"]

@@ -62,3 +62,9 @@ def test_an_organization_url_in_the_name_setting_is_explained() -> None:
 def test_redacted_view_hides_the_connection_string() -> None:
     settings = resolve({"ledger_connection_string": "AccountKey=c2VjcmV0"}, env=BASE)
     assert "c2VjcmV0" not in repr(settings.redacted())
+
+
+def test_a_stale_window_shorter_than_one_attempt_is_refused() -> None:
+    with pytest.raises(SettingsError, match="AMLRELAY_LEDGER_STALE_AFTER must exceed the longest possible ADO attempt"):
+        resolve({"ledger_stale_after": "60"}, env=BASE)
+    assert resolve({"ledger_stale_after": "90", "timeout": "1", "max_retries": "0"}, env=BASE).ledger_stale_after == 90

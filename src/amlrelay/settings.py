@@ -37,7 +37,7 @@ class Settings:
     ledger_table_url: str | None = None
     ledger_table: str = "amlrelayledger"
     ledger: bool = True
-    ledger_stale_after: float = 900.0  # seconds after which a silent claim's holder is presumed dead
+    ledger_stale_after: float = 1800.0  # seconds after which a silent claim's holder is presumed dead
     deadletter_container: str = "deadletters"
     blob_url: str | None = None  # default: the ledger account's blob endpoint
     credential: str = "managed-identity"
@@ -123,11 +123,26 @@ def resolve(params: Mapping[str, str | None], *, env: Mapping[str, str] | None =
         problems.append("AMLRELAY_LEDGER_TABLE_URL is missing (https://<account>.table.core.windows.net; the "
                         "ledger is what stops a redelivered event from starting a pipeline twice. Set "
                         "AMLRELAY_LEDGER=false only to accept duplicate runs)")
+    worst = _longest_attempt(values)
+    if values.get("ledger_stale_after", 1800.0) <= worst:
+        problems.append(f"AMLRELAY_LEDGER_STALE_AFTER must exceed the longest possible ADO attempt ({worst:.0f} s with "
+                        "these timeout/retry settings), or a slow job's claim could be taken over while its "
+                        "request is still on the way")
     if problems:
         raise SettingsError(problems)
     if ledger_only:
         values = {"ado_organization": "", "routes": "", "allowed_workspaces": (), **values}
     return Settings(**values)
+
+
+def _longest_attempt(values: dict[str, Any]) -> float:
+    """Upper bound of one event's ADO attempt: every try timing out, every wait at its cap, plus the
+    reconciliation reads and the one resend after an ambiguous answer."""
+    timeout = float(values.get("timeout", 30.0))
+    retries = int(values.get("max_retries", 4))
+    wait = max(float(values.get("max_retry_after", 60.0)), 30.0)  # urllib3 backoff is capped at 30 s too
+    one_call = (retries + 1) * timeout + retries * wait
+    return 2 * one_call + 2 * timeout + 60.0
 
 
 def _url(text: str) -> str:
