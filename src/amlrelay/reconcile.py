@@ -22,7 +22,7 @@ from .router import PipelineRunRequest
 from .trigger import PipelineRun, _run_from
 
 CLOCK_SKEW = timedelta(minutes=5)
-MAX_RUNS_EXAMINED = 50
+MAX_RUNS_EXAMINED = 200
 
 
 class RunReader(Protocol):
