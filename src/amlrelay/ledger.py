@@ -224,23 +224,8 @@ class Ledger:
         pk, rk = table_address(key)
         claim_id = uuid.uuid4().hex
         now = _now()
-        new = LedgerRecord(
-            key=_clean(key),
-            route=_clean(route),
-            event_id=_clean(event_id),
-            event_type=_clean(event_type),
-            state="claimed",
-            ado_run_id=None,
-            ado_run_url=None,
-            reason=None,
-            claimed_at=now,
-            updated_at=now,
-            attempts=1,
-            holder=self.holder,
-            claim_id=claim_id,
-            event_json=None,
-            row_key=rk,
-        )
+        ids = (_clean(key), _clean(route), _clean(event_id), _clean(event_type))
+        new = LedgerRecord(*ids, "claimed", None, None, None, now, now, 1, self.holder, claim_id, None, row_key=rk)
         new = _with_event(new, event_json)
         with self._errors("claim an event"):
             for _ in range(_TAKE_TRIES):
@@ -402,31 +387,19 @@ class Ledger:
             yield
         except LedgerError:
             raise
-        except ClientAuthenticationError as exc:
-            raise LedgerError(
-                f"Ledger storage refused to {action} ({self._where}): {_redact(str(exc))}", hint=_AUTH_HINT
-            ) from None
-        except HttpResponseError as exc:
-            code = getattr(exc, "error_code", None) or ""
-            if exc.status_code == 403:
-                hint = _AUTH_HINT
-            elif exc.status_code == 404 and "TableNotFound" in (str(code) + str(exc)):
-                hint = "Create the table (infra deploys it; Ledger.ensure_table() locally)."
-            else:
-                hint = _REACH_HINT
-            raise LedgerError(
-                f"Ledger storage failed to {action} ({self._where}): HTTP {exc.status_code} "
-                f"{code}: {_redact(exc.reason or '')}",
-                hint=hint,
-            ) from None
-        except (ServiceRequestError, ServiceResponseError) as exc:
-            raise LedgerError(
-                f"Ledger storage unreachable while trying to {action} ({self._where}): {_redact(str(exc))}",
-                hint=_REACH_HINT,
-            ) from None
         except AzureError as exc:
+            status = getattr(exc, "status_code", None)
+            code = str(getattr(exc, "error_code", None) or "")
+            hint, what = _REACH_HINT, "storage error"
+            if isinstance(exc, ClientAuthenticationError) or status == 403:
+                hint, what = _AUTH_HINT, "access denied"
+            elif isinstance(exc, (ServiceRequestError, ServiceResponseError)):
+                what = "storage unreachable"
+            elif status == 404 and "TableNotFound" in code + str(exc):
+                hint = "Create the table (infra deploys it; Ledger.ensure_table() locally)."
+            detail = f"HTTP {status} {code}: {exc.reason}" if isinstance(exc, HttpResponseError) else str(exc)
             raise LedgerError(
-                f"Ledger storage error while trying to {action} ({self._where}): {_redact(str(exc))}", hint=_REACH_HINT
+                f"Ledger {what} while trying to {action} ({self._where}): {_redact(detail)}", hint=hint
             ) from None
 
 
@@ -454,26 +427,13 @@ def _with_event(record: LedgerRecord, event_json: str | None) -> LedgerRecord:
     return replace(record, event_json=text[:cap], event_json_truncated=len(text) > cap)
 
 
+_PLAIN = ("key", "route", "event_id", "event_type", "state", "claimed_at", "updated_at", "attempts", "holder",
+          "claim_id", "event_json_truncated", "ado_run_id", "ado_run_url", "reason")  # fmt: skip
+
+
 def _to_entity(pk: str, rk: str, r: LedgerRecord) -> dict[str, Any]:
-    entity: dict[str, Any] = {
-        "PartitionKey": pk,
-        "RowKey": rk,
-        "schema": SCHEMA,
-        "key": r.key,
-        "route": r.route,
-        "event_id": r.event_id,
-        "event_type": r.event_type,
-        "state": r.state,
-        "claimed_at": r.claimed_at,
-        "updated_at": r.updated_at,
-        "attempts": r.attempts,
-        "holder": r.holder,
-        "claim_id": r.claim_id,
-        "event_json_truncated": r.event_json_truncated,
-    }
-    for name, value in (("ado_run_id", r.ado_run_id), ("ado_run_url", r.ado_run_url), ("reason", r.reason)):
-        if value is not None:
-            entity[name] = value
+    entity: dict[str, Any] = {"PartitionKey": pk, "RowKey": rk, "schema": SCHEMA}
+    entity.update((name, getattr(r, name)) for name in _PLAIN if getattr(r, name) is not None)
     if r.event_json is not None:
         for i in range(0, max(len(r.event_json), 1), _CHUNK):
             entity["event_json" if i == 0 else f"event_json_{i // _CHUNK}"] = r.event_json[i : i + _CHUNK]
@@ -481,30 +441,22 @@ def _to_entity(pk: str, rk: str, r: LedgerRecord) -> dict[str, Any]:
 
 
 def _from_entity(e: Mapping[str, Any]) -> LedgerRecord:
-    state = e.get("state")
-    if state not in ("claimed", "triggered", "failed"):
+    if e.get("state") not in ("claimed", "triggered", "failed"):
         raise LedgerError(
-            f"Ledger row {e.get('RowKey')} has unknown state {state!r}.",
+            f"Ledger row {e.get('RowKey')} has unknown state {e.get('state')!r}.",
             hint="It was written by a newer or foreign writer; do not share the table.",
         )
+    v: dict[str, Any] = {name: e.get(name) for name in _PLAIN}
+    for name in ("key", "route", "event_id", "event_type", "holder", "claim_id"):
+        v[name] = str(v[name] or "")
     parts = [e.get("event_json")] + [e.get(f"event_json_{i}") for i in range(1, _EVENT_CHUNKS)]
-    event_json = "".join(p for p in parts if p) if parts[0] is not None else None
-    run_id = e.get("ado_run_id")
-    return LedgerRecord(
-        key=str(e.get("key", "")),
-        route=str(e.get("route", "")),
-        event_id=str(e.get("event_id", "")),
-        event_type=str(e.get("event_type", "")),
-        state=state,
-        ado_run_id=int(run_id) if run_id is not None else None,
-        ado_run_url=e.get("ado_run_url"),
-        reason=e.get("reason"),
-        claimed_at=_utc(e.get("claimed_at")),
-        updated_at=_utc(e.get("updated_at")),
-        attempts=int(e.get("attempts", 1)),
-        holder=str(e.get("holder", "")),
-        claim_id=str(e.get("claim_id", "")),
-        event_json=event_json,
-        event_json_truncated=bool(e.get("event_json_truncated", False)),
+    v.update(
+        claimed_at=_utc(v["claimed_at"]),
+        updated_at=_utc(v["updated_at"]),
+        attempts=int(v["attempts"] or 1),
+        event_json_truncated=bool(v["event_json_truncated"]),
+        ado_run_id=None if v["ado_run_id"] is None else int(v["ado_run_id"]),
+        event_json="".join(p for p in parts if p) if parts[0] is not None else None,
         row_key=str(e.get("RowKey", "")),
     )
+    return LedgerRecord(**v)
