@@ -7,9 +7,11 @@ import socket
 import time
 from collections import Counter, defaultdict
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 import pytest
+from azure.core.exceptions import ResourceExistsError, ResourceModifiedError
+from azure.data.tables import TableClient
 
 from amlrelay.errors import LedgerError
 from amlrelay.ledger import Claim, Ledger, LostClaimError, table_address
@@ -137,6 +139,45 @@ def test_mark_is_idempotent_for_its_own_claim(make: Any) -> None:
     assert a.mark_triggered(held, run_id=5, run_url=None).ado_run_id == first.ado_run_id
     with pytest.raises(LostClaimError):  # but a different result on the same claim is not a retry
         a.mark_failed(held, "other")
+
+
+class LostResponses:
+    """A real TableClient whose writes reach Azurite but answer like the SDK's retry after a lost response:
+    409 for the insert, 412 for the update. The ledger must recognise its own claim and not report it lost."""
+
+    def __init__(self, inner: TableClient) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def create_entity(self, entity: Any, **kw: Any) -> Any:
+        self._inner.create_entity(entity, **kw)
+        raise ResourceExistsError("EntityAlreadyExists (the retry of our own insert)")
+
+    def update_entity(self, entity: Any, **kw: Any) -> Any:
+        self._inner.update_entity(entity, **kw)
+        raise ResourceModifiedError("UpdateConditionNotSatisfied (the retry of our own update)")
+
+
+def test_lost_responses_are_recognised_as_our_own_writes(make: Any) -> None:
+    a = make("job-a")
+    flaky = Ledger(cast(Any, LostResponses(a._table)), holder="job-f", stale_after=timedelta(0))
+    first = claim(flaky, key="k1")
+    assert first.status == "claimed"
+    assert first.record.holder == "job-f"
+    assert flaky.mark_triggered(first, run_id=1, run_url=None).ado_run_id == 1
+
+    a.mark_failed(claim(a, key="k2"), "503")
+    taken = claim(flaky, key="k2")
+    assert taken.status == "retry"
+    assert taken.previous is not None  # kept across the re-read, so the relay still reconciles
+    assert taken.previous.reason == "503"
+    failed = flaky.mark_failed(taken, "ADO said 401 for Authorization: Bearer eyJ0eXAiOiJKV1QiLCJhbGciOi.x.y")
+    assert "eyJ0eXAi" not in (failed.reason or "")
+    stored = a.get("k2")
+    assert stored is not None
+    assert stored.reason == failed.reason
 
 
 HOSTILE = {

@@ -59,7 +59,9 @@ _EVENT_CHUNKS = 4  # event JSON up to 128,000 chars (an AML event is ~2 KB); bey
 _MAX_TEXT = 8_000  # key, reason, url ... are cut to this for display; the row key hashes the full key
 _TABLE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]{2,62}$")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-_SECRETISH = re.compile(r"(?i)(sig|accountkey|sharedaccesssignature|token)=[^&;\s'\"]+")
+_SECRETISH = re.compile(
+    r"(?i)\b(sig=|accountkey=|sharedaccesssignature=|token=)[^&;\s'\"]+|\b(bearer\s+|basic\s+)[\w.~+/-]{16,}=*"
+)
 _TAKE_TRIES = 8
 _CLIENT_DEFAULTS: dict[str, Any] = {"retry_total": 3, "connection_timeout": 10, "read_timeout": 30}
 
@@ -143,9 +145,13 @@ def _clean(text: str, limit: int | None = _MAX_TEXT) -> str:
     return text if limit is None or len(text) <= limit else text[: limit - 1] + "…"
 
 
+def _mask(match: re.Match[str]) -> str:
+    return (match.group(1) or match.group(2)) + "***"
+
+
 def _redact(text: str) -> str:
     first = (text.strip().splitlines() or [""])[0]
-    return _SECRETISH.sub(lambda m: m.group(1) + "=***", first)[:300]
+    return _SECRETISH.sub(_mask, first)[:300]
 
 
 def _utc(value: Any) -> datetime:
@@ -227,6 +233,7 @@ class Ledger:
         ids = (_clean(key), _clean(route), _clean(event_id), _clean(event_type))
         new = LedgerRecord(*ids, "claimed", None, None, None, now, now, 1, self.holder, claim_id, None, row_key=rk)
         new = _with_event(new, event_json)
+        tried_over: LedgerRecord | None = None  # the record our last takeover attempt replaced
         with self._errors("claim an event"):
             for _ in range(_TAKE_TRIES):
                 try:
@@ -242,7 +249,8 @@ class Ledger:
                 except ResourceNotFoundError:
                     continue  # deleted in between (purge): insert again
                 if current.claim_id == claim_id:  # our own write, whose response was lost and retried
-                    return Claim("retry" if current.attempts > 1 else "claimed", current, etag)
+                    status: Status = "retry" if tried_over is not None else "claimed"
+                    return Claim(status, current, etag, previous=tried_over)
                 if current.state == "triggered":
                     return Claim("duplicate", current, etag)
                 if current.state == "claimed" and now - current.updated_at < self.stale_after:
@@ -252,6 +260,7 @@ class Ledger:
                     taken = replace(
                         taken, event_json=current.event_json, event_json_truncated=current.event_json_truncated
                     )
+                tried_over = current
                 try:
                     meta = self._table.update_entity(
                         _to_entity(pk, rk, taken),
@@ -295,7 +304,8 @@ class Ledger:
 
     def mark_failed(self, claim: Claim, reason: str) -> LedgerRecord:
         """Record why this attempt failed; the key can then be retried by the next delivery or a replay."""
-        failed = replace(claim.record, state="failed", reason=_clean(reason or "unknown"), updated_at=_now())
+        reason = _SECRETISH.sub(_mask, _clean(reason or "unknown"))  # never persist one
+        failed = replace(claim.record, state="failed", reason=reason, updated_at=_now())
         return self._write(claim, failed, "record a failure")[0]
 
     # ---- reading ------------------------------------------------------------------------------------
