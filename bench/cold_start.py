@@ -23,10 +23,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from amlrelay.record import table  # noqa: E402
 from tests.servers._base import RecordedRequest, Reply  # noqa: E402
 from tests.servers.ado import AdoServer  # noqa: E402
 from tests.stack import PAT, Stack, local_stack  # noqa: E402
+
+from amlrelay.record import table  # noqa: E402
 
 SAMPLE = ROOT / "tests/fixtures/eventgrid/examples/event-grid-schema/model_registered.json"
 
@@ -99,8 +100,9 @@ def _variants(stack: Stack, events: list[dict[str, Any]]) -> dict[str, tuple[lis
 
 
 def _pipelines(stack: Stack) -> Any:
-    from amlrelay.routes import load_routes
     from tests.stack import pipelines_for
+
+    from amlrelay.routes import load_routes
 
     return pipelines_for(load_routes(stack.routes_path))
 

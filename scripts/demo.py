@@ -19,8 +19,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from amlrelay.record import table  # noqa: E402
 from tests.stack import Stack, local_stack  # noqa: E402
+
+from amlrelay.record import table  # noqa: E402
 
 EXAMPLES = ROOT / "tests" / "fixtures" / "eventgrid" / "examples"
 NAMES = ("run_completed", "run_status_changed", "model_registered", "model_deployed", "dataset_drift_detected")
