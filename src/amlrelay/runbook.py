@@ -129,6 +129,7 @@ def open_ledger(settings: Settings) -> Any:
 
 
 def report(outcomes: Sequence[Outcome], emit: Printer) -> None:
+    """JSON lines first (the Output stream a tool parses), then a prefixed line per problem for people."""
     for outcome in outcomes:
         emit(outcome.to_json())
     for outcome in outcomes:
@@ -137,9 +138,6 @@ def report(outcomes: Sequence[Outcome], emit: Printer) -> None:
             emit(f"ERROR: {label}: {outcome.outcome}: {outcome.reason}")
         elif outcome.outcome == "triggered" and outcome.reason:
             emit(f"WARNING: {label}: {outcome.reason}")
-    counts: dict[str, int] = {}
-    for outcome in outcomes:
-        counts[outcome.outcome] = counts.get(outcome.outcome, 0) + 1
     if not outcomes:
         emit("WARNING: the delivery held no events.")
 
