@@ -6,6 +6,8 @@ is measured from spawn to the moment the ADO server receives the POST; peak memo
 RSS (wait4). Variants run interleaved, N rounds, and the medians are compared as ratios to the baseline.
 
 Usage: .venv/bin/python bench/cold_start.py [--rounds N]
+With Azurite running (``eval "$(scripts/azurite env)"``) it also measures the runbook with its ledger, which
+costs two more round trips (claim, record) that the baseline does not make.
 """
 
 from __future__ import annotations
@@ -67,8 +69,12 @@ def main() -> int:
             stack.ado = ado
             variants = _variants(stack, events)
             samples: dict[str, list[tuple[float, float, int]]] = {name: [] for name in variants}
-            for _ in range(args.rounds):
+            ledger = os.environ.get("AMLRELAY_LEDGER_CONNECTION_STRING")
+            for round_ in range(args.rounds):
                 for name, (command, env) in variants.items():
+                    if ledger and "ledger" in name:  # a fresh table per round, or the event is a duplicate
+                        env = {**env, "AMLRELAY_LEDGER": "true", "AMLRELAY_LEDGER_CONNECTION_STRING": ledger,
+                               "AMLRELAY_LEDGER_TABLE": _fresh_table(ledger, round_)}
                     samples[name].append(measure(command, env, ado))
         finally:
             ado.stop()
@@ -92,11 +98,23 @@ def _variants(stack: Stack, events: list[dict[str, Any]]) -> dict[str, tuple[lis
     assert stack.vault is not None
     baseline_env = {**stack.env(), "KV_URL": stack.vault.url, "ADO_ORG_URL": stack.ado.org_url}
     mi_env = {k: v for k, v in stack.env().items() if not k.startswith(("AMLRELAY_AUTH", "AMLRELAY_KEY_VAULT"))}
-    return {
+    variants = {
         "baseline": ([sys.executable, str(ROOT / "bench/baseline_runbook.py"), body], baseline_env),
         "amlrelay (PAT from Key Vault)": (stack.runbook_command(*webhook), stack.env()),
         "amlrelay (managed identity)": (stack.runbook_command(*webhook), mi_env),
     }
+    if os.environ.get("AMLRELAY_LEDGER_CONNECTION_STRING"):
+        variants["amlrelay (managed identity + ledger)"] = (stack.runbook_command(*webhook), mi_env)
+    return variants
+
+
+def _fresh_table(connection_string: str, round_: int) -> str:
+    """Created here, outside the measured process: in Azure the table exists before the first job."""
+    from azure.data.tables import TableServiceClient
+
+    name = f"coldstart{os.getpid()}r{round_}"
+    TableServiceClient.from_connection_string(connection_string).create_table_if_not_exists(name)
+    return name
 
 
 def _pipelines(stack: Stack) -> Any:
