@@ -121,3 +121,25 @@ def test_status_table_and_dry_run_replay(env: Stack, capsys: pytest.CaptureFixtu
     assert cli(["replay"]) == 0
     assert cli(["status"]) == 0
     assert "updated (UTC)" in capsys.readouterr().out
+
+
+def test_failed_records_are_retried_but_ambiguous_ones_are_left_to_a_person(
+        env: Stack, capsys: pytest.CaptureFixture[str]) -> None:
+    from amlrelay.relay import AMBIGUOUS
+    from amlrelay.routes import load_routes
+    from amlrelay.runbook import build_relay
+    from amlrelay.settings import resolve
+
+    relay = build_relay(resolve({}), load_routes(env.routes_path))
+    env.ado.fail(404)
+    assert [o.outcome for o in relay.handle(parse_events([sample("event-grid-schema", "model_deployed")]),
+                                            raw=[sample("event-grid-schema", "model_deployed")])] == ["failed"]
+    assert relay.ledger is not None
+    ambiguous_event = sample("event-grid-schema", "model_registered")
+    claim = relay.ledger.claim("some-ambiguous-key", route="deploy-registered-model", event_id="e",
+                               event_type="ModelRegistered", event_json=json.dumps(ambiguous_event))
+    relay.ledger.mark_failed(claim, AMBIGUOUS + "ADO did not answer")
+    code, outcomes = run_cli(capsys, "replay", "--json", "--failed", "--no-dead-letters")
+    assert code == 0
+    assert [(o["event_type"], o["outcome"]) for o in outcomes] == [("ModelDeployed", "triggered")]
+    assert len(env.ado.runs) == 1

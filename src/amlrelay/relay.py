@@ -11,7 +11,7 @@ Nothing is triggered without a claim, so a ledger that cannot be reached fails t
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Protocol
@@ -110,7 +110,13 @@ class Relay:
                     self.ledger.mark_triggered(claim, run_id=found.id, run_url=found.url)
                     return self._outcome(event, route, "duplicate", run_id=found.id, run_url=found.url,
                                          reason="started by an earlier attempt that could not record it")
-            run = self._start(request)
+            claims = [claim]
+
+            def renew() -> None:  # before a resend: proves the claim is still ours and resets its clock
+                claims.append(self.ledger.renew(claims[-1]))  # type: ignore[union-attr]
+
+            run = self._start(request, before_resend=renew)
+            claim = claims[-1]
         except AmlRelayError as exc:
             reason = (AMBIGUOUS if _ambiguous(exc) else "") + str(exc)
             try:
@@ -125,7 +131,8 @@ class Relay:
                                  reason=f"triggered, but the ledger could not record it: {exc}")
         return self._outcome(event, route, "triggered", run_id=run.id, run_url=run.url)
 
-    def _start(self, request: PipelineRunRequest) -> PipelineRun:
+    def _start(self, request: PipelineRunRequest, *,
+               before_resend: Callable[[], None] | None = None) -> PipelineRun:
         """Start the run; after an answer that leaves open whether ADO queued it, look for it, and send once
         more only when it is certainly not there."""
         assert self.trigger is not None
@@ -138,6 +145,8 @@ class Relay:
             found = find_started_run(self.trigger, request, since=sent_at)
             if found is not None:
                 return found
+        if before_resend is not None:
+            before_resend()
         return self.trigger.run_pipeline(request)
 
     def _unrecorded(self, event: AmlEvent, route: Route, request: PipelineRunRequest) -> Outcome:

@@ -19,6 +19,7 @@ from .errors import SettingsError
 
 AUTH_MODES = ("managed-identity", "pat")
 CREDENTIALS = ("managed-identity", "default")
+CLOCK_SKEW = 300.0  # staleness compares the taker's clock with the holder's: allow them to disagree
 Lookup = Callable[[str], "str | None"]
 
 
@@ -123,11 +124,11 @@ def resolve(params: Mapping[str, str | None], *, env: Mapping[str, str] | None =
         problems.append("AMLRELAY_LEDGER_TABLE_URL is missing (https://<account>.table.core.windows.net; the "
                         "ledger is what stops a redelivered event from starting a pipeline twice. Set "
                         "AMLRELAY_LEDGER=false only to accept duplicate runs)")
-    worst = _longest_attempt(values)
+    worst = _longest_attempt(values) + CLOCK_SKEW
     if values.get("ledger_stale_after", 1800.0) <= worst:
-        problems.append(f"AMLRELAY_LEDGER_STALE_AFTER must exceed the longest possible ADO attempt ({worst:.0f} s with "
-                        "these timeout/retry settings), or a slow job's claim could be taken over while its "
-                        "request is still on the way")
+        problems.append(f"AMLRELAY_LEDGER_STALE_AFTER must exceed the longest possible ADO attempt plus "
+                        f"{CLOCK_SKEW:.0f} s of clock skew ({worst:.0f} s with these timeout/retry settings), or a "
+                        "slow job's claim could be taken over while its request is still on the way")
     if problems:
         raise SettingsError(problems)
     if ledger_only:
