@@ -195,3 +195,21 @@ def test_foreign_workspace_never_reaches_the_ledger(stack: Stack, ledger_env: di
     assert outcome.outcome == "rejected"
     assert relay.ledger is not None
     assert relay.ledger.recent() == []
+
+
+def test_a_resend_that_fails_too_is_recorded_on_the_renewed_claim(stack: Stack, ledger_env: dict[str, str]) -> None:
+    relay = relay_for(stack, ledger_env)
+    stack.ado.fail(500, times=2)  # ambiguous, nothing created; the one resend meets the same
+    event = sample("event-grid-schema", "model_deployed")
+    [outcome] = deliver(relay, event)
+    assert outcome.outcome == "failed"
+    assert (outcome.reason or "").startswith(AMBIGUOUS)
+    assert "could not record" not in (outcome.reason or "")
+    assert relay.ledger is not None
+    [record] = relay.ledger.recent()
+    assert record.state == "failed"
+    assert len(stack.ado.run_requests) == 2
+    assert stack.ado.runs == []
+    [retried] = deliver(relay_for(stack, ledger_env), event)  # the next job reconciles, finds nothing, sends
+    assert retried.outcome == "triggered"
+    assert len(stack.ado.runs) == 1

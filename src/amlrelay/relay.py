@@ -11,7 +11,7 @@ Nothing is triggered without a claim, so a ledger that cannot be reached fails t
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Protocol
@@ -27,7 +27,7 @@ from .trigger import PipelineRun
 from .validate import SourcePolicy
 
 if TYPE_CHECKING:
-    from .ledger import Ledger  # imported by the runbook only when a ledger is configured
+    from .ledger import Claim, Ledger  # imported by the runbook only when a ledger is configured
 
 
 class Trigger(Protocol):
@@ -101,58 +101,54 @@ class Relay:
                       else f"another job is starting it (claimed {record.claimed_at:%Y-%m-%d %H:%M:%S} UTC)")
             return self._outcome(event, route, "duplicate", run_id=record.ado_run_id, run_url=record.ado_run_url,
                                  reason=reason)
-        previous = claim.previous
+        hold = _Hold(claim)
         try:
-            if previous is not None and (previous.state == "claimed" or (previous.reason or "").startswith(AMBIGUOUS)):
-                # the earlier holder died mid-call, or ADO's answer left it open: look before sending
-                found = find_started_run(self.trigger, request, since=previous.claimed_at)
-                if found is not None:
-                    self.ledger.mark_triggered(claim, run_id=found.id, run_url=found.url)
-                    return self._outcome(event, route, "duplicate", run_id=found.id, run_url=found.url,
-                                         reason="started by an earlier attempt that could not record it")
-            claims = [claim]
-
-            def renew() -> None:  # before a resend: proves the claim is still ours and resets its clock
-                claims.append(self.ledger.renew(claims[-1]))  # type: ignore[union-attr]
-
-            run = self._start(request, before_resend=renew)
-            claim = claims[-1]
+            run, adopted = self._start(request, hold)
         except AmlRelayError as exc:
             reason = (AMBIGUOUS if _ambiguous(exc) else "") + str(exc)
             try:
-                self.ledger.mark_failed(claim, reason[:4000])
+                self.ledger.mark_failed(hold.claim, reason[:4000])
             except LedgerError as ledger_exc:
                 reason += f" (and the ledger could not record the failure: {ledger_exc})"
             return self._outcome(event, route, "failed", reason=reason)
         try:
-            self.ledger.mark_triggered(claim, run_id=run.id, run_url=run.url)
+            self.ledger.mark_triggered(hold.claim, run_id=run.id, run_url=run.url)
         except LedgerError as exc:
             return self._outcome(event, route, "triggered", run_id=run.id, run_url=run.url,
                                  reason=f"triggered, but the ledger could not record it: {exc}")
+        if adopted:
+            return self._outcome(event, route, "duplicate", run_id=run.id, run_url=run.url,
+                                 reason="started by an earlier attempt that could not record it")
         return self._outcome(event, route, "triggered", run_id=run.id, run_url=run.url)
 
-    def _start(self, request: PipelineRunRequest, *,
-               before_resend: Callable[[], None] | None = None) -> PipelineRun:
-        """Start the run; after an answer that leaves open whether ADO queued it, look for it, and send once
-        more only when it is certainly not there."""
+    def _start(self, request: PipelineRunRequest, hold: _Hold | None) -> tuple[PipelineRun, bool]:
+        """Start the run, exactly once: ``(run, adopted)``, where ``adopted`` means an earlier attempt had
+        started it. Whenever it is open whether ADO queued the run — the previous holder died mid-call, its
+        answer was lost, or this call's answer is — the pipeline's runs are searched before sending, and a
+        resend happens only when the run is certainly not there (and the claim is proven still ours)."""
         assert self.trigger is not None
+        previous = hold.claim.previous if hold is not None else None
+        if previous is not None and (previous.state == "claimed" or (previous.reason or "").startswith(AMBIGUOUS)):
+            found = find_started_run(self.trigger, request, since=previous.claimed_at)
+            if found is not None:
+                return found, True
         sent_at = datetime.now(timezone.utc)
         try:
-            return self.trigger.run_pipeline(request)
+            return self.trigger.run_pipeline(request), False
         except AdoError as exc:
             if not exc.ambiguous:
                 raise
             found = find_started_run(self.trigger, request, since=sent_at)
             if found is not None:
-                return found
-        if before_resend is not None:
-            before_resend()
-        return self.trigger.run_pipeline(request)
+                return found, False
+        if hold is not None and self.ledger is not None:
+            hold.claim = self.ledger.renew(hold.claim)  # raises LostClaimError rather than send for another
+        return self.trigger.run_pipeline(request), False
 
     def _unrecorded(self, event: AmlEvent, route: Route, request: PipelineRunRequest) -> Outcome:
         """Without a ledger (AMLRELAY_LEDGER=false): at least once, never exactly once."""
         try:
-            run = self._start(request)
+            run, _ = self._start(request, None)
         except AmlRelayError as exc:
             return self._outcome(event, route, "failed", reason=(AMBIGUOUS if _ambiguous(exc) else "") + str(exc))
         return self._outcome(event, route, "triggered", run_id=run.id, run_url=run.url)
@@ -163,6 +159,13 @@ class Relay:
                  request: dict[str, Any] | None = None) -> Outcome:
         return Outcome(event.id, event.type, event.subject, kind, route.name if route else None, run_id, run_url,
                        reason, request)
+
+
+@dataclass
+class _Hold:
+    """The claim an attempt holds; renewing it changes its ETag, and every later write must use the newest."""
+
+    claim: Claim
 
 
 def _ambiguous(exc: AmlRelayError) -> bool:
