@@ -196,9 +196,10 @@ HOSTILE = {
 def test_hostile_keys_are_stored_and_found(make: Any, key: str) -> None:
     a, b = make("job-a"), make("job-b")
     pk, rk = table_address(key)
-    assert len(rk) == 64
-    assert pk == rk[:2]
-    assert rk.isalnum()
+    assert pk == "outcomes"
+    assert len(rk) <= 1024
+    assert not set(rk) & set("/\\#?")
+    assert rk.isprintable()
     held = claim(a, key=key)
     assert held.status == "claimed"
     assert claim(b, key=key).status == "busy"
@@ -334,3 +335,13 @@ def test_concurrent_processes_claim_each_key_exactly_once(make: Any, azurite: st
         assert record.state == "triggered"
         assert record.ado_run_id is not None
         assert record.ado_run_id // 100_000 == owners[key][0]
+
+
+def test_row_keys_are_what_a_logic_app_computes_with_base64_and_replace() -> None:
+    import base64
+
+    key = ("/subscriptions/x/resourcegroups/rg/providers/microsoft.machinelearningservices/workspaces/ws"
+           "|run|r1|completed|evaluate")
+    logic_app = base64.b64encode(key.encode()).decode().replace("/", "_").replace("+", "-")
+    assert table_address(key) == ("outcomes", logic_app)
+    assert table_address("é" * 1000)[1].startswith("sha256-")

@@ -18,6 +18,7 @@ was lost, and that retry sees 409/412 for the row it just wrote; comparing claim
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import heapq
 import logging
@@ -96,8 +97,8 @@ class LedgerRecord:
     event_json: str | None
     event_json_truncated: bool = False
     row_key: str = ""
-    """SHA-256 of the full key: the Table RowKey (its first two digits are the PartitionKey). ``key`` is
-    the display form (control characters escaped, cut at 8,000 characters), so this is the address."""
+    """The Table RowKey (see :func:`table_address`). ``key`` is the display form (control characters
+    escaped, cut at 8,000 characters), so this is the address."""
 
 
 @dataclass(frozen=True)
@@ -130,12 +131,26 @@ class LostClaimError(LedgerError):
         self.current = current
 
 
+PARTITION = "outcomes"
+_MAX_ROW_KEY = 1024
+
+
 def table_address(key: str) -> tuple[str, str]:
-    """(PartitionKey, RowKey) for a ledger key. Table keys forbid ``/ \\ # ?`` and control characters and
-    are capped at 1 KiB, and AML ids contain slashes, so the row key is the SHA-256 of the UTF-8 key;
-    its first two hex digits spread rows over 256 partitions (the unit of Table Storage throughput)."""
-    digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
-    return digest[:2], digest
+    """(PartitionKey, RowKey) for a ledger key.
+
+    Table keys forbid ``/ \\ # ?`` and control characters and are capped at 1 KiB, and AML ids contain
+    slashes, so the row key is the key's UTF-8 bytes in URL-safe base64. That choice is a contract with the
+    other handlers: a Logic App computes the same address with its own expression language,
+    ``replace(replace(base64(key), '/', '_'), '+', '-')``, which has no hash function, and so claims the same
+    record. A key too long for that (only hostile input gets there) is stored under ``sha256-<hex>`` instead,
+    which cannot collide with base64 (a base64 string's length is a multiple of 4; this one's is 71). One
+    partition: AML outcomes arrive at a few per second, far below a partition's 2,000 entities/s.
+    """
+    raw = key.encode("utf-8", "surrogatepass")
+    encoded = base64.urlsafe_b64encode(raw).decode("ascii")
+    if len(encoded) <= _MAX_ROW_KEY:
+        return PARTITION, encoded
+    return PARTITION, "sha256-" + hashlib.sha256(raw).hexdigest()
 
 
 def _clean(text: str, limit: int | None = _MAX_TEXT) -> str:
@@ -356,8 +371,7 @@ class Ledger:
     def _write(self, claim: Claim, record: LedgerRecord, action: str) -> tuple[LedgerRecord, str]:
         if not claim.owned or claim.etag is None:
             raise LedgerError(f"Cannot {action} on a '{claim.status}' claim.", hint="Only claimed/retry own the key.")
-        rk = claim.record.row_key
-        pk = rk[:2]
+        pk, rk = PARTITION, claim.record.row_key
         with self._errors(action):
             try:
                 meta = self._table.update_entity(
