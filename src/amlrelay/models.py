@@ -218,7 +218,7 @@ class ModelDeployedData(EventData):
         )
 
     def outcome_key(self) -> tuple[str, ...]:
-        return ("deployment", self.service_name.lower(), ",".join(sorted(m.lower() for m in self.model_ids)))
+        return ("deployment", self.service_name.lower(), ",".join(m.lower() for m in self.model_ids))
 
 
 @dataclass(frozen=True)
@@ -324,6 +324,9 @@ class AmlEvent:
 
     def outcome_key(self) -> str:
         """Ledger key for the AML outcome, independent of the event id (RunCompleted and
-        RunStatusChanged(Completed) of one run share it)."""
+        RunStatusChanged(Completed) of one run share it). A contract with every handler that claims the
+        ledger (the Logic App builds it with ``toLower(concat(...))``): the lower-cased workspace id, then
+        ``run|<runId>|<status>``, ``model|<name>|<version>``, ``deployment|<service>|<modelIds>`` or
+        ``drift|<dataDriftId>|<runId>``, joined by ``|``; the relay appends ``|<route>``."""
         parts = (self.source.rstrip("/").lower(), *self.data.outcome_key())
         return "|".join(parts)
