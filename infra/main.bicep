@@ -1,9 +1,10 @@
 // amlrelay: relay Azure Machine Learning events to Azure DevOps pipeline runs.
 // Deploys, in the target resource group: storage (ledger, dead letters, packages), the handler
-// (Automation runbook + webhook, or a Consumption Logic App), Key Vault in PAT mode, and least-privilege
-// role assignments; in the workspace's resource group: the Event Grid system topic and the event
-// subscriptions generated from routes.json. Follow infra/README.md; scripts/deploy drives the two passes
-// (the webhook URI and the wheel's SAS URL only exist after the first one).
+// (Automation runbook + webhook and the scheduled replay runbook, or a Consumption Logic App), Key Vault
+// in PAT mode, and least-privilege role assignments; in the workspace's resource group: the Event Grid
+// system topic and the event subscriptions generated from routes.json. Follow infra/README.md;
+// scripts/deploy drives the two passes (the webhook URI and the wheel's SAS URL only exist after the first
+// one; the replay schedule needs the published runbook).
 metadata name = 'amlrelay'
 metadata description = 'Azure ML Event Grid events to Azure DevOps pipeline runs, through an Automation runbook or a Logic App.'
 
@@ -103,6 +104,17 @@ param webhookName string = 'amlrelay-eventgrid'
 @description('Optional. Webhook expiry (ISO 8601); re-run scripts/deploy before it.')
 param webhookExpiryTime string = dateTimeAdd(utcNow(), 'P1Y')
 
+@description('Optional. Run runbooks/replay_dead_letters.py (amlrelay replay --stale --failed) on a schedule (runbook handler). false: no schedule; scripts/deploy removes the one it made before, and the runbook can still be started by hand.')
+param replayScheduleEnabled bool = true
+
+@description('Optional. Hours between two scheduled replay runs (1-24).')
+@minValue(1)
+@maxValue(24)
+param replayIntervalHours int = 1
+
+@description('Optional. Replay schedule name; scripts/deploy sets a new one per deployment in its second pass (after publishing the runbook) and deletes the old ones. Empty: no schedule yet.')
+param replayScheduleName string = ''
+
 // ---------------------------------------------------------------- deployer
 @description('Optional. Object id of whoever runs scripts/deploy, granted upload rights on the packages container (and secret rights in PAT mode). Empty: grant nothing.')
 param deployerPrincipalId string = ''
@@ -142,6 +154,7 @@ var baseSettings = {
   AMLRELAY_AUTH: auth
   AMLRELAY_LEDGER_TABLE_URL: storage.outputs.tableEndpoint
   AMLRELAY_LEDGER_TABLE: ledgerTableName
+  AMLRELAY_DEADLETTER_CONTAINER: deadLetterContainerName
 }
 var patSettings = auth == 'pat' ? {
   AMLRELAY_KEY_VAULT_URL: keyVault.outputs.uri
@@ -185,6 +198,9 @@ module automation 'modules/automation/main.bicep' = if (handler == 'runbook') {
     webhookUri: webhookUri
     webhookName: webhookName
     webhookExpiryTime: webhookExpiryTime
+    replayScheduleEnabled: replayScheduleEnabled
+    replayScheduleName: replayScheduleName
+    replayIntervalHours: replayIntervalHours
   }
 }
 
@@ -244,6 +260,7 @@ module roleAssignmentsForTopic 'modules/role-assignments/main.bicep' = {
     deadLetterContainerName: deadLetterContainerName
     packagesContainerName: packagesContainerName
     handlerPrincipalId: handler == 'runbook' ? automation.outputs.principalId : logicApp.outputs.principalId
+    handlerReadsDeadLetters: handler == 'runbook'
     eventGridPrincipalId: eventGridTopic.outputs.principalId
     keyVaultName: auth == 'pat' ? keyVault.outputs.name : ''
     deployerPrincipalId: deployerPrincipalId
@@ -271,6 +288,12 @@ output automationAccountName string = handler == 'runbook' ? automation.outputs.
 
 @description('Runbook name (runbook handler), else empty.')
 output runbookName string = handler == 'runbook' ? automation.outputs.runbookName : ''
+
+@description('Replay runbook name (runbook handler), else empty.')
+output replayRunbookName string = handler == 'runbook' ? automation.outputs.replayRunbookName : ''
+
+@description('Replay schedule name (runbook handler, schedule on and second pass), else empty.')
+output replayScheduleName string = handler == 'runbook' ? automation.outputs.replayScheduleName : ''
 
 @description('Logic App name (logicapp handler), else empty.')
 output logicAppName string = handler == 'logicapp' ? logicApp.outputs.name : ''

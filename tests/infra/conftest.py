@@ -57,6 +57,9 @@ SDK_MODELS = {
     "Microsoft.Automation/automationAccounts/variables":
         "azure.mgmt.automation.models:VariableCreateOrUpdateParameters",
     "Microsoft.Automation/automationAccounts/webhooks": "azure.mgmt.automation.models:WebhookCreateOrUpdateParameters",
+    "Microsoft.Automation/automationAccounts/schedules":
+        "azure.mgmt.automation.models:ScheduleCreateOrUpdateParameters",
+    "Microsoft.Automation/automationAccounts/jobSchedules": "azure.mgmt.automation.models:JobScheduleCreateParameters",
     "Microsoft.Logic/workflows": "azure.mgmt.logic.models:Workflow",
     "Microsoft.Storage/storageAccounts": "azure.mgmt.storage.models:StorageAccountCreateParameters",
     "Microsoft.Storage/storageAccounts/blobServices": "azure.mgmt.storage.models:BlobServiceProperties",

@@ -223,3 +223,84 @@ def test_parameter_files_name_only_declared_parameters(bicep: dict[str, Any], na
     assert used <= declared, used - declared
     required = {n for n, p in bicep["files"]["main.bicep"]["parameters"].items() if p.get("default") is None}
     assert required <= used, required - used
+
+
+# ------------------------------------------------------------------------------------------ replay runbook
+
+def _accessor(node: Any) -> str | None:
+    """`a.b` as 'a.b' (pycep's property_accessor), else None."""
+    if isinstance(node, dict) and "operator" in node and node["operator"]["type"] == "property_accessor":
+        operands = node["operator"]["operands"]
+        inner = _accessor(operands["operand_2"])
+        return f"{operands['operand_1']}.{inner or operands['operand_2']}"
+    return None
+
+
+def test_replay_runbook_is_scheduled_with_a_fresh_job_schedule(bicep: dict[str, Any]) -> None:
+    doc = bicep["files"]["modules/automation/main.bicep"]
+    resources = doc["resources"]
+    runbook = resources["replayRunbook"]["config"]
+    assert runbook["properties"]["runbookType"] == "Python"
+    assert _accessor(runbook["properties"]["runtimeEnvironment"]) == "runtimeEnvironment.name"
+    assert doc["parameters"]["replayRunbookName"]["default"] == "replay_dead_letters"
+
+    schedule = resources["replaySchedule"]["config"]
+    job = resources["replayJobSchedule"]["config"]
+    assert schedule["condition"] == job["condition"] == "replayScheduled"
+    condition = doc["variables"]["replayScheduled"]["value"]["operator"]
+    assert condition["type"] == "and"
+    assert condition["operands"]["operand_1"] == "replayScheduleEnabled"
+    properties = schedule["config"]["properties"]
+    assert properties["frequency"] == "Hour"
+    assert properties["interval"] == "replayIntervalHours"
+    assert doc["parameters"]["replayIntervalHours"]["default"] == 1
+    # Start 15 minutes after the deployment time (Automation wants at least 5), never a fixed date.
+    start = properties["startTime"]["function"]
+    assert start["type"] == "date_time_add"
+    assert start["parameters"]["base"] == "baseTime"
+    assert start["parameters"]["duration"] == "PT15M"
+    assert doc["parameters"]["baseTime"]["default"]["function"]["type"] == "utc_now"
+
+    # A job schedule's name is a GUID that must change with the (rotated) schedule name.
+    name = job["config"]["name"]["function"]
+    assert name["type"] == "guid"
+    assert "replaySchedule.name" in {_accessor(v) for v in name["parameters"].values()}
+    links = job["config"]["properties"]
+    assert _accessor(links["runbook"]["name"]) == "replayRunbook.name"
+    assert _accessor(links["schedule"]["name"]) == "replaySchedule.name"
+
+
+def test_main_passes_the_replay_settings(bicep: dict[str, Any]) -> None:
+    main = bicep["files"]["main.bicep"]
+    settings = main["variables"]["baseSettings"]["value"]
+    assert settings["AMLRELAY_DEADLETTER_CONTAINER"] == "deadLetterContainerName"
+    assert main["variables"]["deadLetterContainerName"]["value"] == "deadletters"
+    params = main["modules"]["automation"]["config"]["config"]["params"]
+    for name in ("replayScheduleEnabled", "replayScheduleName", "replayIntervalHours"):
+        assert params[name] == name
+    assert main["parameters"]["replayScheduleEnabled"]["default"] is True
+    assert main["parameters"]["replayScheduleName"]["default"] == ""  # no job schedule before publishing
+    roles = main["modules"]["roleAssignmentsForTopic"]["config"]["params"]
+    assert roles["handlerReadsDeadLetters"] == {"operator": {"type": "equals", "operands": {
+        "operand_1": "handler", "operand_2": "runbook"}}}
+
+
+def test_handler_reads_dead_letters_on_the_container_only(bicep: dict[str, Any]) -> None:
+    doc = bicep["files"]["modules/role-assignments/main.bicep"]
+    blob_contributor = doc["variables"]["roles"]["value"]["storageBlobDataContributor"]
+    assert blob_contributor == "ba92f5b4-2d11-453d-a403-e96b0029c9fe"
+    assignment = doc["resources"]["handlerDeadLetters"]["config"]
+    assert assignment["condition"] == "handlerReadsDeadLetters"
+    body = assignment["config"]
+    assert body["scope"] == "deadLetterContainer"
+    assert body["properties"]["principalId"] == "handlerPrincipalId"
+    role = body["properties"]["roleDefinitionId"]["function"]["parameters"]["resource_name_1"]
+    assert _accessor(role) == "roles.storageBlobDataContributor"
+    container = doc["resources"]["deadLetterContainer"]
+    assert container["existing"]
+    assert container["config"]["name"] == "deadLetterContainerName"
+    # Nothing of the handler's is scoped to the whole storage account.
+    for name, resource in doc["resources"].items():
+        config = _body(resource)
+        if resource["type"] == "Microsoft.Authorization/roleAssignments" and config["scope"] == "account":
+            assert config["properties"]["principalId"] != "handlerPrincipalId", name

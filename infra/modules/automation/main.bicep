@@ -1,10 +1,11 @@
 // Azure Automation for the runbook handler: account with a system-assigned identity, a Python 3.10
-// runtime environment with the runbook's packages, the runbook (its content is published by
+// runtime environment with the runbooks' packages, the two runbooks (their content is published by
 // scripts/deploy), the AMLRELAY_* settings as Automation variables, and -- once the deploy script has
-// generated its URI -- the webhook Event Grid posts to. The webhook URI is a @secure() input and is never
-// an output.
+// published the runbooks and generated the webhook URI -- the webhook Event Grid posts to and the schedule
+// that runs the replay runbook (dead letters, stale claims, retryable failures). The webhook URI is a
+// @secure() input and is never an output.
 metadata name = 'amlrelay automation'
-metadata description = 'Automation account, Python 3.10 runtime environment, runbook, settings and webhook.'
+metadata description = 'Automation account, Python 3.10 runtime environment, trigger and replay runbooks, settings, webhook and replay schedule.'
 
 @description('Required. Automation account name (6-50 letters, digits and hyphens).')
 @minLength(6)
@@ -35,6 +36,23 @@ param amlrelayPackageSha256 string = ''
 
 @description('Optional. Runbook name (scripts/deploy publishes runbooks/trigger_ado_pipeline.py under it).')
 param runbookName string = 'trigger-ado-pipeline'
+
+@description('Optional. Name of the replay runbook (scripts/deploy publishes runbooks/replay_dead_letters.py under it): `amlrelay replay --stale --failed`.')
+param replayRunbookName string = 'replay_dead_letters'
+
+@description('Optional. Run the replay runbook on a schedule. false: no schedule (start the runbook by hand).')
+param replayScheduleEnabled bool = true
+
+@description('Optional. Name of the replay schedule. A job schedule can be neither updated nor re-created under the same id, so scripts/deploy passes a new name on every run (after publishing the runbook, which a job schedule requires) and deletes the older amlrelay-replay-* schedules. Empty: no schedule yet.')
+param replayScheduleName string = ''
+
+@description('Optional. Hours between two replay runs (1-24).')
+@minValue(1)
+@maxValue(24)
+param replayIntervalHours int = 1
+
+@description('Optional. Do not set: the deployment time (UTC, ISO 8601). The replay schedule starts 15 minutes after it (Automation refuses a start less than 5 minutes ahead).')
+param baseTime string = utcNow('u')
 
 @description('Required. The runbook settings, each an Automation variable of the same name (AMLRELAY_*). String values only; no secrets (the PAT lives in Key Vault).')
 param settings object
@@ -129,6 +147,48 @@ resource runbook 'Microsoft.Automation/automationAccounts/runbooks@2024-10-23' =
   }
 }
 
+resource replayRunbook 'Microsoft.Automation/automationAccounts/runbooks@2024-10-23' = {
+  parent: account
+  name: replayRunbookName
+  location: location
+  tags: tags
+  properties: {
+    runbookType: 'Python'
+    runtimeEnvironment: runtimeEnvironment.name
+    logProgress: false
+    logVerbose: false
+    description: 'amlrelay: replay dead-lettered events, stale claims and retryable failures (content published by scripts/deploy).'
+  }
+}
+
+var replayScheduled = replayScheduleEnabled && !empty(replayScheduleName)
+
+resource replaySchedule 'Microsoft.Automation/automationAccounts/schedules@2024-10-23' = if (replayScheduled) {
+  parent: account
+  name: empty(replayScheduleName) ? 'amlrelay-replay' : replayScheduleName
+  properties: {
+    description: 'amlrelay: run ${replayRunbookName} every ${replayIntervalHours} hour(s); managed by scripts/deploy.'
+    startTime: dateTimeAdd(baseTime, 'PT15M')
+    frequency: 'Hour'
+    interval: replayIntervalHours
+  }
+}
+
+// The GUID follows the schedule's name, which scripts/deploy makes new on every run: Automation refuses a
+// job schedule id it has seen before, even after the job schedule was deleted.
+resource replayJobSchedule 'Microsoft.Automation/automationAccounts/jobSchedules@2024-10-23' = if (replayScheduled) {
+  parent: account
+  name: guid(account.id, replayRunbook.name, replaySchedule.name)
+  properties: {
+    runbook: {
+      name: replayRunbook.name
+    }
+    schedule: {
+      name: replaySchedule.name
+    }
+  }
+}
+
 // Variable values are JSON: a string value is written with its quotes (string(array) escapes it).
 resource variables 'Microsoft.Automation/automationAccounts/variables@2024-10-23' = [for setting in items(settings): {
   parent: account
@@ -165,6 +225,12 @@ output principalId string = account.identity.principalId
 
 @description('The runbook\'s name.')
 output runbookName string = runbook.name
+
+@description('The replay runbook\'s name.')
+output replayRunbookName string = replayRunbook.name
+
+@description('The replay schedule\'s name, or empty when there is none (switched off, or before scripts/deploy\'s second pass).')
+output replayScheduleName string = replayScheduled ? replaySchedule.name : ''
 
 @description('The runtime environment\'s name.')
 output runtimeEnvironmentName string = runtimeEnvironment.name

@@ -1,7 +1,8 @@
 // Least-privilege role assignments, each on the narrowest scope that works (see the table in
 // infra/README.md): the handler writes the ledger table only, Event Grid writes the dead-letter container
-// only, the deployer uploads to the packages container only, and in PAT mode the handler reads secrets of
-// the amlrelay vault only.
+// only, the runbook handler's replay reads and marks blobs of the dead-letter container only, the deployer
+// uploads to the packages container only, and in PAT mode the handler reads secrets of the amlrelay vault
+// only.
 metadata name = 'amlrelay role assignments'
 metadata description = 'Data-plane role assignments for the handler, Event Grid and the deployer.'
 
@@ -19,6 +20,9 @@ param packagesContainerName string = 'packages'
 
 @description('Required. Object id of the handler\'s managed identity (Automation account or Logic App).')
 param handlerPrincipalId string
+
+@description('Optional. Whether the handler replays dead letters (the runbook handler\'s replay runbook): it then lists, reads and sets metadata on blobs of the dead-letter container, and nothing else of the account.')
+param handlerReadsDeadLetters bool = false
 
 @description('Required. Object id of the Event Grid system topic\'s managed identity.')
 param eventGridPrincipalId string
@@ -101,6 +105,18 @@ resource eventGridDeadLetters 'Microsoft.Authorization/roleAssignments@2022-04-0
   }
 }
 
+// Blob Data Reader cannot set the `amlrelayreplayed` metadata (blobs/write), so Contributor, on the container.
+resource handlerDeadLetters 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (handlerReadsDeadLetters) {
+  name: guid(deadLetterContainer.id, handlerPrincipalId, roles.storageBlobDataContributor)
+  scope: deadLetterContainer
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageBlobDataContributor)
+    principalId: handlerPrincipalId
+    principalType: 'ServicePrincipal'
+    description: 'amlrelay handler (replay runbook): read dead-lettered events and mark the blobs it replayed.'
+  }
+}
+
 resource handlerSecrets 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(keyVaultName)) {
   name: guid(resourceGroup().id, keyVaultName, handlerPrincipalId, roles.keyVaultSecretsUser)
   scope: vault
@@ -146,7 +162,9 @@ resource deployerSecrets 'Microsoft.Authorization/roleAssignments@2022-04-01' = 
 }
 
 @description('Resource ids of the role assignments made.')
-output roleAssignmentIds array = [
+output roleAssignmentIds array = concat([
   handlerLedger.id
   eventGridDeadLetters.id
-]
+], handlerReadsDeadLetters ? [
+  handlerDeadLetters.id
+] : [])
