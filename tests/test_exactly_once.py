@@ -16,6 +16,7 @@ import pytest
 
 from amlrelay.events import parse_events
 from amlrelay.ledger import Ledger
+from amlrelay.models import AmlEvent
 from amlrelay.record import exit_code
 from amlrelay.relay import AMBIGUOUS, Relay
 from amlrelay.routes import load_routes, parse_routes
@@ -120,8 +121,9 @@ def test_holder_died_between_ado_call_and_ledger_write(stack: Stack, ledger_env:
     assert claim.status == "claimed"
     from amlrelay.router import build_request
 
-    relay.trigger.run_pipeline(build_request(load_routes(ROUTES_FILE).by_name("evaluate-trained-model"),
-                                             parsed))  # type: ignore[union-attr,arg-type]
+    assert relay.trigger is not None
+    assert isinstance(parsed, AmlEvent)
+    relay.trigger.run_pipeline(build_request(load_routes(ROUTES_FILE).by_name("evaluate-trained-model"), parsed))
     # ... and the process dies here. Much later, Event Grid or a replay delivers the event again:
     relay.ledger = Ledger.from_connection_string(ledger_env["AMLRELAY_LEDGER_CONNECTION_STRING"],
                                                  table=ledger_env["AMLRELAY_LEDGER_TABLE"],

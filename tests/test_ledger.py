@@ -6,6 +6,7 @@ import multiprocessing
 import socket
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, cast
 
@@ -24,7 +25,7 @@ LONG = timedelta(hours=1)
 @pytest.fixture
 def make(azurite: str, table_name: str) -> Any:
     """Ledger factory: each call is another holder (job) on the same fresh table."""
-    created = []
+    created: list[bool] = []
 
     def _make(holder: str = "", stale_after: timedelta = LONG) -> Ledger:
         ledger = Ledger.from_connection_string(
@@ -91,7 +92,9 @@ def test_takeover_after_stale_and_lost_claim_detection(make: Any) -> None:
     assert taken.record.holder == "job-b"
     assert taken.record.event_json == '{"id": "e1"}'  # no new body given: the old one is kept for replay
 
-    for mark in (lambda: a.mark_triggered(old, run_id=1, run_url=None), lambda: a.mark_failed(old, "boom")):
+    marks: list[Callable[[], object]] = [lambda: a.mark_triggered(old, run_id=1, run_url=None),
+                                         lambda: a.mark_failed(old, "boom")]
+    for mark in marks:
         with pytest.raises(LostClaimError, match="taken over by holder job-b") as info:
             mark()
         assert info.value.current is not None

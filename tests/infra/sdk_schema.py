@@ -120,6 +120,7 @@ def main(argv: list[str]) -> None:
         roots[spec] = _hybrid(cls, module) if _is_hybrid(cls) else _msrest(cls, module)
         package = ".".join(module_name.split(".")[:3])
         config = importlib.import_module(package + "._configuration")
+        assert config.__file__ is not None
         with open(config.__file__, encoding="utf-8") as handle:
             source = handle.read()
         versions = re.findall(r'api_version[^=\n]*=\s*kwargs\.pop\("api_version",\s*"([^"]+)"\)', source)

@@ -60,12 +60,12 @@ def _string_op(operator: str, value: str, wanted: str) -> bool:
 def advanced_filter_matches(event: dict[str, Any], spec: dict[str, Any]) -> bool:
     operator, value = spec["operatorType"], _lookup(event, spec["key"])
     if operator == "IsNullOrUndefined":
-        return value is _MISSING or value is None
+        return bool(value is _MISSING or value is None)
     if operator == "IsNotNull":
-        return value is not _MISSING and value is not None
-    negated = operator.startswith("StringNot")
+        return bool(value is not _MISSING and value is not None)
+    negated: bool = operator.startswith("StringNot")
     if value is _MISSING:
-        return operator == "StringNotIn"
+        return bool(operator == "StringNotIn")
     if not isinstance(value, str):  # other data types are ignored by string operators
         return negated
     hit = any(_string_op(operator, value.lower(), w.lower()) for w in spec["values"])
@@ -144,7 +144,7 @@ def _variants() -> list[dict[str, Any]]:
     return out
 
 
-SYNTHETIC_ROUTES = {
+SYNTHETIC_ROUTES: dict[str, Any] = {
     "version": 1,
     "defaults": {"project": "mlops"},
     "routes": [
@@ -191,7 +191,9 @@ def test_synthetic_routes_agree_with_router_for_every_operator() -> None:
     events = _samples() + _variants()
     assert_agreement(routes, events)
     # the suite exercises every route both ways
-    taken = set().union(*(_router_routes(routes, e) for e in events))
+    taken: set[str] = set()
+    for event in events:
+        taken |= _router_routes(routes, event)
     assert taken == {r["name"] for r in SYNTHETIC_ROUTES["routes"]}
 
 
