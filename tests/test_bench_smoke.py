@@ -1,0 +1,35 @@
+"""The exactly-once bench runs end to end (--quick): every figure is printed and every hard requirement holds.
+
+Marked slow (about 40 s, starts its own Azurite unless AMLRELAY_LEDGER_CONNECTION_STRING is set): run it with
+``scripts/test -m slow``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench" / "exactly_once.py"
+FIGURES = ("1. DUPLICATES", "2. FAULT MATRIX", "3. FUZZING", "4. THROUGHPUT")
+
+
+@pytest.mark.slow
+def test_exactly_once_bench_quick_passes(request: pytest.FixtureRequest) -> None:
+    if "slow" not in (request.config.option.markexpr or ""):
+        pytest.skip("slow figure suite: run with -m slow (scripts/test -m slow)")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AMLRELAY_") or k.startswith("AMLRELAY_AZURITE_")}
+    if os.environ.get("AMLRELAY_LEDGER_CONNECTION_STRING"):  # an Azurite the caller runs: the bench uses it
+        env["AMLRELAY_LEDGER_CONNECTION_STRING"] = os.environ["AMLRELAY_LEDGER_CONNECTION_STRING"]
+    done = subprocess.run([sys.executable, str(BENCH), "--quick"], env=env, capture_output=True, text=True,
+                          timeout=600, check=False)
+    output = done.stdout + done.stderr
+    assert "Traceback" not in output, output[-4000:]
+    for figure in FIGURES:
+        assert figure in done.stdout, output[-4000:]
+    assert done.returncode == 0, done.stdout[-6000:]
+    assert "\nPASS (" in done.stdout
