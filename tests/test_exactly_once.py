@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -83,30 +84,48 @@ def test_duplicate_across_processes_as_automation_runs_them(stack: Stack, ledger
     assert len(stack.ado.runs) == 1
 
 
-@pytest.mark.parametrize("fault", ["accept_then_500", "accept_then_502", "reset_after_create", "slow_answer"])
+@pytest.mark.parametrize("fault", ["accept_then_500", "accept_then_502", "reset_after_create"])
 def test_ado_queued_the_run_but_the_answer_was_lost(stack: Stack, ledger_env: dict[str, str], fault: str) -> None:
-    relay = relay_for(stack, ledger_env, AMLRELAY_TIMEOUT="1")
+    relay = relay_for(stack, ledger_env)
     if fault.startswith("accept_then_"):
         stack.ado.accept_then_fail(int(fault[-3:]))
-    elif fault == "reset_after_create":
-        stack.ado.reset(after_create=True)
     else:
-        stack.ado.delay(2)
+        stack.ado.reset(after_create=True)
     [outcome] = deliver(relay, sample("event-grid-schema", "model_registered"))
     assert outcome.outcome == "triggered"
     assert len(stack.ado.runs) == 1  # found and adopted, not sent again
     assert outcome.ado_run_id == stack.ado.runs[0]["id"]
 
 
-@pytest.mark.parametrize("fault", ["500_not_created", "reset_before_create"])
-def test_an_error_that_created_nothing_is_resent_once(stack: Stack, ledger_env: dict[str, str], fault: str) -> None:
+def test_a_500_that_created_nothing_is_resent_once(stack: Stack, ledger_env: dict[str, str]) -> None:
     relay = relay_for(stack, ledger_env)
-    if fault == "500_not_created":
-        stack.ado.fail(500)
-    else:
-        stack.ado.reset()
+    stack.ado.fail(500)  # ADO's application answered: a run it had queued would be visible, and none is
     [outcome] = deliver(relay, sample("event-grid-schema", "model_deployed"))
     assert outcome.outcome == "triggered"
+    assert len(stack.ado.runs) == 1
+
+
+@pytest.mark.parametrize("fault", ["slow_answer", "reset_before_create"])
+def test_an_unsettled_answer_is_not_resent_until_ado_had_time(stack: Stack, ledger_env: dict[str, str],
+                                                              fault: str) -> None:
+    relay = relay_for(stack, ledger_env, AMLRELAY_TIMEOUT="1", AMLRELAY_SETTLE_AFTER="2")
+    if fault == "slow_answer":
+        stack.ado.delay(1.5)  # ADO queues the run after our timeout: a look right away finds nothing
+    else:
+        stack.ado.reset()
+    event = sample("event-grid-schema", "model_registered")
+    [first] = deliver(relay, event)
+    assert first.outcome == "failed"
+    assert (first.reason or "").startswith(AMBIGUOUS)
+    assert "nothing is sent again now" in (first.reason or "")
+    [early] = deliver(relay_for(stack, ledger_env, AMLRELAY_SETTLE_AFTER="2"), event)  # a redelivery too soon
+    assert early.outcome == "failed"
+    assert "may still be in ADO's hands" in (early.reason or "")
+    time.sleep(2.2)
+    [settled] = deliver(relay_for(stack, ledger_env, AMLRELAY_SETTLE_AFTER="2"), event)
+    expected = ("duplicate", 1) if fault == "slow_answer" else ("triggered", 1)
+    assert (settled.outcome, len(stack.ado.runs)) == expected  # adopted the slow run, or sent the lost one
+    time.sleep(0.5)
     assert len(stack.ado.runs) == 1
 
 
@@ -200,7 +219,7 @@ def test_foreign_workspace_never_reaches_the_ledger(stack: Stack, ledger_env: di
 
 
 def test_a_resend_that_fails_too_is_recorded_on_the_renewed_claim(stack: Stack, ledger_env: dict[str, str]) -> None:
-    relay = relay_for(stack, ledger_env)
+    relay = relay_for(stack, ledger_env, AMLRELAY_SETTLE_AFTER="0")
     stack.ado.fail(500, times=2)  # ambiguous, nothing created; the one resend meets the same
     event = sample("event-grid-schema", "model_deployed")
     [outcome] = deliver(relay, event)
@@ -212,6 +231,6 @@ def test_a_resend_that_fails_too_is_recorded_on_the_renewed_claim(stack: Stack, 
     assert record.state == "failed"
     assert len(stack.ado.run_requests) == 2
     assert stack.ado.runs == []
-    [retried] = deliver(relay_for(stack, ledger_env), event)  # the next job reconciles, finds nothing, sends
+    [retried] = deliver(relay_for(stack, ledger_env, AMLRELAY_SETTLE_AFTER="0"), event)  # reconciles, sends
     assert retried.outcome == "triggered"
     assert len(stack.ado.runs) == 1

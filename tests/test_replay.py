@@ -123,23 +123,28 @@ def test_status_table_and_dry_run_replay(env: Stack, capsys: pytest.CaptureFixtu
     assert "updated (UTC)" in capsys.readouterr().out
 
 
-def test_failed_records_are_retried_but_ambiguous_ones_are_left_to_a_person(
-        env: Stack, capsys: pytest.CaptureFixture[str]) -> None:
+def test_failed_and_ambiguous_records_are_retried_once_it_is_safe(env: Stack, capsys: pytest.CaptureFixture[str],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     from amlrelay.relay import AMBIGUOUS
     from amlrelay.routes import load_routes
     from amlrelay.runbook import build_relay
     from amlrelay.settings import resolve
 
     relay = build_relay(resolve({}), load_routes(env.routes_path))
-    env.ado.fail(404)
-    assert [o.outcome for o in relay.handle(parse_events([sample("event-grid-schema", "model_deployed")]),
-                                            raw=[sample("event-grid-schema", "model_deployed")])] == ["failed"]
-    assert relay.ledger is not None
-    ambiguous_event = sample("event-grid-schema", "model_registered")
-    claim = relay.ledger.claim("some-ambiguous-key", route="deploy-registered-model", event_id="e",
-                               event_type="ModelRegistered", event_json=json.dumps(ambiguous_event))
-    relay.ledger.mark_failed(claim, AMBIGUOUS + "ADO did not answer")
+    deployed = sample("event-grid-schema", "model_deployed")
+    registered = sample("event-grid-schema", "model_registered")
+    env.ado.fail(404)  # a plain failure
+    [first] = relay.handle(parse_events([deployed]), raw=[deployed])
+    env.ado.reset()  # the answer is lost: ambiguous, and not settled, so not resent in that job
+    [second] = relay.handle(parse_events([registered]), raw=[registered])
+    assert (first.outcome, second.outcome) == ("failed", "failed")
+    assert (second.reason or "").startswith(AMBIGUOUS)
+    code, outcomes = run_cli(capsys, "replay", "--json", "--failed", "--no-dead-letters")
+    assert code == 1  # the ambiguous one waits until ADO has certainly settled (AMLRELAY_SETTLE_AFTER)
+    assert sorted((o["event_type"], o["outcome"]) for o in outcomes) == [("ModelDeployed", "triggered"),
+                                                                         ("ModelRegistered", "failed")]
+    monkeypatch.setenv("AMLRELAY_SETTLE_AFTER", "0")
     code, outcomes = run_cli(capsys, "replay", "--json", "--failed", "--no-dead-letters")
     assert code == 0
-    assert [(o["event_type"], o["outcome"]) for o in outcomes] == [("ModelDeployed", "triggered")]
-    assert len(env.ado.runs) == 1
+    assert [(o["event_type"], o["outcome"]) for o in outcomes] == [("ModelRegistered", "triggered")]
+    assert len(env.ado.runs) == 2  # looked for the lost run, found none, sent once

@@ -79,3 +79,13 @@ def test_bad_webhook_data_gets_a_clear_error(argv: list[str], message: str) -> N
 def test_flags_are_not_mistaken_for_webhook_data() -> None:
     assert not looks_like_webhook(["--model-name", "churn"])
     assert not looks_like_webhook(["model_name=churn"])
+
+
+@pytest.mark.parametrize("form", ["json-one-item", "raw-body", "hashtable-one-item", "hashtable-escaped"])
+def test_bodies_over_the_webhook_limit_are_refused_in_every_form(form: str) -> None:
+    big = [sample("event-grid-schema", "model_registered") for _ in range(1000)]  # ~570 KB
+    argv = argv_forms(big)[form]
+    if form == "json-one-item":  # RequestBody as an already-decoded array, not a string
+        argv = [json.dumps({"WebhookName": "w", "RequestBody": big})]
+    with pytest.raises(InvalidEventError, match=r"at most 524288|larger than"):
+        parse_webhook_argv(argv)

@@ -64,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--include-replayed", action="store_true", help="also blobs replayed before")
     replay.add_argument("--stale", action="store_true", help="also the events of stale ledger claims")
     replay.add_argument("--failed", action="store_true",
-                        help="also the events of failed ledger records (not the [ambiguous] ones: a person decides)")
+                        help="also the events of failed ledger records (ambiguous ones are reconciled first)")
     replay.add_argument("--no-dead-letters", action="store_true", help="skip the dead-letter container")
     replay.add_argument("--dry-run", action="store_true", help="show what would be sent")
     replay.add_argument("--json", action="store_true", help="JSON lines instead of a table")
@@ -106,7 +106,6 @@ def _status(ns: argparse.Namespace) -> int:
 
 def _replay(ns: argparse.Namespace) -> int:
     from .events import parse_events
-    from .relay import AMBIGUOUS
     from .runbook import build_relay
     from .settings import automation_lookup, resolve
 
@@ -125,9 +124,8 @@ def _replay(ns: argparse.Namespace) -> int:
                     for d in read_container(container, prefix=ns.prefix, include_replayed=ns.include_replayed)]
     if relay.ledger is not None:
         records = relay.ledger.stale_claims() if ns.stale else []
-        if ns.failed:
-            records += [r for r in relay.ledger.recent(10_000, state="failed")
-                        if not (r.reason or "").startswith(AMBIGUOUS)]
+        if ns.failed:  # ambiguous ones too: the relay reconciles them before sending anything
+            records += relay.ledger.recent(10_000, state="failed")
         sources += [(f"ledger {r.state} {r.key}", [json.loads(r.event_json)])
                     for r in records if r.event_json and not r.event_json_truncated]
     for label, events in sources:

@@ -56,11 +56,12 @@ class AdoError(AmlRelayError):
     """ADO refused or failed the pipeline run request."""
 
     def __init__(self, message: str, *, status: int | None, hint: str = "", retryable: bool = False,
-                 ambiguous: bool = False) -> None:
+                 ambiguous: bool = False, settled: bool = False) -> None:
         super().__init__(message, hint=hint)
         self.status = status
         self.retryable = retryable
         self.ambiguous = ambiguous  # the request was sent and ADO may have queued the run
+        self.settled = settled  # ADO itself answered (500): a run it queued is visible now, not later
 
 
 class LedgerError(AmlRelayError):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import AdoError, AmlRelayError, LedgerError, TemplateError, UntrustedSourceError
@@ -53,6 +53,7 @@ class Relay:
     ledger: Ledger | None = None
     dry_run: bool = False
     only_route: str | None = None  # a manual start may name the route to use
+    settle_after: timedelta = timedelta(minutes=5)  # how long ADO may still act on a request left open
 
     def handle(self, items: Iterable[Parsed], *, raw: list[Any] | None = None) -> list[Outcome]:
         outcomes: list[Outcome] = []
@@ -129,6 +130,10 @@ class Relay:
         assert self.trigger is not None
         previous = hold.claim.previous if hold is not None else None
         if previous is not None and (previous.state == "claimed" or (previous.reason or "").startswith(AMBIGUOUS)):
+            waited = datetime.now(timezone.utc) - previous.updated_at
+            if previous.state == "failed" and waited < self.settle_after:  # a stale claim waited longer already
+                raise AdoError(f"An earlier attempt's request may still be in ADO's hands ({waited.seconds} s ago).",
+                               status=None, ambiguous=True, retryable=True, hint=_LATER)
             found = find_started_run(self.trigger, request, since=previous.claimed_at)
             if found is not None:
                 return found, True
@@ -138,9 +143,17 @@ class Relay:
         except AdoError as exc:
             if not exc.ambiguous:
                 raise
-            found = find_started_run(self.trigger, request, since=sent_at)
+            try:
+                found = find_started_run(self.trigger, request, since=sent_at)
+            except CannotReconcileError:
+                raise
+            except AmlRelayError as lookup:
+                raise _still_open(exc, f"Looking for the run failed too: {lookup.message}") from None
             if found is not None:
                 return found, False
+            if not exc.settled:
+                raise _still_open(exc, "No run found yet, but ADO may still be creating it, so nothing is sent "
+                                       "again now.") from None
         if hold is not None and self.ledger is not None:
             hold.claim = self.ledger.renew(hold.claim)  # raises LostClaimError rather than send for another
         return self.trigger.run_pipeline(request), False
@@ -159,6 +172,14 @@ class Relay:
                  request: dict[str, Any] | None = None) -> Outcome:
         return Outcome(event.id, event.type, event.subject, kind, route.name if route else None, run_id, run_url,
                        reason, request)
+
+
+_LATER = ("The next delivery or `amlrelay replay --failed` (hourly in Automation) looks for the run again "
+          "and sends only if it is not there.")
+
+
+def _still_open(exc: AdoError, what: str) -> AdoError:
+    return AdoError(f"{exc.message} {what}", status=exc.status, ambiguous=True, retryable=True, hint=_LATER)
 
 
 @dataclass

@@ -20,6 +20,7 @@ import logging
 import re
 import sys
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 from typing import Any
 
 from .errors import AmlRelayError, InvalidEventError
@@ -90,7 +91,7 @@ def build_relay(settings: Settings, routes: Routes, *, only_route: str | None = 
     trigger = None if settings.dry_run else _ado_client(settings)
     ledger = None if settings.dry_run or not settings.ledger else open_ledger(settings)
     return Relay(routes, SourcePolicy(settings.allowed_workspaces), settings.org_url, trigger, ledger,
-                 settings.dry_run, only_route)
+                 settings.dry_run, only_route, timedelta(seconds=settings.settle_after))
 
 
 def _ado_client(settings: Settings) -> Any:
@@ -110,8 +111,6 @@ def _ado_client(settings: Settings) -> Any:
 
 
 def open_ledger(settings: Settings) -> Any:
-    from datetime import timedelta
-
     from .ledger import Ledger
 
     stale_after = timedelta(seconds=settings.ledger_stale_after)

@@ -38,6 +38,7 @@ class Settings:
     ledger_table_url: str | None = None
     ledger_table: str = "amlrelayledger"
     ledger: bool = True
+    settle_after: float = 300.0  # seconds ADO may still act on a request whose answer was lost
     ledger_stale_after: float = 1800.0  # seconds after which a silent claim's holder is presumed dead
     deadletter_container: str = "deadletters"
     blob_url: str | None = None  # default: the ledger account's blob endpoint
@@ -217,6 +218,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "backoff": _positive(float),
     "max_retry_after": _positive(float),
     "ledger_stale_after": _positive(float),
+    "settle_after": _positive(float),
 }
 _HELP = {
     "ado_organization": "the ADO organization name, e.g. contoso",

@@ -5,8 +5,10 @@ honours ``Retry-After`` up to a cap. What is retried depends on whether ADO can 
 
 * 429 and 503 (throttled, unavailable) and connections that never opened: ADO did nothing; retried.
 * 500, 502, 504, a read timeout or a reset *after* the POST was sent: ADO may have queued the run. A blind
-  resend could start it twice, so these are raised as ``ambiguous`` and the relay first looks for the run
-  (:mod:`amlrelay.reconcile`) before sending again. Reads (GET) are retried on every 5xx.
+  resend could start it twice, so these are raised as ``ambiguous`` and the relay looks for the run
+  (:mod:`amlrelay.reconcile`) before sending again. Only a 500 is ``settled`` (ADO's application answered,
+  so a run it queued is visible already); after a gateway error or no answer ADO may still be working,
+  and a look now could miss a run that appears a second later. Reads (GET) are retried on every 5xx.
 """
 
 from __future__ import annotations
@@ -170,7 +172,7 @@ class AdoClient:
                             status=status, retryable=True, hint="ADO is having trouble; replay the event later.")
         if status >= 500:
             return AdoError(f"ADO failed {where} (HTTP {status}). {message}".strip(), status=status, retryable=True,
-                            ambiguous=response.request.method == "POST",
+                            ambiguous=response.request.method == "POST", settled=status == 500,
                             hint="The run may have been queued before the error: amlrelay checks the pipeline's "
                             "runs before sending again.")
         return AdoError(f"ADO rejected the request for {where} (HTTP {status}): {message or response.reason}",

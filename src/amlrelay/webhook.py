@@ -66,6 +66,7 @@ def parse_webhook_argv(argv: list[str]) -> WebhookData:
         if "requestbody" in lower:
             name = lower.get("webhookname")
             return WebhookData(_decode_body(lower["requestbody"]), name if isinstance(name, str) else None)
+    _check_size(len(text.encode("utf-8")))
     return WebhookData(decoded, None)  # a bare event or array of events, e.g. from a test
 
 
@@ -73,8 +74,18 @@ def _decode_body(body: Any) -> Any:
     if isinstance(body, str):
         return load_body(body)
     if isinstance(body, (list, dict)):
+        _check_size(len(json.dumps(body, separators=(",", ":")).encode("utf-8")))
         return body
     raise InvalidEventError("WEBHOOKDATA.RequestBody is empty or not JSON.", hint=_HINT)
+
+
+def _check_size(size: int) -> None:
+    """Every path to a body passes here or through :func:`load_body`: Automation never delivers more."""
+    if size > MAX_BODY_BYTES:
+        raise InvalidEventError(
+            f"The request body is {size} bytes; Azure Automation webhooks accept at most {MAX_BODY_BYTES}.",
+            hint="Lower the subscription's maxEventsPerBatch / preferredBatchSizeInKilobytes.",
+        )
 
 
 def _from_hashtable_form(text: str) -> WebhookData:
