@@ -243,9 +243,10 @@ class Fuzzer:
         return Case("huge strings", "body", [event], invalid=1)
 
     def padded_events(self) -> list[dict[str, Any]]:
-        """Valid RunCompleted events, each ~20 KB (run properties of 4,000 characters), together > 512 KB."""
+        """Valid RunCompleted events, each ~20 KB (run properties of 4,000 characters), together > 512 KB even
+        as compact JSON (the smallest form the body could have had)."""
         events: list[dict[str, Any]] = []
-        while len(json.dumps(events)) <= MAX_BODY:
+        while len(json.dumps(events, separators=(",", ":"))) <= MAX_BODY:
             event = self.fresh("run_completed")[2]
             properties = event["data"][_key(event["data"], "runProperties") or "runProperties"]
             properties.update({f"pad{i}": "p" * 4_000 for i in range(5)})
