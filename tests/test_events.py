@@ -158,3 +158,13 @@ def test_load_body_refuses_what_automation_would_never_deliver(body: str, messag
 def test_a_json_string_is_not_an_event_list() -> None:
     with pytest.raises(InvalidEventError, match="got a string"):
         parse_events("hello")
+
+
+@pytest.mark.parametrize(("schema", "field"), [("event-grid-schema", "id"), ("event-grid-schema", "subject"),
+                                               ("cloud-events-schema", "id"), ("cloud-events-schema", "subject")])
+def test_envelope_attributes_must_be_strings(schema: str, field: str) -> None:
+    event = sample(schema, "model_registered")
+    event[field] = {"$ne": None}
+    item = only([event])
+    assert isinstance(item, Invalid)
+    assert f"{field} must be a string" in str(item.error)

@@ -25,6 +25,7 @@ from amlrelay.runbook import build_relay
 from amlrelay.settings import resolve
 from tests import secret_guard
 from tests.conftest import ROUTES_FILE, SAMPLE_WORKSPACE, sample
+from tests.servers.ado import PipelineDef
 from tests.stack import Stack, local_stack
 from tests.test_webhook import argv_forms
 
@@ -234,3 +235,33 @@ def test_a_resend_that_fails_too_is_recorded_on_the_renewed_claim(stack: Stack, 
     [retried] = deliver(relay_for(stack, ledger_env, AMLRELAY_SETTLE_AFTER="0"), event)  # reconciles, sends
     assert retried.outcome == "triggered"
     assert len(stack.ado.runs) == 1
+
+
+def test_reconciling_never_adopts_another_outcomes_run(stack: Stack, ledger_env: dict[str, str]) -> None:
+    """Two drift outcomes of one monitor: a route that sends only the monitor's name cannot tell their runs
+    apart, so after an answer lost it fails the second outcome instead of adopting the first one's run."""
+    vague = parse_routes(json.dumps({"version": 1, "routes": [{
+        "name": "retrain", "events": ["DatasetDriftDetected"],
+        "pipeline": {"project": "mlops", "id": 30, "variables": {"AML_DRIFT_MONITOR": "{{ dataDriftName }}"}}}]}))
+    first = sample("event-grid-schema", "dataset_drift_detected")
+    second = json.loads(json.dumps(first))
+    second["id"], second["data"]["RunId"], second["data"]["DataDriftId"] = "other-delivery", "run-2", "drift-2"
+    stack.ado.add_pipeline("mlops", 30, PipelineDef("retrain", variables_settable_at_queue_time=frozenset(
+        {"AML_DRIFT_MONITOR", "AML_DRIFT_ID", "AML_DRIFT_RUN_ID", "AML_WORKSPACE", "AML_EVENT_ID",
+         "AML_DRIFT_COEFFICIENT"})))
+    relay = relay_for(stack, ledger_env, routes=vague)
+    [one] = deliver(relay, first)
+    stack.ado.fail(500)
+    [two] = deliver(relay, second)
+    assert one.outcome == "triggered"
+    assert two.outcome == "failed"
+    assert (two.reason or "").startswith(AMBIGUOUS)
+    assert two.ado_run_id is None
+    shipped = relay_for(stack, ledger_env)  # routes.json sends dataDriftId and runId: the runs are told apart
+    stack.ado.fail(500)
+    third = json.loads(json.dumps(second))
+    third["data"]["DataDriftId"] = "drift-3"
+    [three] = deliver(shipped, third)
+    assert three.outcome == "triggered"
+    assert three.ado_run_id != one.ado_run_id
+    assert len(stack.ado.runs) == 2

@@ -73,6 +73,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _check_routes(ns: argparse.Namespace) -> int:
+    from .router import reconcilable
     from .routes import load_routes
 
     routes = load_routes(ns.routes)
@@ -80,9 +81,14 @@ def _check_routes(ns: argparse.Namespace) -> int:
     for route in routes.routes:
         filters = "; ".join(f"{f.field} {f.operator} {','.join(f.values)}".strip() for f in route.filters) or "-"
         target = route.pipeline
-        rows.append((route.name, ",".join(route.events), filters, f"{target.project}/{target.pipeline_id}"))
+        unsafe = [t for t in route.events if not reconcilable(route, t)]
+        rows.append((route.name, ",".join(route.events), filters, f"{target.project}/{target.pipeline_id}",
+                     "yes" if not unsafe else "no: " + ",".join(unsafe)))
     print(f"{routes.source}: {len(routes.routes)} routes, all valid\n")
-    print(table(rows, ("route", "events", "filters", "pipeline")))
+    print(table(rows, ("route", "events", "filters", "pipeline", "reconcilable")))
+    if any(row[-1] != "yes" for row in rows):
+        print("\nA route that is not reconcilable fails an event whose ADO answer was lost instead of risking a "
+              "second run; send the outcome's identity fields (see README, 'Exactly once') to fix that.")
     return 0
 
 

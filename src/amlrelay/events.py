@@ -120,9 +120,10 @@ def _parse_mapping(item: Mapping[str, Any]) -> AmlEvent | Skipped:
 
 def _from_event_grid(item: Mapping[str, Any]) -> AmlEvent | Skipped:
     missing = [f for f in ("id", "eventType", "eventTime", "data") if item.get(f) in (None, "")]
-    missing += [] if isinstance(item.get("subject"), str) else ["subject"]  # present, may be empty
+    missing += [] if item.get("subject") is not None else ["subject"]  # present, may be empty
     if missing:
         raise InvalidEventError(f"Event Grid event is missing {', '.join(missing)}.", hint=_HINT)
+    _require_strings(item, ("id", "eventType", "subject", "topic"), "Event Grid event")
     try:
         event = EventGridEvent.from_dict(dict(item))
     except Exception as exc:  # the SDK raises several types (DeserializationError, ValueError, ...)
@@ -149,6 +150,7 @@ def _from_cloud_event(item: Mapping[str, Any], lower: Mapping[str, Any]) -> AmlE
     missing = [f for f in ("id", "source", "type") if normalized.get(f) in (None, "")]
     if missing:
         raise InvalidEventError(f"CloudEvent is missing {', '.join(missing)}.", hint=_HINT)
+    _require_strings(normalized, ("id", "source", "type", "subject"), "CloudEvent")
     try:
         event: CloudEvent[Any] = CloudEvent.from_dict(normalized)
     except Exception as exc:  # IndexError/ValueError on bad times, among others
@@ -183,6 +185,13 @@ def _build(*, ident: str, full_type: str, source: str, subject: str, time: Any, 
                                 hint=_HINT)
     return AmlEvent(id=ident, type=canonical, source=source, subject=subject, time=time, schema=schema,
                     data=parse_data(canonical, data))
+
+
+def _require_strings(item: Mapping[str, Any], keys: tuple[str, ...], what: str) -> None:
+    """Envelope attributes are strings in both schemas; an object in ``id`` is hostile, not an id."""
+    wrong = [k for k in keys if k in item and item[k] is not None and not isinstance(item[k], str)]
+    if wrong:
+        raise InvalidEventError(f"{what}: {', '.join(wrong)} must be a string.", hint=_HINT)
 
 
 def _text(item: Mapping[str, Any], key: str) -> str:

@@ -98,6 +98,8 @@ class EventData:
     # Names that :meth:`fields` can return, for static checks of routes; tag maps are listed by prefix.
     field_names: ClassVar[tuple[str, ...]] = ()
     map_names: ClassVar[tuple[str, ...]] = ()
+    # The fields :meth:`outcome_key` is made of: a request that carries them all identifies its outcome.
+    identity_fields: ClassVar[tuple[str, ...]] = ()
 
     def fields(self) -> dict[str, str]:
         raise NotImplementedError
@@ -126,6 +128,7 @@ class RunEventData(EventData):
 
     field_names = ("experimentId", "experimentName", "runId", "runType", "runStatus")
     map_names = ("runTags", "runProperties")
+    identity_fields = ("runId",)  # the status is fixed by the route: one run ends one way
 
     @classmethod
     def parse(cls, event_type: str, raw: Mapping[str, Any]) -> RunEventData:
@@ -165,6 +168,7 @@ class ModelRegisteredData(EventData):
 
     field_names = ("modelName", "modelVersion")
     map_names = ("modelTags", "modelProperties")
+    identity_fields = ("modelName", "modelVersion")
 
     @classmethod
     def parse(cls, event_type: str, raw: Mapping[str, Any]) -> ModelRegisteredData:
@@ -194,6 +198,7 @@ class ModelDeployedData(EventData):
 
     field_names = ("serviceName", "serviceComputeType", "modelIds")
     map_names = ("serviceTags", "serviceProperties")
+    identity_fields = ("serviceName", "modelIds")
 
     @classmethod
     def parse(cls, event_type: str, raw: Mapping[str, Any]) -> ModelDeployedData:
@@ -236,6 +241,7 @@ class DatasetDriftData(EventData):
         "dataDriftId", "dataDriftName", "runId", "baseDatasetId", "targetDatasetId",
         "driftCoefficient", "startTime", "endTime",
     )  # fmt: skip
+    identity_fields = ("dataDriftId", "runId")
 
     @classmethod
     def parse(cls, event_type: str, raw: Mapping[str, Any]) -> DatasetDriftData:

@@ -39,10 +39,12 @@ def find_started_run(reader: RunReader, request: PipelineRunRequest, *, since: d
     """The run this request already started, or ``None`` when none was (so sending is safe)."""
     if not request.fingerprint:
         raise CannotReconcileError(
-            f"Route {request.route!r} sends no value from the event's data, so amlrelay cannot tell whether an "
-            "earlier attempt already started its run.",
-            hint="Add a variable or template parameter such as '{{ runId }}' or '{{ modelVersion }}' to the "
-            "route; until then, check the pipeline's runs and replay by hand if none was started.",
+            f"Route {request.route!r} does not send the values that identify this AML outcome, so amlrelay cannot "
+            "tell whether an earlier attempt already started its run.",
+            hint="Add variables or template parameters with the outcome's identity ('{{ runId }}'; "
+            "'{{ modelName }}' and '{{ modelVersion }}'; '{{ serviceName }}' and '{{ modelIds }}'; "
+            "'{{ dataDriftId }}' and '{{ runId | none }}'), see `amlrelay check-routes`; until then, check the "
+            "pipeline's runs and replay by hand if none was started.",
         )
     earliest = since - CLOCK_SKEW
     for summary in reader.list_runs(request.project, request.pipeline_id)[:MAX_RUNS_EXAMINED]:

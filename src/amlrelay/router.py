@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from .models import AmlEvent
+from .models import DATA_MODELS, AmlEvent
 from .routes import NEGATED, Filter, Route, Routes
 from .templating import Template
 
@@ -121,10 +121,12 @@ def build_request(route: Route, event: AmlEvent) -> PipelineRunRequest:
         }
     if target.stages_to_skip:
         body["stagesToSkip"] = list(target.stages_to_skip)
-    fingerprint = {f"variables.{name}": body["variables"][name]["value"]
-                   for name, var in target.variables.items() if _identifies_outcome(var.value)}
-    fingerprint |= {f"templateParameters.{name}": body["templateParameters"][name]
-                    for name, template in target.template_parameters.items() if _identifies_outcome(template)}
+    fingerprint: dict[str, str] = {}
+    if reconcilable(route, event.type):
+        fingerprint = {f"variables.{name}": body["variables"][name]["value"]
+                       for name, var in target.variables.items() if _stable(var.value)}
+        fingerprint |= {f"templateParameters.{name}": body["templateParameters"][name]
+                        for name, template in target.template_parameters.items() if _stable(template)}
     return PipelineRunRequest(route.name, target.project, target.pipeline_id, target.pipeline_version, body,
                               fingerprint)
 
@@ -132,9 +134,20 @@ def build_request(route: Route, event: AmlEvent) -> PipelineRunRequest:
 _PER_DELIVERY = frozenset({"eventid", "eventtype", "subject", "eventtime"})
 
 
-def _identifies_outcome(template: Template) -> bool:
+def _stable(template: Template) -> bool:
+    """Templated from the outcome, not from the delivery (whose id and time differ between copies)."""
     fields = [f.lower() for f in template.fields]
     return bool(fields) and not any(f in _PER_DELIVERY for f in fields)
+
+
+def reconcilable(route: Route, event_type: str) -> bool:
+    """Whether a run this route started for an ``event_type`` outcome can be told apart from the runs of
+    other outcomes: its variables and parameters must carry every field the outcome key is made of
+    (e.g. modelName *and* modelVersion), or reconciling could adopt another outcome's run."""
+    target = route.pipeline
+    templates = [v.value for v in target.variables.values()] + list(target.template_parameters.values())
+    carried = {f.lower() for t in templates if _stable(t) for f in t.fields}
+    return all(f.lower() in carried for f in DATA_MODELS[event_type].identity_fields)
 
 
 def normalize_ref(ref: str) -> str:

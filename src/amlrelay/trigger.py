@@ -164,11 +164,11 @@ class AdoClient:
                             hint=f"Check 'pipeline.id' and 'project' of route {route!r}, the organization "
                             "setting, and that the identity can see the project.")
         if status == 429:
-            return AdoError(f"ADO kept throttling requests for {where} after {self._retries} retries "
+            return AdoError(f"ADO kept throttling requests for {where} after {_retries(self._retries)} "
                             f"(HTTP 429). {message}".strip(), status=status, retryable=True,
                             hint="Spread the load, or give the identity 'Basic + Test Plans' for higher limits.")
         if status == 503:
-            return AdoError(f"ADO stayed unavailable for {where} after {self._retries} retries (HTTP 503).",
+            return AdoError(f"ADO stayed unavailable for {where} after {_retries(self._retries)} (HTTP 503).",
                             status=status, retryable=True, hint="ADO is having trouble; replay the event later.")
         if status >= 500:
             return AdoError(f"ADO failed {where} (HTTP {status}). {message}".strip(), status=status, retryable=True,
@@ -179,6 +179,10 @@ class AdoClient:
                         status=status,
                         hint="Variables must be 'settable at queue time' and template parameters declared in the "
                         f"pipeline's YAML; fix route {route!r} or the pipeline.")
+
+
+def _retries(count: int) -> str:
+    return f"{count} {'retry' if count == 1 else 'retries'}"
 
 
 def _run_from(body: Any) -> PipelineRun | None:

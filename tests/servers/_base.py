@@ -73,6 +73,7 @@ class Fault:
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as the real front doors do
     timeout = 30
+    disable_nagle_algorithm = True  # headers and body go out in two writes: without this, +40 ms an answer
     server: _HTTPServer
 
     def setup(self) -> None:
