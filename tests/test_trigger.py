@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -179,8 +178,8 @@ def test_missing_secret_is_named(keyvault_server: KeyVaultServer, azure_env: dic
 def test_every_body_sent_is_valid_against_the_official_spec(ado: AdoServer) -> None:
     for name in ("model_registered", "run_completed"):
         client(ado).run_pipeline(request_for(name))
-    assert ado.errors == []
-    assert all(json.dumps(r.json) for r in ado.run_requests)
+    assert ado.errors == []  # the stand-in validates every body against the spec and every answer too
+    assert len(ado.runs) == 2  # ... and accepted both
 
 
 class _StaticCredential:
