@@ -148,3 +148,33 @@ def test_failed_and_ambiguous_records_are_retried_once_it_is_safe(env: Stack, ca
     assert code == 0
     assert [(o["event_type"], o["outcome"]) for o in outcomes] == [("ModelRegistered", "triggered")]
     assert len(env.ado.runs) == 2  # looked for the lost run, found none, sent once
+
+
+def test_purge_deletes_only_old_finished_records(env: Stack, capsys: pytest.CaptureFixture[str]) -> None:
+    import os
+
+    from amlrelay.errors import LedgerError
+
+    ledger = Ledger.from_connection_string(os.environ["AMLRELAY_LEDGER_CONNECTION_STRING"],
+                                           table=os.environ["AMLRELAY_LEDGER_TABLE"])
+    ledger.ensure_table()
+    table = TableClient.from_connection_string(os.environ["AMLRELAY_LEDGER_CONNECTION_STRING"],
+                                               os.environ["AMLRELAY_LEDGER_TABLE"])
+    long_ago = datetime.now(timezone.utc) - timedelta(days=40)
+    for key, finish in (("old-triggered", "triggered"), ("old-failed", "failed"), ("old-claim", None),
+                        ("new-triggered", "triggered")):
+        claim = ledger.claim(key, route="r", event_id="e", event_type="ModelRegistered", event_json=None)
+        if finish == "triggered":
+            ledger.mark_triggered(claim, run_id=1, run_url=None)
+        elif finish == "failed":
+            ledger.mark_failed(claim, "boom")
+        if key.startswith("old"):
+            pk, rk = table_address(key)
+            table.update_entity({"PartitionKey": pk, "RowKey": rk, "updated_at": long_ago}, mode=UpdateMode.MERGE)
+    with pytest.raises(LedgerError, match="younger than 2 days"):
+        ledger.purge(timedelta(hours=12))
+    assert cli(["purge"]) == 0
+    assert "deleted 1 ledger records" in capsys.readouterr().out
+    assert cli(["purge", "--include-failed"]) == 0
+    assert "deleted 1 ledger records" in capsys.readouterr().out
+    assert sorted(r.key for r in ledger.recent()) == ["new-triggered", "old-claim"]  # claims are never purged

@@ -4,7 +4,8 @@
 * ``amlrelay check-routes FILE``  validate a routes file and show what it routes where;
 * ``amlrelay subscriptions FILE`` generate the Event Grid subscriptions (see infra/);
 * ``amlrelay status``             recent ledger records: event → route → ADO run, or why not;
-* ``amlrelay replay``             deliver Event Grid's dead letters (and stale claims) again, idempotently.
+* ``amlrelay replay``             deliver Event Grid's dead letters (and stale claims) again, idempotently;
+* ``amlrelay purge``              delete finished ledger records older than a horizon (30 days by default).
 
 Settings are the runbook's (``AMLRELAY_*``); from a laptop add ``AMLRELAY_CREDENTIAL=default`` to use
 ``az login`` instead of a managed identity.
@@ -59,6 +60,10 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--stale", action="store_true", help="only claims whose holder died (see replay --stale)")
     status.add_argument("--json", action="store_true", help="one JSON object per line")
     status.set_defaults(handler=_status)
+    purge = commands.add_parser("purge", help="delete old finished ledger records (Table Storage has no TTL)")
+    purge.add_argument("--older-than-days", type=float, default=30.0, help="default 30; at least 2")
+    purge.add_argument("--include-failed", action="store_true", help="also failed records (claims never)")
+    purge.set_defaults(handler=_purge)
     replay = commands.add_parser("replay", help="deliver dead-lettered events (and stale claims) again")
     replay.add_argument("--prefix", help="only blobs under this prefix, e.g. a topic/subscription")
     replay.add_argument("--include-replayed", action="store_true", help="also blobs replayed before")
@@ -107,6 +112,18 @@ def _status(ns: argparse.Namespace) -> int:
     rows = [(r.updated_at.strftime("%Y-%m-%d %H:%M:%S"), r.event_type, r.route, r.state, str(r.ado_run_id or "-"),
              str(r.attempts), r.ado_run_url or r.reason or "") for r in records]
     print(table(rows, ("updated (UTC)", "event", "route", "state", "ado run", "tries", "link / reason"), width=70))
+    return 0
+
+
+def _purge(ns: argparse.Namespace) -> int:
+    from datetime import timedelta
+
+    from .runbook import open_ledger
+    from .settings import automation_lookup, resolve
+
+    ledger = open_ledger(resolve({}, automation=automation_lookup(), ledger_only=True))
+    count = ledger.purge(timedelta(days=ns.older_than_days), include_failed=ns.include_failed)
+    print(f"deleted {count} ledger records last written more than {ns.older_than_days:g} days ago")
     return 0
 
 

@@ -54,6 +54,7 @@ State = Literal["claimed", "triggered", "failed"]
 Status = Literal["claimed", "duplicate", "busy", "retry"]
 
 DEFAULT_TABLE = "amlrelayledger"
+MIN_RETENTION = timedelta(days=2)
 SCHEMA = 1
 _CHUNK = 32_000  # a string property holds 64 KiB = 32 Ki UTF-16 units; keep a margin
 _EVENT_CHUNKS = 4  # event JSON up to 128,000 chars (an AML event is ~2 KB); beyond that, truncated
@@ -347,6 +348,31 @@ class Ledger:
             clauses.append("updated_at ge @since")
             params["since"] = since
         return heapq.nlargest(limit, self._query(" and ".join(clauses), params), key=lambda r: r.updated_at)
+
+    def purge(self, older_than: timedelta, *, include_failed: bool = False) -> int:
+        """Delete finished records last written more than ``older_than`` ago; returns how many. Claims are
+        never deleted (their holder may be alive, or they need a replay), failed records only when asked, and
+        a record written meanwhile is kept (the delete is conditional on its ETag). Table Storage has no TTL,
+        so this is how the table stays small. Never earlier than :data:`MIN_RETENTION`: Event Grid may still
+        redeliver an event for 24 hours, and without its record that copy would start a second run."""
+        if older_than < MIN_RETENTION:
+            raise LedgerError(f"Refusing to purge records younger than {MIN_RETENTION.days} days.",
+                              hint="Event Grid redelivers for up to 24 h; keep records longer than that.")
+        cutoff = _now() - older_than
+        deleted = 0
+        with self._errors("purge old ledger records"):
+            for state in ("triggered", "failed") if include_failed else ("triggered",):
+                found = self._table.query_entities("state eq @state and updated_at lt @cutoff",
+                                                   parameters={"state": state, "cutoff": cutoff})
+                for entity in found:
+                    if "claim_id" not in entity:
+                        continue
+                    with suppress(ResourceModifiedError, ResourceNotFoundError):
+                        self._table.delete_entity(entity["PartitionKey"], entity["RowKey"],
+                                                  etag=entity.metadata["etag"],
+                                                  match_condition=MatchConditions.IfNotModified)
+                        deleted += 1
+        return deleted
 
     def stale_claims(self) -> list[LedgerRecord]:
         """Claims whose holder has not written for ``stale_after``: each is an event whose holder died,
