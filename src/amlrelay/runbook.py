@@ -25,7 +25,7 @@ from typing import Any
 
 from .errors import AmlRelayError, InvalidEventError
 from .events import Parsed, manual_event, parse_events
-from .record import Outcome, exit_code
+from .record import FAILING, Outcome, exit_code
 from .relay import Relay
 from .routes import Routes, load_routes
 from .settings import Settings, automation_lookup, resolve
@@ -59,7 +59,7 @@ def main(argv: Sequence[str] | None = None, *, out: Printer | None = None) -> in
 def _run(args: list[str], emit: Printer) -> int:
     params: dict[str, str | None] = {}
     manual: argparse.Namespace | None = None
-    if args and not args[0].startswith("-") and "=" not in args[0].split("{")[0] and looks_like_webhook(args):
+    if looks_like_webhook(args):
         webhook = parse_webhook_argv(args)
         body = webhook.body
     else:
@@ -133,7 +133,7 @@ def report(outcomes: Sequence[Outcome], emit: Printer) -> None:
         emit(outcome.to_json())
     for outcome in outcomes:
         label = f"{outcome.event_type} {outcome.event_id}" + (f" via {outcome.route}" if outcome.route else "")
-        if outcome.outcome in ("failed", "rejected"):
+        if outcome.outcome in FAILING:
             emit(f"ERROR: {label}: {outcome.outcome}: {outcome.reason}")
         elif outcome.outcome == "triggered" and outcome.reason:
             emit(f"WARNING: {label}: {outcome.reason}")

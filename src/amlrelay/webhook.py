@@ -40,7 +40,10 @@ class WebhookData:
 
 
 def looks_like_webhook(argv: list[str]) -> bool:
-    """True when the arguments carry WEBHOOKDATA or a raw event body rather than ``--flags``."""
+    """True when the arguments carry WEBHOOKDATA or a raw event body rather than ``--flags`` or portal
+    ``name=value`` boxes."""
+    if not argv or argv[0].startswith("-") or "=" in argv[0].split("{")[0]:
+        return False
     text = " ".join(argv).lstrip()
     return text.startswith(("{", "[")) or "requestbody" in text[:4096].lower()
 
