@@ -14,6 +14,7 @@ Settings are the runbook's (``AMLRELAY_*``); from a laptop add ``AMLRELAY_CREDEN
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from collections.abc import Sequence
@@ -74,7 +75,15 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--dry-run", action="store_true", help="show what would be sent")
     replay.add_argument("--json", action="store_true", help="JSON lines instead of a table")
     replay.set_defaults(handler=_replay)
+    for module in COMMAND_GROUPS:
+        importlib.import_module(module).register(commands)
     return parser
+
+
+COMMAND_GROUPS: tuple[str, ...] = ()
+"""Subpackages that bring their own commands (``amlrelay aml ...``, ``amlrelay logicapp ...``): each module
+has ``register(commands)`` and keeps its heavy imports inside the handlers, so ``amlrelay --help`` stays fast
+and this file stays the index of the command line rather than growing with every capability."""
 
 
 def _check_routes(ns: argparse.Namespace) -> int:
