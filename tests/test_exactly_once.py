@@ -265,3 +265,38 @@ def test_reconciling_never_adopts_another_outcomes_run(stack: Stack, ledger_env:
     assert three.outcome == "triggered"
     assert three.ado_run_id != one.ado_run_id
     assert len(stack.ado.runs) == 2
+
+
+def test_identity_in_a_secret_variable_is_not_reconcilable(stack: Stack, ledger_env: dict[str, str]) -> None:
+    """ADO never echoes a secret variable's value in a run, so a run cannot be recognised by it: a route whose
+    outcome identity sits only in secret variables must fail an ambiguous answer rather than send again."""
+    hidden = parse_routes(json.dumps({"version": 1, "routes": [{
+        "name": "secret-identity", "events": ["ModelRegistered"],
+        "pipeline": {"project": "mlops", "id": 31, "variables": {
+            "AML_MODEL": {"value": "{{ modelName }}", "isSecret": True},
+            "AML_MODEL_VERSION": {"value": "{{ modelVersion }}", "isSecret": True}}}}]}))
+    stack.ado.add_pipeline("mlops", 31, PipelineDef("secret-identity", variables_settable_at_queue_time=frozenset(
+        {"AML_MODEL", "AML_MODEL_VERSION"})))
+    relay = relay_for(stack, ledger_env, routes=hidden)
+    stack.ado.accept_then_fail(500)  # ADO queued the run, the answer was lost
+    [outcome] = deliver(relay, sample("event-grid-schema", "model_registered"))
+    assert len(stack.ado.runs) == 1  # never a second run for one outcome
+    assert outcome.outcome == "failed"
+    assert (outcome.reason or "").startswith(AMBIGUOUS)
+    assert "cannot tell whether an earlier attempt" in (outcome.reason or "")
+
+
+def test_identity_also_sent_in_the_clear_reconciles(stack: Stack, ledger_env: dict[str, str]) -> None:
+    """A secret copy of the identity does no harm when the plain values travel too: the run is found by those."""
+    mixed = parse_routes(json.dumps({"version": 1, "routes": [{
+        "name": "mixed-identity", "events": ["ModelRegistered"],
+        "pipeline": {"project": "mlops", "id": 32, "variables": {
+            "AML_MODEL_SECRET": {"value": "{{ modelName }}:{{ modelVersion }}", "isSecret": True}},
+            "templateParameters": {"modelName": "{{ modelName }}", "modelVersion": "{{ modelVersion }}"}}}]}))
+    stack.ado.add_pipeline("mlops", 32, PipelineDef("mixed-identity", variables_settable_at_queue_time=frozenset(
+        {"AML_MODEL_SECRET"}), template_parameters=frozenset({"modelName", "modelVersion"})))
+    relay = relay_for(stack, ledger_env, routes=mixed)
+    stack.ado.accept_then_fail(500)
+    [outcome] = deliver(relay, sample("event-grid-schema", "model_registered"))
+    assert (outcome.outcome, len(stack.ado.runs)) == ("triggered", 1)
+    assert outcome.ado_run_id == stack.ado.runs[0]["id"]

@@ -133,3 +133,31 @@ def test_project_names_are_escaped_in_the_url() -> None:
     assert request.url("https://ado.contoso.local/tfs/DefaultCollection/") == (
         "https://ado.contoso.local/tfs/DefaultCollection/ML%20Ops%2Fx/_apis/pipelines/1/runs")
     assert request.query() == {"api-version": "7.1", "pipelineVersion": "4"}
+
+
+def test_secret_variables_do_not_count_as_the_outcomes_identity(capsys: pytest.CaptureFixture[str],
+                                                                tmp_path: Any) -> None:
+    """ADO never returns a secret variable's value when a run is read, so identity carried only there cannot
+    find a run: such a route is not reconcilable, its fingerprint leaves the secret out, check-routes says so."""
+    from amlrelay.cli import main
+    from amlrelay.router import reconcilable
+
+    document = {"version": 1, "routes": [
+        {"name": "hidden", "events": ["ModelRegistered"], "pipeline": {"project": "p", "id": 1, "variables": {
+            "N": {"value": "{{ modelName }}", "isSecret": True}, "V": "{{ modelVersion }}"}}},
+        {"name": "plain", "events": ["ModelRegistered"], "pipeline": {"project": "p", "id": 2, "variables": {
+            "S": {"value": "{{ modelName }}", "isSecret": True}, "N": {"value": "{{ modelName }}", "isSecret": False},
+            "V": "{{ modelVersion }}"}}}]}
+    routes = parse_routes(json.dumps(document))
+    registered = event("event-grid-schema", "model_registered")
+    assert not reconcilable(routes.by_name("hidden"), "ModelRegistered")
+    assert build_request(routes.by_name("hidden"), registered).fingerprint == {}
+    assert reconcilable(routes.by_name("plain"), "ModelRegistered")
+    assert build_request(routes.by_name("plain"), registered).fingerprint == {
+        "variables.N": "sklearn_regression_model", "variables.V": "20"}
+    path = tmp_path / "routes.json"
+    path.write_text(json.dumps(document), encoding="utf-8")
+    assert main(["check-routes", str(path)]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.strip()}
+    assert lines["hidden"].rstrip().endswith("no: ModelRegistered")
+    assert lines["plain"].rstrip().endswith("yes")

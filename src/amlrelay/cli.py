@@ -102,7 +102,8 @@ def _check_routes(ns: argparse.Namespace) -> int:
     print(table(rows, ("route", "events", "filters", "pipeline", "reconcilable")))
     if any(row[-1] != "yes" for row in rows):
         print("\nA route that is not reconcilable fails an event whose ADO answer was lost instead of risking a "
-              "second run; send the outcome's identity fields (see README, 'Exactly once') to fix that.")
+              "second run; send the outcome's identity fields (see README, 'Exactly once') to fix that — in variables "
+              "that are not isSecret (ADO never returns secret values) or in template parameters.")
     return 0
 
 

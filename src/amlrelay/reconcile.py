@@ -43,7 +43,8 @@ def find_started_run(reader: RunReader, request: PipelineRunRequest, *, since: d
             "tell whether an earlier attempt already started its run.",
             hint="Add variables or template parameters with the outcome's identity ('{{ runId }}'; "
             "'{{ modelName }}' and '{{ modelVersion }}'; '{{ serviceName }}' and '{{ modelIds }}'; "
-            "'{{ dataDriftId }}' and '{{ runId | none }}'), see `amlrelay check-routes`; until then, check the "
+            "'{{ dataDriftId }}' and '{{ runId | none }}') that are not isSecret (ADO never returns secret values), "
+            "see `amlrelay check-routes`; until then, check the "
             "pipeline's runs and replay by hand if none was started.",
         )
     earliest = since - CLOCK_SKEW

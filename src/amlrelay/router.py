@@ -124,7 +124,7 @@ def build_request(route: Route, event: AmlEvent) -> PipelineRunRequest:
     fingerprint: dict[str, str] = {}
     if reconcilable(route, event.type):
         fingerprint = {f"variables.{name}": body["variables"][name]["value"]
-                       for name, var in target.variables.items() if _stable(var.value)}
+                       for name, var in target.variables.items() if not var.is_secret and _stable(var.value)}
         fingerprint |= {f"templateParameters.{name}": body["templateParameters"][name]
                         for name, template in target.template_parameters.items() if _stable(template)}
     return PipelineRunRequest(route.name, target.project, target.pipeline_id, target.pipeline_version, body,
@@ -143,9 +143,12 @@ def _stable(template: Template) -> bool:
 def reconcilable(route: Route, event_type: str) -> bool:
     """Whether a run this route started for an ``event_type`` outcome can be told apart from the runs of
     other outcomes: its variables and parameters must carry every field the outcome key is made of
-    (e.g. modelName *and* modelVersion), or reconciling could adopt another outcome's run."""
+    (e.g. modelName *and* modelVersion), or reconciling could adopt another outcome's run. Secret variables
+    do not count: ADO never returns their values when a run is read, so a run cannot be recognised by them
+    (counting them would find nothing after a lost answer, and the request would be sent a second time)."""
     target = route.pipeline
-    templates = [v.value for v in target.variables.values()] + list(target.template_parameters.values())
+    templates = [v.value for v in target.variables.values() if not v.is_secret]
+    templates += list(target.template_parameters.values())
     carried = {f.lower() for t in templates if _stable(t) for f in t.fields}
     return all(f.lower() in carried for f in DATA_MODELS[event_type].identity_fields)
 
