@@ -40,7 +40,9 @@ MAX_FILTER_VALUE_LENGTH = 512  # Event Grid: string filter values up to 512 char
 
 _ROUTE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,39}$")
 _VARIABLE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,256}$")
-_TOP_KEYS = {"$schema", "version", "defaults", "routes"}
+_TOP_KEYS = {"$schema", "version", "defaults", "routes", "pushDownFilters"}
+PUSH_DOWN = ("safe", "all", "none")
+"""Which route filters the generated Event Grid subscriptions carry (see amlrelay.subscriptions)."""
 _ROUTE_KEYS = {"name", "description", "events", "filters", "pipeline"}
 _PIPELINE_KEYS = {"project", "id", "version", "branch", "variables", "templateParameters", "stagesToSkip"}
 _DEFAULT_KEYS = {"project", "branch", "variables", "templateParameters"}
@@ -83,6 +85,7 @@ class Route:
 class Routes:
     routes: tuple[Route, ...]
     source: str = "<routes>"
+    push_down_filters: str = "safe"  # what Event Grid may filter; the router decides either way
 
     def by_name(self, name: str) -> Route:
         for route in self.routes:
@@ -134,7 +137,8 @@ def parse_routes(content: str, *, source: str = "<routes>") -> Routes:
             f"{source}: {len(problems)} problem(s):\n  - " + "\n  - ".join(shown),
             hint="See README 'Routes' and the JSON schema amlrelay/schemas/routes.schema.json.",
         )
-    return Routes(tuple(routes), source=source)
+    push_down = document.get("pushDownFilters", "safe") if isinstance(document, dict) else "safe"
+    return Routes(tuple(routes), source=source, push_down_filters=push_down)
 
 
 class _Loader:
@@ -157,6 +161,8 @@ class _Loader:
         self.unknown_keys("document", document, _TOP_KEYS)
         if document.get("version") != 1:
             self.fail("version", "must be 1")
+        if document.get("pushDownFilters", "safe") not in PUSH_DOWN:
+            self.fail("pushDownFilters", f"must be one of {', '.join(PUSH_DOWN)}")
         defaults = document.get("defaults", {})
         if not isinstance(defaults, dict):
             self.fail("defaults", "must be an object")

@@ -22,6 +22,19 @@ To select *exactly* what :func:`amlrelay.router.select` accepts, the generator
    mutually exclusive alternatives, one subscription each: ``IsNullOrUndefined``, or ``IsNotNull`` plus the
    ``StringNot*`` filter (a field every valid event of the group carries needs no split).
 
+**What is pushed down** (routes file ``pushDownFilters``): whether Event Grid matches advanced-filter
+*keys* case-sensitively is not documented, and AML's own sample events send ``data.ModelName`` where the
+schema says ``modelName``. A filter on a ``data.*`` key could therefore drop an event silently, before
+any amlrelay code sees it. So by default (``safe``) only what cannot depend on key casing goes to Event
+Grid: the event types and filters on the envelope's ``subject``; every other condition is applied by the
+router alone, which reads keys case-insensitively. ``all`` pushes down every filter (fewer deliveries and
+jobs, at that risk); ``none`` pushes down the event types only. In every mode the router stays the
+authority: Event Grid may deliver more than a route takes, never less (tests/infra/test_subscriptions.py).
+
+**The journal** (``document()["journal"]``): the same filters once more per route, for the subscriptions
+that copy every routed event into the Storage queue the sweeper drains (``amlrelay sweep``), so an event
+whose webhook job died is still found (see :mod:`amlrelay.journal`).
+
 Usage: ``python -m amlrelay.subscriptions routes.json > infra/generated/subscriptions.json``
 (``--check FILE`` exits 1 when FILE is stale, for CI).
 """
@@ -49,6 +62,9 @@ from .router import condition_holds
 from .routes import NEGATED, STRING_OPERATORS, Filter, Route, Routes, load_routes
 
 HANDLERS = ("runbook", "logicapp")
+JOURNAL = "journal"  # the Storage-queue subscriptions: same filters, no batching (one event per message)
+JOURNAL_SUFFIX = "-jr"
+SAFE_KEYS = frozenset({"subject"})  # envelope keys: their spelling is fixed by the schema, not by AML
 EXISTS_OPERATOR = "IsNotNull"
 MISSING_OPERATOR = "IsNullOrUndefined"
 MAX_ADVANCED_FILTERS = 25  # per subscription (event-filtering.md, "Limitations")
@@ -105,6 +121,15 @@ def _filters_for(route: Route, event_type: str) -> tuple[Filter, ...] | None:
     return tuple(kept)
 
 
+def _pushed_down(filters: tuple[Filter, ...], mode: str) -> tuple[Filter, ...]:
+    """The conditions Event Grid gets in push-down ``mode``; the router applies all of them anyway."""
+    if mode == "all":
+        return filters
+    if mode == "none":
+        return ()
+    return tuple(f for f in filters if f.field.lower() in SAFE_KEYS)
+
+
 def _needs_split(condition: Filter, event_types: Sequence[str]) -> bool:
     if condition.operator not in NEGATED or condition.operator == "notIn":
         return False  # StringNotIn matches a missing key, like the router
@@ -132,8 +157,8 @@ def _alternatives(filters: tuple[Filter, ...], event_types: Sequence[str]) -> li
     return [[f for part in combo for f in part] for combo in combos]
 
 
-def _name(route: str, group_suffix: str, alternative: int | None) -> str:
-    name = route + group_suffix + ("" if alternative is None else f"-a{alternative}")
+def _name(route: str, group_suffix: str, alternative: int | None, kind: str = "") -> str:
+    name = route + group_suffix + ("" if alternative is None else f"-a{alternative}") + kind
     if len(name) < NAME_MIN:
         name += "-eg"
     if len(name) > NAME_MAX:
@@ -146,15 +171,16 @@ def subscriptions_for(routes: Routes, *, handler: str) -> list[dict[str, Any]]:
     """Per route, the Event Grid subscription(s) whose filters select exactly the events the router gives
     that route. Each item: ``name``, ``route``, ``filter`` (``includedEventTypes``, ``advancedFilters``) and,
     for the runbook handler, batching (one event per delivery)."""
-    if handler not in HANDLERS:
-        raise ValueError(f"handler must be one of {', '.join(HANDLERS)}, not {handler!r}")
+    if handler not in (*HANDLERS, JOURNAL):
+        raise ValueError(f"handler must be one of {', '.join((*HANDLERS, JOURNAL))}, not {handler!r}")
+    mode = routes.push_down_filters
     out: list[dict[str, Any]] = []
     for route in routes.routes:
         groups: dict[tuple[Filter, ...], list[str]] = {}
         for event_type in route.events:
             filters = _filters_for(route, event_type)
             if filters is not None:
-                groups.setdefault(filters, []).append(event_type)
+                groups.setdefault(_pushed_down(filters, mode), []).append(event_type)
         for filters, event_types in groups.items():
             suffix = "" if len(groups) == 1 else "-" + "-".join(_SHORT[t] for t in event_types)
             alternatives = _alternatives(filters, event_types)
@@ -173,7 +199,8 @@ def subscriptions_for(routes: Routes, *, handler: str) -> list[dict[str, Any]]:
                         hint="Split the route.",
                     )
                 subscription: dict[str, Any] = {
-                    "name": _name(route.name, suffix, index if len(alternatives) > 1 else None),
+                    "name": _name(route.name, suffix, index if len(alternatives) > 1 else None,
+                                  JOURNAL_SUFFIX if handler == JOURNAL else ""),
                     "route": route.name,
                     "filter": {
                         "includedEventTypes": [AML_PREFIX + t for t in event_types],
@@ -191,10 +218,13 @@ def subscriptions_for(routes: Routes, *, handler: str) -> list[dict[str, Any]]:
 
 
 def document(routes: Routes, source: str) -> dict[str, Any]:
-    """The generated file: both handlers' subscriptions, read by infra/main.bicep with loadJsonContent."""
+    """The generated file: both handlers' subscriptions and the journal's, read by infra/main.bicep with
+    loadJsonContent."""
     return {
         "$comment": f"Generated from {source} by 'python -m amlrelay.subscriptions'. Do not edit.",
+        "pushDownFilters": routes.push_down_filters,
         "handlers": {handler: subscriptions_for(routes, handler=handler) for handler in HANDLERS},
+        "journal": subscriptions_for(routes, handler=JOURNAL),
     }
 
 

@@ -34,15 +34,16 @@ EXAMPLES = REPO / "tests" / "fixtures" / "eventgrid" / "examples" / "event-grid-
 _MISSING = object()
 
 
-def _lookup(event: dict[str, Any], key: str) -> Any:
+def _lookup(event: dict[str, Any], key: str, *, exact_keys: bool = False) -> Any:
     node: Any = event
     for part in key.split("."):
         if not isinstance(node, dict):
             return _MISSING
-        by_lower = {str(k).lower(): k for k in node}
-        if part.lower() not in by_lower:
+        by_lower = {str(k): k for k in node} if exact_keys else {str(k).lower(): k for k in node}
+        wanted = part if exact_keys else part.lower()
+        if wanted not in by_lower:
             return _MISSING
-        node = node[by_lower[part.lower()]]
+        node = node[by_lower[wanted]]
     return node
 
 
@@ -57,8 +58,8 @@ def _string_op(operator: str, value: str, wanted: str) -> bool:
     return wanted in value
 
 
-def advanced_filter_matches(event: dict[str, Any], spec: dict[str, Any]) -> bool:
-    operator, value = spec["operatorType"], _lookup(event, spec["key"])
+def advanced_filter_matches(event: dict[str, Any], spec: dict[str, Any], *, exact_keys: bool = False) -> bool:
+    operator, value = spec["operatorType"], _lookup(event, spec["key"], exact_keys=exact_keys)
     if operator == "IsNullOrUndefined":
         return bool(value is _MISSING or value is None)
     if operator == "IsNotNull":
@@ -72,11 +73,13 @@ def advanced_filter_matches(event: dict[str, Any], spec: dict[str, Any]) -> bool
     return not hit if negated else hit
 
 
-def eventgrid_matches(event: dict[str, Any], subscription: dict[str, Any]) -> bool:
+def eventgrid_matches(event: dict[str, Any], subscription: dict[str, Any], *, exact_keys: bool = False) -> bool:
+    """``exact_keys``: the other reading of the undocumented key matching, case-sensitive."""
     included = [t.lower() for t in subscription["filter"]["includedEventTypes"]]
     if event["eventType"].lower() not in included:
         return False
-    return all(advanced_filter_matches(event, f) for f in subscription["filter"]["advancedFilters"])
+    return all(advanced_filter_matches(event, f, exact_keys=exact_keys)
+               for f in subscription["filter"]["advancedFilters"])
 
 
 def _router_routes(routes: Routes, event: dict[str, Any]) -> set[str]:
@@ -86,14 +89,24 @@ def _router_routes(routes: Routes, event: dict[str, Any]) -> set[str]:
     return {r.name for r in matched}
 
 
-def assert_agreement(routes: Routes, events: list[dict[str, Any]]) -> None:
-    for handler in ("runbook", "logicapp"):
+def assert_agreement(routes: Routes, events: list[dict[str, Any]], *, exact_keys: bool = False) -> None:
+    """pushDownFilters all: Event Grid delivers to a route exactly what the router takes; safe and none: at
+    least that (the router drops the rest), never less. The journal subscriptions select the same events."""
+    for handler in ("runbook", "logicapp", "journal"):
         subscriptions = subscriptions_for(routes, handler=handler)
         for event in events:
-            hits = [s for s in subscriptions if eventgrid_matches(event, s)]
+            hits = [s for s in subscriptions if eventgrid_matches(event, s, exact_keys=exact_keys)]
             by_route = [s["route"] for s in hits]
-            assert set(by_route) == _router_routes(routes, event), (json.dumps(event)[:600], hits)
+            wanted = _router_routes(routes, event)
+            if routes.push_down_filters == "all":
+                assert set(by_route) == wanted, (json.dumps(event)[:600], hits)
+            else:
+                assert set(by_route) >= wanted, (json.dumps(event)[:600], hits)
             assert len(by_route) == len(set(by_route)), f"a route would get the event twice: {by_route}"
+
+
+def _with_push_down(document: dict[str, Any], mode: str) -> Routes:
+    return parse_routes(json.dumps({**document, "pushDownFilters": mode}))
 
 
 def _samples() -> list[dict[str, Any]]:
@@ -186,8 +199,9 @@ def test_project_routes_agree_with_router_on_samples_and_variants() -> None:
     assert_agreement(routes, _samples() + _variants())
 
 
-def test_synthetic_routes_agree_with_router_for_every_operator() -> None:
-    routes = parse_routes(json.dumps(SYNTHETIC_ROUTES))
+@pytest.mark.parametrize("mode", ["safe", "all", "none"])
+def test_synthetic_routes_agree_with_router_for_every_operator(mode: str) -> None:
+    routes = _with_push_down(SYNTHETIC_ROUTES, mode)
     events = _samples() + _variants()
     assert_agreement(routes, events)
     # the suite exercises every route both ways
@@ -197,8 +211,42 @@ def test_synthetic_routes_agree_with_router_for_every_operator() -> None:
     assert taken == {r["name"] for r in SYNTHETIC_ROUTES["routes"]}
 
 
+def test_safe_push_down_drops_nothing_even_if_event_grid_keys_were_case_sensitive() -> None:
+    """The reason for the default: with case-sensitive key matching, pushing every filter down would lose
+    Microsoft's own PascalCase samples before amlrelay sees them; 'safe' and 'none' lose nothing."""
+    events = _samples() + _variants()
+    for mode in ("safe", "none"):
+        assert_agreement(_with_push_down(SYNTHETIC_ROUTES, mode), events, exact_keys=True)
+    with pytest.raises(AssertionError):
+        assert_agreement(_with_push_down(SYNTHETIC_ROUTES, "all"), events, exact_keys=True)
+
+
+def test_push_down_modes_differ_as_documented() -> None:
+    def keys(mode: str) -> set[str]:
+        subs = subscriptions_for(_with_push_down(SYNTHETIC_ROUTES, mode), handler="runbook")
+        return {f["key"] for s in subs for f in s["filter"]["advancedFilters"]}
+
+    assert keys("none") == set()
+    assert keys("safe") == {"subject"}
+    assert {"data.runStatus", "data.modelName", "subject"} <= keys("all")
+    assert load_routes(REPO / "routes.json").push_down_filters == "safe"  # the default
+    from amlrelay.errors import RoutesError
+
+    with pytest.raises(RoutesError, match="pushDownFilters: must be one of safe, all, none"):
+        _with_push_down(SYNTHETIC_ROUTES, "some")
+
+
+def test_journal_subscriptions_mirror_the_handler_ones() -> None:
+    routes = load_routes(REPO / "routes.json")
+    handler = subscriptions_for(routes, handler="logicapp")
+    journal = subscriptions_for(routes, handler="journal")
+    assert [s["name"] + "-jr" for s in handler] == [s["name"] for s in journal]
+    assert [s["filter"] for s in handler] == [s["filter"] for s in journal]
+    assert all("maxEventsPerBatch" not in s for s in journal)
+
+
 def test_run_completed_never_gets_a_run_status_filter() -> None:
-    routes = parse_routes(json.dumps(SYNTHETIC_ROUTES))
+    routes = _with_push_down(SYNTHETIC_ROUTES, "all")
     for sub in subscriptions_for(routes, handler="runbook"):
         if any(t.endswith(".RunCompleted") for t in sub["filter"]["includedEventTypes"]):
             assert all(f["key"].lower() != "data.runstatus" for f in sub["filter"]["advancedFilters"]), sub
@@ -224,7 +272,9 @@ def test_numeric_fields_are_refused_for_string_operators() -> None:
     from amlrelay.errors import RoutesError
 
     with pytest.raises(RoutesError, match="number"):
-        subscriptions_for(parse_routes(json.dumps(document)), handler="runbook")
+        subscriptions_for(_with_push_down(document, "all"), handler="runbook")
+    # Not pushed down (the default), the router alone applies it: nothing to refuse.
+    assert subscriptions_for(parse_routes(json.dumps(document)), handler="runbook")[0]["filter"]["advancedFilters"] == []
 
 
 def test_cli_writes_the_generated_file(tmp_path: Path) -> None:
