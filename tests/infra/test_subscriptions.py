@@ -274,7 +274,8 @@ def test_numeric_fields_are_refused_for_string_operators() -> None:
     with pytest.raises(RoutesError, match="number"):
         subscriptions_for(_with_push_down(document, "all"), handler="runbook")
     # Not pushed down (the default), the router alone applies it: nothing to refuse.
-    assert subscriptions_for(parse_routes(json.dumps(document)), handler="runbook")[0]["filter"]["advancedFilters"] == []
+    [sub] = subscriptions_for(parse_routes(json.dumps(document)), handler="runbook")
+    assert sub["filter"]["advancedFilters"] == []
 
 
 def test_cli_writes_the_generated_file(tmp_path: Path) -> None:
