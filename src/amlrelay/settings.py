@@ -9,6 +9,7 @@ that fails on one missing setting at a time costs a job (and minutes) per fix.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -42,6 +43,12 @@ class Settings:
     ledger_stale_after: float = 1800.0  # seconds after which a silent claim's holder is presumed dead
     deadletter_container: str = "deadletters"
     blob_url: str | None = None  # default: the ledger account's blob endpoint
+    journal: bool = True  # the sweeper drains the Storage-queue journal (amlrelay sweep)
+    journal_queue: str = "amlrelay-journal"
+    journal_queue_url: str | None = None  # the account's queue endpoint; default: the ledger account's
+    journal_grace: float = 600.0  # seconds a journal message is left to the webhook job before the sweeper acts
+    journal_max_dequeues: int = 5  # dequeues after which a message that still fails is moved aside
+    journal_retry_after: float = 600.0  # seconds a message that failed stays hidden before it is tried again
     credential: str = "managed-identity"
     dry_run: bool = False
     timeout: float = 30.0
@@ -55,6 +62,13 @@ class Settings:
         if self.blob_url:
             return self.blob_url
         return self.ledger_table_url.replace(".table.", ".blob.", 1) if self.ledger_table_url else None
+
+    @property
+    def queue_account_url(self) -> str | None:
+        """The journal queue lives in the ledger's account too, unless AMLRELAY_JOURNAL_QUEUE_URL says not."""
+        if self.journal_queue_url:
+            return self.journal_queue_url
+        return self.ledger_table_url.replace(".table.", ".queue.", 1) if self.ledger_table_url else None
 
     @property
     def org_url(self) -> str:
@@ -195,6 +209,13 @@ def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
     return parse
 
 
+def _queue_name(text: str) -> str:
+    """Storage queue names: 3-63 lowercase letters, digits and single hyphens, not at either end."""
+    if not re.fullmatch(r"[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}", text):
+        raise ValueError(f"must be a storage queue name (3-63 lowercase letters, digits, single hyphens), got {text!r}")
+    return text
+
+
 def _organization(text: str) -> str:
     if "/" in text.strip("/"):
         raise ValueError("must be the organization (or ADO Server collection) name; put the host in "
@@ -219,6 +240,12 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "max_retry_after": _positive(float),
     "ledger_stale_after": _positive(float),
     "settle_after": _positive(float),
+    "journal": _bool,
+    "journal_queue": _queue_name,
+    "journal_queue_url": _url,
+    "journal_grace": _positive(float),
+    "journal_max_dequeues": _positive(int),
+    "journal_retry_after": _positive(float),
 }
 _HELP = {
     "ado_organization": "the ADO organization name, e.g. contoso",
