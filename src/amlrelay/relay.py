@@ -42,6 +42,8 @@ class Trigger(Protocol):
 
 AMBIGUOUS = "[ambiguous] "
 """Prefix of a ledger failure after which ADO may hold a run: the next attempt reconciles before sending."""
+BUSY = "another job is starting it"
+"""Reason of a ``duplicate`` whose claim is held but not finished: the journal keeps such an event until it is."""
 
 
 @dataclass
@@ -99,7 +101,7 @@ class Relay:
         if claim.status in ("duplicate", "busy"):
             record = claim.record
             reason = ("already triggered" if claim.status == "duplicate"
-                      else f"another job is starting it (claimed {record.claimed_at:%Y-%m-%d %H:%M:%S} UTC)")
+                      else f"{BUSY} (claimed {record.claimed_at:%Y-%m-%d %H:%M:%S} UTC)")
             return self._outcome(event, route, "duplicate", run_id=record.ado_run_id, run_url=record.ado_run_url,
                                  reason=reason)
         hold = _Hold(claim)
