@@ -3,7 +3,7 @@ the account's queue endpoint and the handler's managed identity (the same identi
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import SettingsError
 
@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from ..settings import Settings
 
 POISON_SUFFIX = "-poison"
-_CLIENT = {"retry_total": 3, "connection_timeout": 10, "read_timeout": 30}
+_CLIENT: dict[str, Any] = {"retry_total": 3, "connection_timeout": 10, "read_timeout": 30}
 
 
 def poison_name(queue: str) -> str:
