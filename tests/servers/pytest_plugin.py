@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from .ado import ADO_RESOURCE, AdoServer, PipelineDef
+from .aml import AmlServer
 from .identity import CONFLICTING_ENV, IdentityServer
 from .keyvault import KeyVaultServer
 from .tls import TlsMaterial, generate_tls_material
@@ -58,6 +59,14 @@ def ado_server() -> Iterator[AdoServer]:
     token = IdentityServer().token_for(ADO_RESOURCE)  # deterministic; no server needed
     with AdoServer("contoso", pipelines={(DEFAULT_PROJECT, DEFAULT_PIPELINE_ID): DEFAULT_PIPELINE},
                    bearer_tokens={token}, pats={DEFAULT_PAT}) as server:
+        yield server
+
+
+@pytest.fixture
+def aml_server() -> Iterator[AmlServer]:
+    """AML workspace ``mlw-contoso`` behind a loopback ARM endpoint (``aml_server.arm_url``); it accepts any
+    token the identity stand-in mints for ARM. Add jobs with ``add_job``, drive them with ``set_status``."""
+    with AmlServer() as server:
         yield server
 
 

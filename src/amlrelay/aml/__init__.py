@@ -1,0 +1,34 @@
+"""AML jobs for amlrelay: read, cancel and wait on AML v2 jobs through the ARM REST API.
+
+Public surface (the rest is private and may change): :class:`Workspace`, :class:`JobsClient`, :class:`Job`,
+:class:`ModelVersion`, :class:`JobStatus` and its groups, and the errors. The ``amlrelay aml`` commands are
+in ``amlrelay.aml._cli`` and are registered through ``amlrelay.cli.COMMAND_GROUPS``.
+"""
+
+from __future__ import annotations
+
+from ._client import DEFAULT_API_VERSION, DEFAULT_ARM_URL, Job, JobsClient, ModelVersion, check_job_name
+from ._errors import AmlError, AmlNotFoundError
+from ._mlflow import MlflowClient, MlflowError, tracking_url
+from ._status import FINAL_STATES, QUEUE_STATES, RUN_STATES, JobStatus, parse_status
+from ._workspace import Workspace
+
+__all__ = [
+    "DEFAULT_API_VERSION",
+    "DEFAULT_ARM_URL",
+    "FINAL_STATES",
+    "QUEUE_STATES",
+    "RUN_STATES",
+    "AmlError",
+    "AmlNotFoundError",
+    "Job",
+    "JobStatus",
+    "JobsClient",
+    "MlflowClient",
+    "MlflowError",
+    "ModelVersion",
+    "Workspace",
+    "check_job_name",
+    "parse_status",
+    "tracking_url",
+]
