@@ -55,6 +55,10 @@ class Settings:
     max_retries: int = 4
     backoff: float = 1.0
     max_retry_after: float = 60.0
+    tag_back: bool = False  # tag the AML run / model version with the ADO run it started (amlrelay.aml._tagback)
+    aml_region: str | None = None  # the workspaces' Azure region, for the MLflow URL (e.g. westeurope)
+    mlflow_url: str = "https://{region}.api.azureml.ms"  # MLflow base ({region}), or a workspace's tracking URI
+    arm_url: str = "https://management.azure.com"  # the cloud's ARM endpoint: the audience of AML's MLflow tokens
 
     @property
     def blob_account_url(self) -> str | None:
@@ -139,6 +143,10 @@ def resolve(params: Mapping[str, str | None], *, env: Mapping[str, str] | None =
         problems.append("AMLRELAY_LEDGER_TABLE_URL is missing (https://<account>.table.core.windows.net; the "
                         "ledger is what stops a redelivered event from starting a pipeline twice. Set "
                         "AMLRELAY_LEDGER=false only to accept duplicate runs)")
+    if values.get("tag_back") and "{region}" in values.get("mlflow_url", "{region}") and not values.get("aml_region"):
+        problems.append("AMLRELAY_AML_REGION is missing (required when AMLRELAY_TAG_BACK=true: the region of the AML "
+                        "workspaces, e.g. westeurope, for their MLflow endpoint; or set AMLRELAY_MLFLOW_URL to the "
+                        "workspace's mlflow_tracking_uri)")
     worst = _longest_attempt(values) + CLOCK_SKEW
     if values.get("ledger_stale_after", 1800.0) <= worst:
         problems.append(f"AMLRELAY_LEDGER_STALE_AFTER must exceed the longest possible ADO attempt plus "
@@ -216,6 +224,20 @@ def _queue_name(text: str) -> str:
     return text
 
 
+def _region(text: str) -> str:
+    region = text.strip().lower().replace(" ", "")
+    if not re.match(r"^[a-z][a-z0-9]{2,40}$", region):
+        raise ValueError(f"must be an Azure region name such as westeurope, got {text!r}")
+    return region
+
+
+def _mlflow_url(text: str) -> str:
+    """A base URL with ``{region}``, or a full tracking URI (``azureml://`` as ``az ml workspace show`` prints it)."""
+    https = "https://" + text[len("azureml://"):] if text.lower().startswith("azureml://") else text
+    _url(https.replace("{region}", "region"))
+    return text.rstrip("/")
+
+
 def _organization(text: str) -> str:
     if "/" in text.strip("/"):
         raise ValueError("must be the organization (or ADO Server collection) name; put the host in "
@@ -247,6 +269,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "journal_max_dequeues": _positive(int),
     "journal_retry_after": _positive(float),
 }
+_PARSERS.update(tag_back=_bool, aml_region=_region, mlflow_url=_mlflow_url, arm_url=_url)
 _HELP = {
     "ado_organization": "the ADO organization name, e.g. contoso",
     "routes": "path to routes.json or its JSON content",
