@@ -98,26 +98,29 @@ def sweep(queue: QueueClient, relay: Relay, *, poison: QueueClient | None, grace
         for message in _call(queue, "peek at", lambda: queue.peek_messages(max_messages=32)):
             report.results.append(_preview(relay, message))
         return report
-    while limit is None or len(report.results) < limit:
-        message = _call(queue, "receive from", lambda: queue.receive_message(visibility_timeout=LEASE))
-        if message is None:
-            break
-        if message.id in seen:  # back within this run (a short retry_after): leave it for the next run
-            _hide(queue, message, retry_after)
-            break
-        seen.add(message.id)
-        report.results.append(_one(queue, poison, relay, message, grace=grace, max_dequeues=max_dequeues,
-                                   retry_after=retry_after, now=now()))
+    later: list[tuple[QueueMessage, float]] = []  # kept messages stay leased until the run ends, so none
+    try:                                            # comes back (and is dequeued again) within one run
+        while limit is None or len(report.results) < limit:
+            message = _call(queue, "receive from", lambda: queue.receive_message(visibility_timeout=LEASE))
+            if message is None or message.id in seen:  # seen: our lease ran out in a very long run
+                break
+            seen.add(message.id)
+            report.results.append(_one(queue, poison, relay, message, later, grace=grace,
+                                       max_dequeues=max_dequeues, retry_after=retry_after, now=now()))
+    finally:
+        for message, seconds in later:
+            _hide(queue, message, seconds)
     return report
 
 
-def _one(queue: QueueClient, poison: QueueClient | None, relay: Relay, message: QueueMessage, *,
+def _one(queue: QueueClient, poison: QueueClient | None, relay: Relay, message: QueueMessage,
+         later: list[tuple[QueueMessage, float]], *,
          grace: timedelta, max_dequeues: int, retry_after: float, now: datetime) -> MessageResult:
     inserted = message.inserted_on
     count = int(message.dequeue_count or 0)
     age = now - inserted if inserted is not None else grace
     if age < grace:
-        _hide(queue, message, (grace - age).total_seconds())
+        later.append((message, (grace - age).total_seconds()))
         return MessageResult(message.id, inserted, count, "deferred")
     try:
         events = decode_message(message.content)
@@ -128,13 +131,13 @@ def _one(queue: QueueClient, poison: QueueClient | None, relay: Relay, message: 
         return _delete(queue, message, outcomes)
     failing = [o for o in outcomes if o.outcome not in FINAL or (o.outcome == "triggered" and o.reason)]
     if not failing:  # only held claims: their holder finishes, or the claim goes stale and is taken over
-        _hide(queue, message, retry_after)
+        later.append((message, retry_after))
         return MessageResult(message.id, inserted, count, "kept", tuple(outcomes), BUSY)
     reason = "; ".join(f"{o.route or o.event_type}: {o.outcome}: {o.reason}" for o in failing)
     if count >= max_dequeues:
         moved = _move_aside(queue, poison, message, reason=f"still failing after {count} dequeues: {reason}")
         return MessageResult(moved.message_id, inserted, count, moved.action, tuple(outcomes), moved.reason)
-    _hide(queue, message, retry_after)
+    later.append((message, retry_after))
     return MessageResult(message.id, inserted, count, "kept", tuple(outcomes), reason)
 
 

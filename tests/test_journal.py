@@ -1,0 +1,240 @@
+"""The journal and its sweep, on Azurite's queue service: an event whose webhook job died is recovered once,
+an event already handled is a duplicate, and no message is deleted before its event reached a final outcome."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from azure.storage.queue import QueueClient
+
+from amlrelay.cli import main as cli
+from amlrelay.events import parse_events
+from amlrelay.journal import JournalMessageError, decode_message, poison_name, poison_wrapper, sweep
+from amlrelay.ledger import Ledger
+from amlrelay.models import AmlEvent
+from amlrelay.relay import Relay
+from amlrelay.routes import load_routes
+from amlrelay.runbook import build_relay
+from amlrelay.settings import resolve
+from tests.conftest import sample
+from tests.stack import SAMPLE_WORKSPACE, Stack, local_stack
+
+LATER = timedelta(hours=1)  # "now" as seen by a sweep that runs an hour after the events were journaled
+
+
+# ---- message format: JSON or Base64 of JSON (Event Grid's encoding is documented both ways) ---------------
+
+def test_a_message_is_read_as_json_or_as_base64_json() -> None:
+    event = sample("event-grid-schema", "model_registered")
+    text = json.dumps(event)
+    assert decode_message(text) == [event]
+    assert decode_message(base64.b64encode(text.encode()).decode()) == [event]
+    assert decode_message(json.dumps([event, event])) == [event, event]
+    assert decode_message(poison_wrapper(base64.b64encode(text.encode()).decode(), reason="x")) == [event]
+
+
+@pytest.mark.parametrize("content", ["", "   ", "not base64 !", base64.b64encode(b"not json").decode(), "[1, 2]",
+                                     "[]", "{broken", base64.b64encode(b"\xff\xfe").decode()])
+def test_a_message_without_events_is_refused_with_a_reason(content: str) -> None:
+    with pytest.raises(JournalMessageError) as caught:
+        decode_message(content)
+    assert caught.value.message.startswith("The journal message")
+    assert "moved aside" in caught.value.hint
+
+
+# ---- the sweep on Azurite -------------------------------------------------------------------------------
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch, azurite: str, table_name: str) -> Iterator[Stack]:
+    queue = "j" + table_name.lower()[1:20]
+    with local_stack() as stack:
+        values = {**stack.env(), "AMLRELAY_LEDGER": "true", "AMLRELAY_LEDGER_CONNECTION_STRING": azurite,
+                  "AMLRELAY_LEDGER_TABLE": table_name, "AMLRELAY_JOURNAL_QUEUE": queue,
+                  "AMLRELAY_JOURNAL_GRACE": "0", "AMLRELAY_JOURNAL_RETRY_AFTER": "0",
+                  "AMLRELAY_JOURNAL_MAX_DEQUEUES": "3"}
+        for name, value in values.items():
+            monkeypatch.setenv(name, value)
+        clients = [QueueClient.from_connection_string(azurite, n) for n in (queue, poison_name(queue))]
+        for client in clients:
+            client.create_queue()
+        Ledger.from_connection_string(azurite, table=table_name).ensure_table()
+        try:
+            yield stack
+        finally:
+            for client in clients:
+                client.delete_queue()
+
+
+def journal(poison: bool = False) -> QueueClient:
+    name = os.environ["AMLRELAY_JOURNAL_QUEUE"]
+    return QueueClient.from_connection_string(os.environ["AMLRELAY_LEDGER_CONNECTION_STRING"],
+                                              poison_name(name) if poison else name)
+
+
+def left(poison: bool = False) -> int:
+    """Messages still in the queue, visible or not (Azurite counts hidden ones too)."""
+    return int(journal(poison).get_queue_properties().approximate_message_count or 0)
+
+
+def relay() -> Relay:
+    settings = resolve({})
+    return build_relay(settings, load_routes(settings.routes))
+
+
+def run_sweep(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, list[dict[str, Any]], str]:
+    code = cli(["sweep", "--json", *args])
+    out = capsys.readouterr().out
+    return code, [json.loads(line) for line in out.splitlines() if line.startswith("{")], out
+
+
+def test_an_event_whose_webhook_job_died_is_triggered_by_the_sweep(env: Stack,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    journal().send_message(json.dumps(sample("event-grid-schema", "model_registered")))
+    encoded = base64.b64encode(json.dumps(sample("cloud-events-schema", "run_completed")).encode()).decode()
+    journal().send_message(encoded)
+    code, outcomes, _ = run_sweep(capsys)
+    assert code == 0
+    assert sorted(o["outcome"] for o in outcomes) == ["triggered", "triggered"]
+    assert len(env.ado.runs) == 2
+    assert left() == 0
+    assert run_sweep(capsys)[:2] == (0, [])  # nothing left to do
+
+
+def test_an_event_the_webhook_job_handled_is_a_duplicate_and_its_message_is_deleted(
+        env: Stack, capsys: pytest.CaptureFixture[str]) -> None:
+    event = sample("event-grid-schema", "model_deployed")
+    [done] = relay().handle(parse_events([event]), raw=[event])  # the webhook job
+    assert done.outcome == "triggered"
+    journal().send_message(json.dumps(event))
+    code, outcomes, _ = run_sweep(capsys)
+    assert (code, [o["outcome"] for o in outcomes]) == (0, ["duplicate"])
+    assert outcomes[0]["ado_run_id"] == done.ado_run_id
+    assert len(env.ado.runs) == 1
+    assert left() == 0
+
+
+def test_skipped_and_rejected_events_are_final_and_reported(env: Stack, capsys: pytest.CaptureFixture[str]) -> None:
+    foreign = sample("event-grid-schema", "model_registered")
+    foreign["topic"] = "/subscriptions/x/resourceGroups/rg/providers/Microsoft.MachineLearningServices/workspaces/evil"
+    unknown = {**sample("event-grid-schema", "run_completed"), "eventType": "Microsoft.MachineLearningServices.New"}
+    for event in (foreign, unknown):
+        journal().send_message(json.dumps(event))
+    code, outcomes, _ = run_sweep(capsys)
+    assert sorted(o["outcome"] for o in outcomes) == ["rejected", "skipped"]
+    assert code == 2  # as a runbook job: input was refused
+    assert env.ado.run_requests == []
+    assert left() == 0
+
+
+def test_a_young_message_is_left_to_the_webhook_job(env: Stack) -> None:
+    journal().send_message(json.dumps(sample("event-grid-schema", "model_registered")))
+    report = sweep(journal(), relay(), poison=journal(True), grace=timedelta(minutes=10))
+    assert [r.action for r in report.results] == ["deferred"]
+    assert env.ado.run_requests == []
+    assert left() == 1
+    assert journal().peek_messages() == []  # hidden until the grace period is over
+    later = sweep(journal(), relay(), poison=journal(True), grace=timedelta(minutes=10),
+                  now=lambda: datetime.now(timezone.utc) + LATER)
+    assert later.results == []  # still hidden: a later sweep finds it once visible (not asserted: no sleeping)
+
+
+def test_a_failing_message_stays_and_is_moved_aside_after_n_dequeues(env: Stack,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    event = sample("event-grid-schema", "dataset_drift_detected")
+    journal().send_message(json.dumps(event))
+    env.ado.fail(404, times=100)  # e.g. the pipeline was deleted: fails until someone fixes it
+    for attempt in (1, 2):
+        code, outcomes, out = run_sweep(capsys)
+        assert (code, [o["outcome"] for o in outcomes]) == (1, ["failed"]), out
+        assert left() == 1, f"attempt {attempt}: a failing message must stay"
+        assert "WARNING: journal message" in out
+    code, outcomes, out = run_sweep(capsys)  # third dequeue = AMLRELAY_JOURNAL_MAX_DEQUEUES
+    assert code == 1
+    assert "ERROR: journal message" in out
+    assert "(moved-aside): moved to" in out
+    assert "still failing after 3 dequeues" in out
+    assert (left(), left(poison=True)) == (0, 1)
+    [moved] = journal(poison=True).peek_messages()
+    wrapper = json.loads(moved.content)
+    assert wrapper["amlrelayPoison"]["dequeueCount"] == 3
+    assert "404" in wrapper["amlrelayPoison"]["reason"] or "not found" in wrapper["amlrelayPoison"]["reason"].lower()
+    assert decode_message(moved.content) == [event]  # the original, untouched
+    env.ado.reset_state()
+    code, outcomes, _ = run_sweep(capsys, "--poison")  # once the cause is fixed
+    assert (code, [o["outcome"] for o in outcomes]) == (0, ["triggered"])
+    assert left(poison=True) == 0
+
+
+def test_a_message_that_is_not_an_event_is_moved_aside_at_once(env: Stack, capsys: pytest.CaptureFixture[str]) -> None:
+    journal().send_message("hello")
+    code, outcomes, out = run_sweep(capsys)
+    assert (code, outcomes) == (1, [])
+    assert "neither JSON nor Base64-encoded JSON" in out
+    assert (left(), left(poison=True)) == (0, 1)
+
+
+def test_an_event_whose_claim_is_held_stays_in_the_journal(env: Stack, capsys: pytest.CaptureFixture[str]) -> None:
+    """The webhook job claimed the outcome and died before recording it: not final, so the message stays
+    until the claim is finished or taken over when stale (never deleted on a 'busy' answer)."""
+    event = sample("event-grid-schema", "model_registered")
+    [parsed] = parse_events([event])
+    r = relay()
+    assert r.ledger is not None
+    assert isinstance(parsed, AmlEvent)
+    r.ledger.claim(f"{parsed.outcome_key()}|deploy-registered-model", route="deploy-registered-model",
+                   event_id=parsed.id, event_type=parsed.type, event_json=json.dumps(event))
+    journal().send_message(json.dumps(event))
+    code, outcomes, _ = run_sweep(capsys)
+    assert [o["outcome"] for o in outcomes] == ["duplicate"]
+    assert "another job is starting it" in outcomes[0]["reason"]
+    assert code == 0  # not a failure: the holder finishes, or `replay --stale` / a later sweep takes over
+    assert left() == 1
+    assert env.ado.run_requests == []
+
+
+def test_dry_run_sends_nothing_and_deletes_nothing(env: Stack, capsys: pytest.CaptureFixture[str]) -> None:
+    journal().send_message(json.dumps(sample("event-grid-schema", "model_registered")))
+    code, outcomes, _ = run_sweep(capsys, "--dry-run")
+    assert (code, [o["outcome"] for o in outcomes]) == (0, ["dry-run"])
+    assert env.ado.run_requests == []
+    assert left() == 1
+    assert journal().peek_messages()[0].dequeue_count == 0  # peeked, not received
+
+
+def test_the_table_output_summarises_what_happened(env: Stack, capsys: pytest.CaptureFixture[str]) -> None:
+    journal().send_message(json.dumps(sample("event-grid-schema", "model_registered")))
+    assert cli(["sweep"]) == 0
+    out = capsys.readouterr().out
+    assert "1 messages: 1 done and deleted, 0 kept for a retry" in out
+    assert "deploy-registered-model" in out
+
+
+def test_without_a_journal_the_sweep_says_so(env: Stack, monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("AMLRELAY_JOURNAL", "false")
+    assert cli(["sweep"]) == 0
+    assert capsys.readouterr().out.startswith("WARNING: AMLRELAY_JOURNAL is false")
+
+
+def test_a_missing_queue_is_a_clear_error(env: Stack, monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("AMLRELAY_JOURNAL_QUEUE", "no-such-queue")
+    assert cli(["sweep"]) == 2
+    err = capsys.readouterr().err
+    assert "Cannot receive from journal queue 'no-such-queue' (QueueNotFound" in err
+    assert "Storage Queue Data Contributor" in err
+
+
+def test_a_bad_queue_name_is_a_settings_error() -> None:
+    from amlrelay.errors import SettingsError
+
+    with pytest.raises(SettingsError, match="AMLRELAY_JOURNAL_QUEUE must be a storage queue name"):
+        resolve({"journal_queue": "Bad_Name"}, env={"AMLRELAY_LEDGER": "false", "AMLRELAY_ROUTES": "x",
+                                                     "AMLRELAY_ADO_ORGANIZATION": "contoso",
+                                                     "AMLRELAY_ALLOWED_WORKSPACES": SAMPLE_WORKSPACE})
