@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Azure Automation runbook (Python 3.10), run on a schedule: deliver again what never got through.
 
-Replays Event Grid's dead-lettered events, the events of stale ledger claims (a job that died after
-claiming) and of failed records a retry may fix (never the [ambiguous] ones), through the same routes and
-ledger as live deliveries, so nothing is started twice. Output and exit code as in `amlrelay replay`
-(see README, "Dead letters and replay").
+First sweeps the journal (`amlrelay sweep`): events whose webhook job died before claiming the ledger are
+triggered now, the others are found to be duplicates. Then replays Event Grid's dead-lettered events, the
+events of stale ledger claims (a job that died after claiming) and of failed records a retry may fix,
+through the same routes and ledger as live deliveries, so nothing is started twice. The job's exit code is
+the worse of the two (see README, "Across the webhook boundary" and "Dead letters and replay").
 """
 
 import sys
@@ -12,4 +13,6 @@ import sys
 from amlrelay.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(["replay", "--stale", "--failed", *sys.argv[1:]]))
+    swept = main(["sweep", *sys.argv[1:]])
+    replayed = main(["replay", "--stale", "--failed", *sys.argv[1:]])
+    sys.exit(max(swept, replayed))

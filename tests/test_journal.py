@@ -238,3 +238,25 @@ def test_a_bad_queue_name_is_a_settings_error() -> None:
         resolve({"journal_queue": "Bad_Name"}, env={"AMLRELAY_LEDGER": "false", "AMLRELAY_ROUTES": "x",
                                                      "AMLRELAY_ADO_ORGANIZATION": "contoso",
                                                      "AMLRELAY_ALLOWED_WORKSPACES": SAMPLE_WORKSPACE})
+
+
+def test_the_scheduled_replay_runbook_sweeps_the_journal_first(env: Stack) -> None:
+    import subprocess
+    import sys
+
+    from azure.storage.blob import ContainerClient
+
+    from tests.stack import ROOT
+
+    container = "dl" + os.environ["AMLRELAY_JOURNAL_QUEUE"]
+    conn = os.environ["AMLRELAY_LEDGER_CONNECTION_STRING"]
+    ContainerClient.from_connection_string(conn, container).create_container()
+    journal().send_message(json.dumps(sample("event-grid-schema", "model_registered")))
+    done = subprocess.run([sys.executable, str(ROOT / "runbooks" / "replay_dead_letters.py"), "--json"],
+                          env={**os.environ, "AMLRELAY_DEADLETTER_CONTAINER": container},
+                          capture_output=True, text=True, timeout=120, check=False)
+    outcomes = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert [o["outcome"] for o in outcomes] == ["triggered"], done.stdout + done.stderr
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert len(env.ado.runs) == 1
+    assert left() == 0
