@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import threading
 from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlsplit
@@ -46,6 +47,38 @@ def managed_identity(client_id: str | None, *, kind: str = "managed-identity") -
     return ManagedIdentityCredential(client_id=client_id) if client_id else ManagedIdentityCredential()
 
 
+_NOT_CONFIGURED_HINT = ("Turn on the Automation account's system-assigned identity (Account Settings > Identity), "
+                        "or set AMLRELAY_MANAGED_IDENTITY_CLIENT_ID to a user-assigned identity attached to it.")
+_ENDPOINT_STATUS = re.compile(r"\(\w+\) (\d{3}), ")  # MSAL's App Service error: "(invalid_scope) 401, message"
+
+
+def identity_error(exc: BaseException, what: str, client_id: str | None = None) -> AuthError:
+    """Explain why the identity endpoint gave no token. azure-identity reports every App Service-protocol
+    failure (Automation's endpoint) as "managed identity configuration not found", even when the endpoint
+    answered; the status MSAL keeps in the message tells the cases apart: a 401 is a wrong
+    ``IDENTITY_HEADER``, a 400 an identity the account does not have, a 5xx the endpoint's own trouble."""
+    text = _first_line(exc)
+    found = _ENDPOINT_STATUS.search(text)
+    status = int(found.group(1)) if found else None
+    if status == 401:
+        return AuthError(
+            f"{what}: the managed identity endpoint (IDENTITY_ENDPOINT) refused the request with HTTP 401, "
+            "because the IDENTITY_HEADER value this job sent is not the one Automation gave the sandbox.",
+            hint="Do not set IDENTITY_HEADER yourself (as a variable, in the runbook or on a Hybrid Worker): "
+            "Automation sets it for each job. Start the job again without overriding it.",
+        )
+    if status == 400 and client_id:
+        return AuthError(
+            f"{what}: the managed identity endpoint does not know the user-assigned identity {client_id} "
+            "(HTTP 400).",
+            hint="Attach that identity to the Automation account, or fix AMLRELAY_MANAGED_IDENTITY_CLIENT_ID.",
+        )
+    if status is not None and status >= 500:
+        return AuthError(f"{what}: the managed identity endpoint failed with HTTP {status}.",
+                         hint="This is Automation's own endpoint: start the job again in a few minutes.")
+    return AuthError(f"{what}: {text}", hint=_NOT_CONFIGURED_HINT)
+
+
 def _identity_words(client_id: str | None) -> str:
     return f"the user-assigned managed identity {client_id}" if client_id else "the handler's managed identity"
 
@@ -66,11 +99,8 @@ class EntraCredential:
         try:
             token = self._credential.get_token(self._scope).token
         except AzureError as exc:
-            raise AuthError(
-                f"No Entra token for ADO from {_identity_words(self._client_id)}: {_first_line(exc)}",
-                hint="Turn on the Automation account's system-assigned identity (Account Settings > Identity), "
-                "or set AMLRELAY_MANAGED_IDENTITY_CLIENT_ID to a user-assigned identity attached to it.",
-            ) from None
+            raise identity_error(exc, f"No Entra token for ADO from {_identity_words(self._client_id)}",
+                                 self._client_id) from None
         self._claims = _claims(token)
         return f"Bearer {token}"
 
@@ -108,7 +138,12 @@ class KeyVaultPatCredential:
             return self._header
 
     def _read_pat(self) -> str:
-        from azure.core.exceptions import AzureError, HttpResponseError, ResourceNotFoundError
+        from azure.core.exceptions import (
+            AzureError,
+            ClientAuthenticationError,
+            HttpResponseError,
+            ResourceNotFoundError,
+        )
         from azure.keyvault.secrets import SecretClient
 
         host = urlsplit(self._vault_url).hostname or ""
@@ -124,6 +159,8 @@ class KeyVaultPatCredential:
                             hint="Store the ADO PAT there (az keyvault secret set) or fix "
                             "AMLRELAY_PAT_SECRET_NAME.") from None
         except HttpResponseError as exc:
+            if exc.status_code is None and isinstance(exc, ClientAuthenticationError):  # no token at all
+                raise identity_error(exc, f"No token to read the {where}") from None
             if exc.status_code in (401, 403):
                 raise AuthError(
                     f"Key Vault refused to give the {where} to the handler's identity (HTTP {exc.status_code}).",

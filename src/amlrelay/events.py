@@ -21,7 +21,7 @@ from azure.core.messaging import CloudEvent
 from azure.eventgrid import EventGridEvent
 
 from .errors import InvalidEventError
-from .models import AML_PREFIX, EVENT_TYPES, AmlEvent, parse_data
+from .models import AML_PREFIX, EVENT_TYPES, AmlEvent, json_kind, parse_data
 
 MAX_BODY_BYTES = 512 * 1024
 """Azure Automation refuses webhook payloads over 512 KB; a larger body is not from Event Grid via a webhook."""
@@ -33,6 +33,21 @@ _VALIDATION_TYPES = {
     "microsoft.eventgrid.subscriptiondeletedevent",
 }
 _HINT = "Send Event Grid schema or CloudEvents 1.0 events from an Azure ML system topic."
+VALIDATION_TYPE = "Microsoft.EventGrid.SubscriptionValidationEvent"
+
+
+def _validation_reason(data: Any) -> str:
+    """Event Grid's handshake. Automation webhooks answer it themselves, so it reaching a job means it was
+    delivered where auto-validation does not apply (a sovereign cloud, a relay in between): the operator can
+    still validate by hand with a GET on ``validationUrl`` within 5 minutes, so the URL is shown."""
+    fields = {str(k).lower(): v for k, v in data.items()} if isinstance(data, Mapping) else {}
+    url, code = fields.get("validationurl"), fields.get("validationcode")
+    what = "Event Grid subscription validation (the handshake Automation webhooks normally answer themselves)"
+    if isinstance(url, str) and url.startswith("https://"):
+        coded = f" (validation code {code[:100]})" if isinstance(code, str) and code else ""
+        return (f"{what}. If the subscription stays 'AwaitingManualAction', validate it by hand within 5 minutes "
+                f"of the event: open {url[:2000]}{coded} with an HTTP GET.")
+    return f"{what}. The event carries no https validationUrl, so it cannot be validated by hand."
 
 
 @dataclass(frozen=True)
@@ -60,7 +75,7 @@ Parsed = AmlEvent | Skipped | Invalid
 
 def load_body(body: str | bytes) -> Any:
     """Decode a webhook body to JSON, refusing what Automation itself would never deliver."""
-    size = len(body.encode("utf-8") if isinstance(body, str) else body)
+    size = len(utf8(body, "The request body"))
     if size > MAX_BODY_BYTES:
         raise InvalidEventError(
             f"The request body is {size} bytes; Azure Automation webhooks accept at most {MAX_BODY_BYTES}.",
@@ -72,6 +87,32 @@ def load_body(body: str | bytes) -> Any:
         raise InvalidEventError("The request body is nested too deeply to be an event.", hint=_HINT) from None
     except ValueError as exc:
         raise InvalidEventError(f"The request body is not valid JSON ({exc}).", hint=_HINT) from None
+
+
+def utf8(text: str | bytes, what: str) -> bytes:
+    """``text`` as UTF-8 bytes, or a clear refusal. Event Grid sends UTF-8 JSON (RFC 8259 requires it); bytes
+    that are not UTF-8 reach a runbook's argv as lone surrogates (Python's ``surrogateescape``), and would
+    otherwise surface much later as an unexplained ``UnicodeEncodeError``."""
+    if isinstance(text, bytes):
+        try:
+            text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise _not_utf8(what, exc.start, text[exc.start]) from None
+        return text
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        char = ord(text[exc.start])
+        raise _not_utf8(what, exc.start, char - 0xDC00 if 0xDC80 <= char <= 0xDCFF else None) from None
+
+
+def _not_utf8(what: str, position: int, byte: int | None) -> InvalidEventError:
+    detail = f"byte 0x{byte:02x} at position {position}" if byte is not None else \
+        f"a lone surrogate at position {position}"
+    return InvalidEventError(
+        f"{what} is not UTF-8 ({detail}): Event Grid always sends UTF-8 JSON, so this did not come from it.",
+        hint="Send the events as UTF-8 JSON; if this job was started by hand, retype the parameters.",
+    )
 
 
 def parse_events(payload: Any) -> list[Parsed]:
@@ -95,6 +136,9 @@ def parse_event(item: Any) -> Parsed:
     etype = _text(item, "eventType") or _text(item, "type")
     subject = _text(item, "subject")
     try:
+        if not _valid_unicode(item):
+            raise InvalidEventError("The event holds text that is not valid Unicode (a lone surrogate such as "
+                                    "\\udc80).", hint=_HINT)
         return _parse_mapping(item)
     except InvalidEventError as exc:
         return Invalid(ident, etype, subject, exc)
@@ -170,9 +214,10 @@ def _from_cloud_event(item: Mapping[str, Any], lower: Mapping[str, Any]) -> AmlE
 
 def _build(*, ident: str, full_type: str, source: str, subject: str, time: Any, data: Any,
            schema: str) -> AmlEvent | Skipped:
+    if full_type.lower() == VALIDATION_TYPE.lower():
+        return Skipped(ident, full_type, subject, _validation_reason(data))
     if full_type.lower() in _VALIDATION_TYPES:
-        return Skipped(ident, full_type, subject,
-                       "Event Grid subscription handshake: Azure Automation webhooks answer it themselves.")
+        return Skipped(ident, full_type, subject, "Event Grid subscription lifecycle event: nothing to relay.")
     if not full_type.lower().startswith(AML_PREFIX.lower()):
         return Skipped(ident, full_type, subject, "not an Azure Machine Learning event type")
     short = full_type[len(AML_PREFIX):]
@@ -199,10 +244,20 @@ def _text(item: Mapping[str, Any], key: str) -> str:
     return value[:200] if isinstance(value, str) else ""
 
 
+def _valid_unicode(item: Mapping[str, Any]) -> bool:
+    """Every key and string in the event encodes to UTF-8 (JSON's ``\\ud800`` escapes decode to lone
+    surrogates that no output stream, ledger key or HTTP body can carry)."""
+    try:
+        json.dumps(item, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    except (TypeError, ValueError, RecursionError):
+        return True  # not JSON-serialisable: the parser below says what is wrong with it
+    return True
+
+
 def _kind(value: Any) -> str:
-    return {dict: "an object", list: "an array", str: "a string", type(None): "null"}.get(
-        type(value), type(value).__name__
-    )
+    return json_kind(value)
 
 
 def _short(exc: BaseException) -> str:

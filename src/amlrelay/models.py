@@ -6,7 +6,8 @@ service is known to be inconsistent and strict where a missing value would route
 
 * ``data`` keys are matched case-insensitively (Microsoft's own samples send ``ModelName``, the spec says
   ``modelName``);
-* ``runType`` may be ``null``; ``modelVersion`` may be a number or a string; ``runStatus`` any case;
+* ``runType`` may be ``null``; ``modelVersion`` an integer or a string; ``runStatus`` any case; every
+  other field is a string, and a number there is refused with the field named, never coerced;
 * the spec's ``required`` fields must be present, or the event is rejected with the field named.
 
 Every model exposes :meth:`fields`: a flat, case-insensitive view used by route filters and templates, so
@@ -34,6 +35,32 @@ MAX_FIELD_LENGTH = 4096
 """Longest scalar we accept: AML names and ids are short; a huge value is hostile or broken input."""
 
 
+def json_kind(value: Any) -> str:
+    """What a JSON value is, in the words of JSON (never a Python type name: the reader wrote JSON)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return f"the number {value!r}"[:60]
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, Mapping):
+        return "an object"
+    if isinstance(value, (list, tuple)):
+        return "an array"
+    return "a value that is not JSON"
+
+
+def _valid_unicode(text: str) -> bool:
+    """False for lone surrogates (``"\\ud800"`` in JSON, or undecodable bytes smuggled in via argv)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class _Data:
     """Case-insensitive reader over an event's ``data`` object that names the offending field on error."""
 
@@ -47,15 +74,23 @@ class _Data:
             hint="Only events shaped like Azure ML's Event Grid events can be relayed.",
         )
 
-    def text(self, name: str, *, required: bool, nullable: bool = False) -> str | None:
+    def text(self, name: str, *, required: bool, nullable: bool = False, integer: bool = False) -> str | None:
+        """A string field. Numbers are refused, not coerced: the schema says string, and an identifier that
+        arrives as a number (``runId: 5``) was not written by AML. ``integer``: the one field the 2018
+        schema typed as an integer (``modelVersion``) may still be one."""
         value = self._by_lower.get(name.lower())
         if value is None:
             if required and not (nullable and name.lower() in self._by_lower):
                 raise self._bad(name, "is missing")
             return None
-        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-            raise self._bad(name, f"must be a string, got {type(value).__name__}")
-        text = str(value)
+        if integer and isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        if not isinstance(value, str):
+            wanted = "a string or an integer" if integer else "a string"
+            raise self._bad(name, f"must be {wanted} (as in the event schema), got {json_kind(value)}")
+        if not _valid_unicode(value):
+            raise self._bad(name, "is not valid Unicode text (it holds a lone surrogate)")
+        text = value
         if len(text) > MAX_FIELD_LENGTH:
             raise self._bad(name, f"is longer than {MAX_FIELD_LENGTH} characters")
         if required and not text.strip():
@@ -67,7 +102,7 @@ class _Data:
         if value is None:
             return {}
         if not isinstance(value, Mapping):
-            raise self._bad(name, f"must be an object, got {type(value).__name__}")
+            raise self._bad(name, f"must be an object, got {json_kind(value)}")
         out: dict[str, str] = {}
         for key, item in value.items():
             if isinstance(item, (dict, list)):
@@ -83,11 +118,11 @@ class _Data:
         if value is None:
             return None
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise self._bad(name, "must be a number")
+            raise self._bad(name, f"must be a number, got {json_kind(value)}")
         try:
             return float(value)
         except ValueError:
-            raise self._bad(name, "must be a number") from None
+            raise self._bad(name, f"must be a number, got {str(value)[:40]!r}") from None
 
 
 @dataclass(frozen=True)
@@ -175,7 +210,7 @@ class ModelRegisteredData(EventData):
         d = _Data(event_type, raw)
         return cls(
             model_name=d.text("modelName", required=True) or "",
-            model_version=d.text("modelVersion", required=True) or "",
+            model_version=d.text("modelVersion", required=True, integer=True) or "",
             model_tags=d.mapping("modelTags"),
             model_properties=d.mapping("modelProperties"),
         )
@@ -288,7 +323,7 @@ ENVELOPE_FIELDS = ("eventId", "eventType", "subject", "eventTime", "workspaceId"
 def parse_data(short_type: str, raw: Any) -> EventData:
     if not isinstance(raw, Mapping):
         raise InvalidEventError(
-            f"{short_type} event: data must be a JSON object, got {type(raw).__name__}.",
+            f"{short_type} event: data must be a JSON object, got {json_kind(raw)}.",
             hint="Only events shaped like Azure ML's Event Grid events can be relayed.",
         )
     model = DATA_MODELS[short_type]

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import InvalidEventError
-from .events import MAX_BODY_BYTES, load_body
+from .events import MAX_BODY_BYTES, load_body, utf8
 
 _HINT = (
     "Start the runbook from an Automation webhook subscribed to Event Grid, or by hand with parameters "
@@ -53,7 +53,8 @@ def parse_webhook_argv(argv: list[str]) -> WebhookData:
     text = " ".join(part.strip() for part in argv).strip()
     if not text:
         raise InvalidEventError("The runbook was started without WEBHOOKDATA or parameters.", hint=_HINT)
-    if len(text.encode("utf-8")) > 2 * MAX_BODY_BYTES:
+    size = len(utf8(text, "The webhook data"))
+    if size > 2 * MAX_BODY_BYTES:
         raise InvalidEventError(
             f"The webhook data is larger than the {MAX_BODY_BYTES}-byte limit of Azure Automation webhooks.",
             hint="Lower the subscription's preferredBatchSizeInKilobytes.",
@@ -69,7 +70,7 @@ def parse_webhook_argv(argv: list[str]) -> WebhookData:
         if "requestbody" in lower:
             name = lower.get("webhookname")
             return WebhookData(_decode_body(lower["requestbody"]), name if isinstance(name, str) else None)
-    _check_size(len(text.encode("utf-8")))
+    _check_size(size)
     return WebhookData(decoded, None)  # a bare event or array of events, e.g. from a test
 
 
