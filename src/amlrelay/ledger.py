@@ -100,6 +100,10 @@ class LedgerRecord:
     row_key: str = ""
     """The Table RowKey (see :func:`table_address`). ``key`` is the display form (control characters
     escaped, cut at 8,000 characters), so this is the address."""
+    tag_target: str | None = None
+    """Tag-back (AMLRELAY_TAG_BACK): the AML run or model version to tag with the ADO run, as JSON."""
+    tagged: bool | None = None
+    """Tag-back: False until the tag is written (the sweeper retries it), then True; None when off."""
 
 
 @dataclass(frozen=True)
@@ -172,7 +176,8 @@ def _redact(text: str) -> str:
 
 def _utc(value: Any) -> datetime:
     if not isinstance(value, datetime):
-        raise LedgerError(f"Ledger row has a non-datetime timestamp: {value!r}.", hint="")
+        raise LedgerError(f"Ledger row has a non-datetime timestamp: {value!r}.",
+                          hint="Someone edited the ledger table by hand: delete or fix that row.")
     # TablesEntityDatetime is a datetime subclass; give callers a plain aware datetime.
     return datetime(*value.timetuple()[:6], value.microsecond, tzinfo=timezone.utc)
 
@@ -305,9 +310,12 @@ class Ledger:
         record = self._write(claim, replace(claim.record, updated_at=_now()), "renew a claim")
         return replace(claim, record=record[0], etag=record[1])
 
-    def mark_triggered(self, claim: Claim, *, run_id: int, run_url: str | None) -> LedgerRecord:
+    def mark_triggered(self, claim: Claim, *, run_id: int, run_url: str | None,
+                       tag_target: str | None = None) -> LedgerRecord:
         """Record the ADO run started for this claim. Raises :class:`LostClaimError` if the claim was
-        taken over meanwhile (the caller's run may then be a second one: it must be reported)."""
+        taken over meanwhile (the caller's run may then be a second one: it must be reported).
+        ``tag_target``: tag-back is still to do (recorded in the same write, so a crash before tagging
+        leaves it pending for :meth:`untagged`, never forgotten)."""
         done = replace(
             claim.record,
             state="triggered",
@@ -315,6 +323,8 @@ class Ledger:
             ado_run_url=_clean(run_url) if run_url else None,
             reason=None,
             updated_at=_now(),
+            tag_target=tag_target,
+            tagged=False if tag_target else None,
         )
         return self._write(claim, done, "record the ADO run")[0]
 
@@ -379,6 +389,18 @@ class Ledger:
         possibly after starting the ADO run. Reconcile them (look the run up in ADO), then replay."""
         cutoff = _now() - self.stale_after
         found = self._query("state eq @state and updated_at lt @cutoff", {"state": "claimed", "cutoff": cutoff})
+        return sorted(found, key=lambda r: r.updated_at)
+
+    def set_tagged(self, record: LedgerRecord) -> None:
+        """Tag-back done for a triggered record. A merge of that one property, without an ETag: a triggered
+        record is final (nobody else writes it), and a record purged meanwhile needs nothing."""
+        with self._errors("record a tag-back"), suppress(ResourceNotFoundError):
+            self._table.update_entity({"PartitionKey": PARTITION, "RowKey": record.row_key, "tagged": True},
+                                      mode=UpdateMode.MERGE)
+
+    def untagged(self) -> list[LedgerRecord]:
+        """Triggered records whose tag-back has not been written yet (oldest first), for the sweeper."""
+        found = self._query("state eq @state and tagged eq @tagged", {"state": "triggered", "tagged": False})
         return sorted(found, key=lambda r: r.updated_at)
 
     # ---- internals ----------------------------------------------------------------------------------
@@ -447,7 +469,13 @@ class Ledger:
                 what = "storage unreachable"
             elif status == 404 and "TableNotFound" in code + str(exc):
                 hint = "Create the table (infra deploys it; Ledger.ensure_table() locally)."
-            detail = f"HTTP {status} {code}: {exc.reason}" if isinstance(exc, HttpResponseError) else str(exc)
+            if isinstance(exc, ClientAuthenticationError) and status is None:  # no token: the identity endpoint
+                from .auth import identity_error
+
+                why = identity_error(exc, f"Ledger: no token to {action} ({self._where})")
+                raise LedgerError(why.message, hint=why.hint) from None
+            detail = (f"HTTP {status}{' ' + code if code else ''}: {exc.reason or exc.message}"
+                      if isinstance(exc, HttpResponseError) and status is not None else str(exc))
             raise LedgerError(
                 f"Ledger {what} while trying to {action} ({self._where}): {_redact(detail)}", hint=hint
             ) from None
@@ -460,7 +488,8 @@ def _same_result(a: LedgerRecord, b: LedgerRecord) -> bool:
 def _check_table_name(table: str) -> None:
     if not _TABLE_NAME.match(table):
         raise LedgerError(
-            f"Invalid ledger table name {_clean(table, 80)!r}.", hint="3-63 letters and digits, starting with a letter."
+            f"Invalid ledger table name {_clean(table, 80)!r}.",
+            hint="Use 3-63 letters and digits, starting with a letter.",
         )
 
 
@@ -478,7 +507,8 @@ def _with_event(record: LedgerRecord, event_json: str | None) -> LedgerRecord:
 
 
 _PLAIN = ("key", "route", "event_id", "event_type", "state", "claimed_at", "updated_at", "attempts", "holder",
-          "claim_id", "event_json_truncated", "ado_run_id", "ado_run_url", "reason")  # fmt: skip
+          "claim_id", "event_json_truncated", "ado_run_id", "ado_run_url", "reason",
+          "tag_target", "tagged")  # fmt: skip
 
 
 def _to_entity(pk: str, rk: str, r: LedgerRecord) -> dict[str, Any]:
@@ -508,5 +538,6 @@ def _from_entity(e: Mapping[str, Any]) -> LedgerRecord:
         ado_run_id=None if v["ado_run_id"] is None else int(v["ado_run_id"]),
         event_json="".join(p for p in parts if p) if parts[0] is not None else None,
         row_key=str(e.get("RowKey", "")),
+        tagged=None if v["tagged"] is None else bool(v["tagged"]),
     )
     return LedgerRecord(**v)

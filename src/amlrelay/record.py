@@ -26,6 +26,7 @@ class Outcome:
     ado_run_url: str | None = None
     reason: str | None = None
     request: dict[str, Any] | None = None  # dry runs only: the exact request that would be sent
+    warning: str | None = None  # something to fix that did not fail the event (tag-back); exit code unchanged
 
     def to_json(self) -> str:
         return json.dumps({k: v for k, v in asdict(self).items() if v is not None}, separators=(",", ":"))
@@ -33,7 +34,9 @@ class Outcome:
 
 def exit_code(outcomes: Iterable[Outcome]) -> int:
     """0 when every event was handled; 1 when one failed (retry may help) or was triggered but not recorded;
-    2 when input was rejected."""
+    2 when one was rejected and none failed. The worst wins, so a mixed batch of triggered and rejected
+    events exits 2: the job shows *Failed* and someone looks at the refusal, while the triggered events are
+    in the ledger and stay duplicates. See the README's exit-code table."""
     outcomes = list(outcomes)
     kinds = {o.outcome for o in outcomes}
     if "failed" in kinds or any(o.outcome == "triggered" and o.reason for o in outcomes):

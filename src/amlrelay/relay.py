@@ -27,7 +27,7 @@ from .trigger import PipelineRun
 from .validate import SourcePolicy
 
 if TYPE_CHECKING:
-    from .ledger import Claim, Ledger  # imported by the runbook only when a ledger is configured
+    from .ledger import Claim, Ledger, LedgerRecord  # imported by the runbook only when a ledger is configured
 
 
 class Trigger(Protocol):
@@ -38,6 +38,16 @@ class Trigger(Protocol):
     def list_runs(self, project: str, pipeline_id: int) -> list[dict[str, Any]]: ...
 
     def get_run(self, project: str, pipeline_id: int, run_id: int) -> dict[str, Any]: ...
+
+
+class TagBack(Protocol):
+    """Tag-back (``amlrelay.aml._tagback``, AMLRELAY_TAG_BACK): what to tag for an event, and tagging once its
+    run is recorded. Returns a warning, never raises: a tag can never undo or repeat a trigger."""
+
+    def target(self, event: AmlEvent) -> str | None: ...
+
+    def after_trigger(self, target: str, run_id: int, run_url: str | None, *, ledger: Ledger | None,
+                      record: LedgerRecord | None) -> str | None: ...
 
 
 AMBIGUOUS = "[ambiguous] "
@@ -56,6 +66,7 @@ class Relay:
     dry_run: bool = False
     only_route: str | None = None  # a manual start may name the route to use
     settle_after: timedelta = timedelta(minutes=5)  # how long ADO may still act on a request left open
+    tag_back: TagBack | None = None  # AMLRELAY_TAG_BACK: tag the AML run / model with the ADO run it started
 
     def handle(self, items: Iterable[Parsed], *, raw: list[Any] | None = None) -> list[Outcome]:
         outcomes: list[Outcome] = []
@@ -115,14 +126,16 @@ class Relay:
                 reason += f" (and the ledger could not record the failure: {ledger_exc})"
             return self._outcome(event, route, "failed", reason=reason)
         try:
-            self.ledger.mark_triggered(hold.claim, run_id=run.id, run_url=run.url)
+            target = self.tag_back.target(event) if self.tag_back is not None else None
+            record = self.ledger.mark_triggered(hold.claim, run_id=run.id, run_url=run.url, tag_target=target)
         except LedgerError as exc:
             return self._outcome(event, route, "triggered", run_id=run.id, run_url=run.url,
                                  reason=f"triggered, but the ledger could not record it: {exc}")
+        warning = self._tag(target, run, record)
         if adopted:
             return self._outcome(event, route, "duplicate", run_id=run.id, run_url=run.url,
-                                 reason="started by an earlier attempt that could not record it")
-        return self._outcome(event, route, "triggered", run_id=run.id, run_url=run.url)
+                                 reason="started by an earlier attempt that could not record it", warning=warning)
+        return self._outcome(event, route, "triggered", run_id=run.id, run_url=run.url, warning=warning)
 
     def _start(self, request: PipelineRunRequest, hold: _Hold | None) -> tuple[PipelineRun, bool]:
         """Start the run, exactly once: ``(run, adopted)``, where ``adopted`` means an earlier attempt had
@@ -166,14 +179,25 @@ class Relay:
             run, _ = self._start(request, None)
         except AmlRelayError as exc:
             return self._outcome(event, route, "failed", reason=(AMBIGUOUS if _ambiguous(exc) else "") + str(exc))
-        return self._outcome(event, route, "triggered", run_id=run.id, run_url=run.url)
+        target = self.tag_back.target(event) if self.tag_back is not None else None
+        return self._outcome(event, route, "triggered", run_id=run.id, run_url=run.url,
+                             warning=self._tag(target, run, None))
+
+    def _tag(self, target: str | None, run: PipelineRun, record: LedgerRecord | None) -> str | None:
+        """Tag-back after the run is recorded; whatever goes wrong is a warning on a trigger that stands."""
+        if self.tag_back is None or target is None:
+            return None
+        try:
+            return self.tag_back.after_trigger(target, run.id, run.url, ledger=self.ledger, record=record)
+        except Exception as exc:  # a bug in tagging must not turn a started run into a crash or a resend
+            return f"tag-back failed unexpectedly ({type(exc).__name__}: {str(exc)[:200]}); the run stands"
 
     @staticmethod
     def _outcome(event: AmlEvent, route: Route | None, kind: Any, *, run_id: int | None = None,
                  run_url: str | None = None, reason: str | None = None,
-                 request: dict[str, Any] | None = None) -> Outcome:
+                 request: dict[str, Any] | None = None, warning: str | None = None) -> Outcome:
         return Outcome(event.id, event.type, event.subject, kind, route.name if route else None, run_id, run_url,
-                       reason, request)
+                       reason, request, warning)
 
 
 _LATER = ("The next delivery or `amlrelay replay --failed` (hourly in Automation) looks for the run again "

@@ -24,7 +24,7 @@ from datetime import timedelta
 from typing import Any
 
 from .errors import AmlRelayError, InvalidEventError
-from .events import Parsed, manual_event, parse_events
+from .events import VALIDATION_TYPE, Parsed, manual_event, parse_events, utf8
 from .record import FAILING, Outcome, exit_code
 from .relay import Relay
 from .routes import Routes, load_routes
@@ -35,25 +35,44 @@ from .webhook import looks_like_webhook, parse_webhook_argv
 Printer = Callable[[str], None]
 _SETTING_FLAGS = [f.name for f in dataclasses.fields(Settings)]
 _PORTAL_PAIR = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*=")
+_VALIDATION = VALIDATION_TYPE.rsplit(".", 1)[-1]
+
+
+EXIT_OK, EXIT_FAILED, EXIT_REFUSED, EXIT_BUG = 0, 1, 2, 3
+"""The job's exit codes (README, "Exit codes"). The worst outcome wins: a batch with a failed event exits 1
+(a replay may help) even if another was refused; one with a refused event and no failure exits 2, even if
+others were triggered; 3 is a bug in amlrelay."""
 
 
 def main(argv: Sequence[str] | None = None, *, out: Printer | None = None) -> int:
-    """Run one job; returns the process exit code (0 ok, 1 an event failed, 2 bad input or settings)."""
+    """Run one job; returns the process exit code: 0 every event handled, 1 an event failed (retry may
+    help), 2 bad input or settings, or an event refused, 3 an unexpected error (a bug)."""
     emit = out or _print
     args = list(sys.argv[1:] if argv is None else argv[1:])
     _quiet_sdk_logging()
+    if not args:
+        emit("ERROR: The runbook was started without arguments, so there is no event to relay.")
+        emit("ERROR: What to do: Start it from an Automation webhook subscribed to Event Grid, or give the "
+             "event's fields as parameters (usage below).")
+        for line in parser().format_help().splitlines():
+            emit(line)
+        return EXIT_REFUSED
     try:
+        for arg in args:
+            utf8(arg, "A runbook argument")
         return _run(args, emit)
     except AmlRelayError as exc:
         for line in exc.message.splitlines():
             emit(f"ERROR: {line}")
         if exc.hint:
             emit(f"ERROR: What to do: {exc.hint}")
-        return 2
+        return EXIT_REFUSED
     except Exception as exc:  # last resort: explain, never dump a traceback into the job stream
-        emit(f"ERROR: unexpected {type(exc).__name__}: {str(exc)[:500]}")
-        emit("ERROR: What to do: start the job again; if it keeps failing, report it with this message.")
-        return 3
+        emit(f"ERROR: amlrelay stopped on an unexpected error, which is a bug: {type(exc).__name__}: "
+             f"{str(exc)[:500]}")
+        emit("ERROR: What to do: Start the job again (events it already triggered are in the ledger and stay "
+             "duplicates); if it keeps failing, report it with this message.")
+        return EXIT_BUG
 
 
 def _run(args: list[str], emit: Printer) -> int:
@@ -90,8 +109,15 @@ def build_relay(settings: Settings, routes: Routes, *, only_route: str | None = 
         routes.by_name(only_route)  # fail fast on a typo, before anything else happens
     trigger = None if settings.dry_run else _ado_client(settings)
     ledger = None if settings.dry_run or not settings.ledger else open_ledger(settings)
+    tag_back = None if settings.dry_run or not settings.tag_back else _tag_back(settings)
     return Relay(routes, SourcePolicy(settings.allowed_workspaces), settings.org_url, trigger, ledger,
-                 settings.dry_run, only_route, timedelta(seconds=settings.settle_after))
+                 settings.dry_run, only_route, timedelta(seconds=settings.settle_after), tag_back)
+
+
+def _tag_back(settings: Settings) -> Any:
+    from .aml._tagback import tag_back_from_settings
+
+    return tag_back_from_settings(settings)
 
 
 def _ado_client(settings: Settings) -> Any:
@@ -137,6 +163,10 @@ def report(outcomes: Sequence[Outcome], emit: Printer) -> None:
             emit(f"ERROR: {label}: {outcome.outcome}: {outcome.reason}")
         elif outcome.outcome == "triggered" and outcome.reason:
             emit(f"WARNING: {label}: {outcome.reason}")
+        if outcome.warning:
+            emit(f"WARNING: {label}: {outcome.warning}")
+        elif outcome.outcome == "skipped" and outcome.event_type == _VALIDATION:
+            emit(f"WARNING: {outcome.reason}")
     if not outcomes:
         emit("WARNING: the delivery held no events.")
 
@@ -265,4 +295,8 @@ def _quiet_sdk_logging() -> None:
 
 
 def _print(line: str) -> None:
-    print(line, flush=True)
+    """One line to stdout; text that cannot be encoded (a hostile event id) is escaped, never a crash."""
+    try:
+        print(line, flush=True)
+    except UnicodeEncodeError:
+        print(line.encode("ascii", "backslashreplace").decode("ascii"), flush=True)

@@ -1,0 +1,223 @@
+"""Tag-back (AMLRELAY_TAG_BACK): after the relay starts an ADO run it tags the AML run / model version with it,
+through the MLflow stand-in, with the handler's managed identity (identity stand-in), the ledger in Azurite
+and the strict ADO stand-in. A tag failure is a warning, the trigger stands, and retry_tags writes it later.
+The loop guard: a tagged run's later events are the same ledger key, so no second run."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from amlrelay.aml._tagback import RUN_ID_TAG, RUN_URL_TAG, TagBack, retry_tags
+from amlrelay.errors import SettingsError
+from amlrelay.events import parse_events
+from amlrelay.ledger import Ledger
+from amlrelay.record import Outcome, exit_code
+from amlrelay.relay import Relay
+from amlrelay.routes import load_routes
+from amlrelay.runbook import build_relay, report
+from amlrelay.settings import resolve
+from tests.conftest import ROUTES_FILE, sample
+from tests.servers.mlflow import MlflowServer
+from tests.stack import Stack, local_stack
+
+WORKSPACE = ("/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/rg-contoso/providers/"
+             "Microsoft.MachineLearningServices/workspaces/contoso-ml")
+RUN_ID = "AutoML_ad912b2d-6467-4f32-a616-dbe4af6dd8fc_5"  # the sample's run id: mixed case, kept exactly
+MODEL = ("sklearn_regression_model", "20")
+
+
+@pytest.fixture
+def stack(monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
+    with local_stack() as s:
+        for name, value in s.env().items():
+            monkeypatch.setenv(name, value)
+        yield s
+
+
+@pytest.fixture
+def mlflow_server() -> Iterator[MlflowServer]:
+    with MlflowServer(WORKSPACE) as server:
+        server.add_run(RUN_ID, {"mlflow.user": "someone"})
+        server.add_model_version(*MODEL)
+        yield server
+
+
+def relay_for(stack: Stack, azurite: str, table: str, mlflow: MlflowServer | None, **overrides: str) -> Relay:
+    env = {**stack.env(), "AMLRELAY_LEDGER": "true", "AMLRELAY_LEDGER_CONNECTION_STRING": azurite,
+           "AMLRELAY_LEDGER_TABLE": table, "AMLRELAY_ALLOWED_WORKSPACES": WORKSPACE}
+    if mlflow is not None:  # the base URL without {region}: the workspace path is appended as for Azure
+        env |= {"AMLRELAY_TAG_BACK": "true", "AMLRELAY_MLFLOW_URL": mlflow.url}
+    relay = build_relay(resolve({}, env={**env, **overrides}), load_routes(ROUTES_FILE))
+    assert relay.ledger is not None
+    relay.ledger.ensure_table()
+    return relay
+
+
+def event(name: str, **data: Any) -> dict[str, Any]:
+    item = copy.deepcopy(sample("event-grid-schema", name))
+    item["topic"] = WORKSPACE
+    item["data"].update(data)
+    return item
+
+
+def deliver(relay: Relay, *events: dict[str, Any]) -> list[Outcome]:
+    return relay.handle(parse_events(list(events)), raw=list(events))
+
+
+def record_of(relay: Relay, outcome_key: str) -> Any:
+    assert relay.ledger is not None
+    return relay.ledger.get(outcome_key)
+
+
+def test_a_triggered_run_is_tagged_once_with_the_ado_run(stack: Stack, azurite: str, table_name: str,
+                                                         mlflow_server: MlflowServer) -> None:
+    relay = relay_for(stack, azurite, table_name, mlflow_server)
+    [outcome] = deliver(relay, event("run_completed"))
+    assert (outcome.outcome, outcome.warning) == ("triggered", None)
+    run = stack.ado.runs[0]
+    assert mlflow_server.run_tags(RUN_ID) == {"mlflow.user": "someone", RUN_ID_TAG: str(run["id"]),
+                                              RUN_URL_TAG: run["_links"]["web"]["href"]}
+    assert len(mlflow_server.tag_requests) == 2
+    assert all(r.path.endswith("/runs/set-tag") for r in mlflow_server.tag_requests)
+    assert stack.identity.token_requests[-1].query["resource"] == "https://management.azure.com"
+    key = f"{parse_events([event('run_completed')])[0].outcome_key()}|evaluate-trained-model"  # type: ignore[union-attr]
+    record = record_of(relay, key)
+    assert (record.state, record.tagged) == ("triggered", True)
+
+
+def test_a_registered_model_version_is_tagged(stack: Stack, azurite: str, table_name: str,
+                                              mlflow_server: MlflowServer) -> None:
+    relay = relay_for(stack, azurite, table_name, mlflow_server)
+    [outcome] = deliver(relay, event("model_registered"))
+    assert (outcome.outcome, outcome.warning) == ("triggered", None)
+    assert mlflow_server.model_version_tags(*MODEL)[RUN_ID_TAG] == str(outcome.ado_run_id)
+    assert {r.json["version"] for r in mlflow_server.tag_requests} == {"20"}  # a number in the event, a string here
+
+
+def test_tag_server_down_is_a_warning_the_trigger_stands_and_the_sweeper_tags_later(
+        stack: Stack, azurite: str, table_name: str, mlflow_server: MlflowServer) -> None:
+    relay = relay_for(stack, azurite, table_name, mlflow_server)
+    mlflow_server.down()
+    [outcome] = deliver(relay, event("run_completed"))
+    assert outcome.outcome == "triggered"
+    assert outcome.warning is not None
+    assert "did not answer" in outcome.warning
+    assert "amlrelay sweep" in outcome.warning
+    assert exit_code([outcome]) == 0  # the job did its work: the trigger is not failed by a tag
+    lines: list[str] = []
+    report([outcome], lines.append)
+    assert any(line.startswith("WARNING: ") and "tagging AML run" in line for line in lines)
+    assert '"warning":' in lines[0]
+    assert relay.ledger is not None
+    [owed] = relay.ledger.untagged()
+    assert owed.ado_run_id == outcome.ado_run_id
+
+    assert retry_tags(relay.ledger, relay.tag_back)[0].ok is False  # type: ignore[arg-type]  # still down
+    mlflow_server.up()
+    [retried] = retry_tags(relay.ledger, relay.tag_back)  # type: ignore[arg-type]
+    assert retried.ok, retried.warning
+    assert mlflow_server.run_tags(RUN_ID)[RUN_ID_TAG] == str(outcome.ado_run_id)
+    assert relay.ledger.untagged() == []
+    assert retry_tags(relay.ledger, relay.tag_back) == []  # type: ignore[arg-type]  # nothing owed: no call
+    assert len(mlflow_server.tag_requests) == 2
+    assert len(stack.ado.runs) == 1  # never a second run because of tagging
+
+
+def test_tag_server_failing_with_5xx_keeps_the_trigger(stack: Stack, azurite: str, table_name: str,
+                                                       mlflow_server: MlflowServer) -> None:
+    relay = relay_for(stack, azurite, table_name, mlflow_server)
+    mlflow_server.fail(500, times=100)
+    [outcome] = deliver(relay, event("model_registered"))
+    assert outcome.outcome == "triggered"
+    assert outcome.warning is not None
+    assert "HTTP 500" in outcome.warning
+    assert mlflow_server.model_version_tags(*MODEL) == {}
+    assert len(stack.ado.runs) == 1
+
+
+def test_loop_guard_a_tagged_runs_later_events_are_the_same_outcome(stack: Stack, azurite: str, table_name: str,
+                                                                     mlflow_server: MlflowServer) -> None:
+    relay = relay_for(stack, azurite, table_name, mlflow_server)
+    first = event("run_completed")
+    [triggered] = deliver(relay, first)
+    tags_now = {**first["data"]["runTags"], **mlflow_server.run_tags(RUN_ID)}
+    again = event("run_completed", runTags=tags_now)  # as if AML had sent the run again, tags and all
+    again["id"] = "redelivered-with-new-tags"
+    status = copy.deepcopy(sample("cloud-events-schema", "run_status_changed"))
+    status.update(id="status-completed", source=WORKSPACE)
+    status["data"].update(runId=RUN_ID, runStatus="Completed", runTags=tags_now)
+    later = deliver(relay, again, status)
+    assert [o.outcome for o in later] == ["duplicate", "duplicate"]
+    keys = {e.outcome_key() for e in parse_events([first, again, status])}  # type: ignore[union-attr]
+    assert len(keys) == 1
+    assert {o.ado_run_id for o in later} == {triggered.ado_run_id}
+    assert len(stack.ado.runs) == 1
+    assert len(mlflow_server.tag_requests) == 2  # duplicates do not tag again
+
+
+def test_tag_back_off_by_default_writes_nothing(stack: Stack, azurite: str, table_name: str,
+                                                mlflow_server: MlflowServer) -> None:
+    relay = relay_for(stack, azurite, table_name, None)
+    assert relay.tag_back is None
+    [outcome] = deliver(relay, event("run_completed"))
+    assert outcome.outcome == "triggered"
+    assert mlflow_server.requests == []
+    assert relay.ledger is not None
+    assert relay.ledger.untagged() == []
+
+
+def test_a_crash_between_trigger_and_tag_leaves_the_tag_owed(stack: Stack, azurite: str, table_name: str,
+                                                             mlflow_server: MlflowServer) -> None:
+    """The owed tag is written with the run (one ledger write), so a job that dies before tagging is swept."""
+
+    class Dies(TagBack):
+        def after_trigger(self, *args: Any, **kwargs: Any) -> str | None:
+            raise SystemExit("job killed")  # not an Exception: nothing in the relay catches it
+
+    relay = relay_for(stack, azurite, table_name, mlflow_server)
+    sweeper_tag_back = relay.tag_back
+    relay.tag_back = Dies(None, mlflow_url=mlflow_server.url)
+    with pytest.raises(SystemExit):
+        deliver(relay, event("run_completed"))
+    assert relay.ledger is not None
+    [owed] = relay.ledger.untagged()
+    assert owed.state == "triggered"
+    [retried] = retry_tags(relay.ledger, sweeper_tag_back)  # type: ignore[arg-type]
+    assert retried.ok
+    assert mlflow_server.run_tags(RUN_ID)[RUN_ID_TAG] == str(stack.ado.runs[0]["id"])
+
+
+def test_an_event_from_an_unparseable_workspace_id_warns_and_still_triggers(stack: Stack, azurite: str,
+                                                                           table_name: str,
+                                                                           mlflow_server: MlflowServer) -> None:
+    relay = relay_for(stack, azurite, table_name, mlflow_server,
+                      AMLRELAY_ALLOWED_WORKSPACES=WORKSPACE + ",/subscriptions/x/resourceGroups/r/providers/"
+                      "Microsoft.MachineLearningServices/workspaces/{bad}")
+    item = event("run_completed")
+    item["topic"] = "/subscriptions/x/resourceGroups/r/providers/Microsoft.MachineLearningServices/workspaces/{bad}"
+    [outcome] = deliver(relay, item)
+    assert outcome.outcome == "triggered"
+    assert outcome.warning is not None
+    assert "invalid resource group or workspace name" in outcome.warning
+
+
+def test_settings_need_a_region_for_the_default_mlflow_url() -> None:
+    base = {"AMLRELAY_ADO_ORGANIZATION": "contoso", "AMLRELAY_ROUTES": str(ROUTES_FILE),
+            "AMLRELAY_ALLOWED_WORKSPACES": WORKSPACE, "AMLRELAY_LEDGER": "false", "AMLRELAY_TAG_BACK": "true"}
+    with pytest.raises(SettingsError, match="AMLRELAY_AML_REGION is missing"):
+        resolve({}, env=base)
+    settings = resolve({}, env={**base, "AMLRELAY_AML_REGION": "West Europe"})
+    assert (settings.tag_back, settings.aml_region) == (True, "westeurope")
+    assert resolve({}, env={**base, "AMLRELAY_MLFLOW_URL": "azureml://westeurope.api.azureml.ms/mlflow/v1.0"
+                            + WORKSPACE}).tag_back
+
+
+def test_retry_tags_is_the_sweepers_entry_point(azurite: str, table_name: str) -> None:
+    """``retry_tags`` works from a bare ledger (as ``amlrelay sweep`` opens it) and never touches ADO."""
+    ledger = Ledger.from_connection_string(azurite, table=table_name)
+    ledger.ensure_table()
+    assert retry_tags(ledger, TagBack(None)) == []
