@@ -136,6 +136,10 @@ var keyVaultName = take('${namePrefix}-kv-${suffix}', 24)
 var ledgerTableName = 'amlrelayledger'
 var deadLetterContainerName = 'deadletters'
 var packagesContainerName = 'packages'
+// The journal (issue 7): Event Grid copies every routed event to this queue; the replay runbook's
+// `amlrelay sweep` recovers those whose webhook job died. Only the runbook handler has that sweeper.
+var journalQueueName = 'amlrelay-journal'
+var journalEnabled = handler == 'runbook'
 var allTags = union(tags, {
   'amlrelay-handler': handler
 })
@@ -155,6 +159,9 @@ var baseSettings = {
   AMLRELAY_LEDGER_TABLE_URL: storage.outputs.tableEndpoint
   AMLRELAY_LEDGER_TABLE: ledgerTableName
   AMLRELAY_DEADLETTER_CONTAINER: deadLetterContainerName
+  AMLRELAY_JOURNAL: journalEnabled ? 'true' : 'false'
+  AMLRELAY_JOURNAL_QUEUE: journalQueueName
+  AMLRELAY_JOURNAL_QUEUE_URL: storage.outputs.queueEndpoint
 }
 var patSettings = auth == 'pat' ? {
   AMLRELAY_KEY_VAULT_URL: keyVault.outputs.uri
@@ -172,6 +179,7 @@ module storage 'modules/storage/main.bicep' = {
     ledgerTableName: ledgerTableName
     deadLetterContainerName: deadLetterContainerName
     packagesContainerName: packagesContainerName
+    journalQueueName: journalQueueName
   }
 }
 
@@ -228,6 +236,9 @@ module eventGrid 'modules/event-grid/main.bicep' = {
     deadLetterContainerName: deadLetterContainerName
     maxDeliveryAttempts: maxDeliveryAttempts
     eventTimeToLiveInMinutes: eventTimeToLiveInMinutes
+    journalSubscriptions: journalEnabled ? generated.journal : []
+    journalStorageAccountId: journalEnabled ? storage.outputs.resourceId : ''
+    journalQueueName: journalQueueName
   }
   dependsOn: [
     automation
@@ -261,6 +272,7 @@ module roleAssignmentsForTopic 'modules/role-assignments/main.bicep' = {
     packagesContainerName: packagesContainerName
     handlerPrincipalId: handler == 'runbook' ? automation.outputs.principalId : logicApp.outputs.principalId
     handlerReadsDeadLetters: handler == 'runbook'
+    journalQueueName: journalEnabled ? journalQueueName : ''
     eventGridPrincipalId: eventGridTopic.outputs.principalId
     keyVaultName: auth == 'pat' ? keyVault.outputs.name : ''
     deployerPrincipalId: deployerPrincipalId
@@ -310,8 +322,8 @@ output systemTopicName string = eventGrid.outputs.systemTopicName
 @description('Resource group of the system topic and its subscriptions.')
 output systemTopicResourceGroup string = workspaceResourceGroupName
 
-@description('Names of the event subscriptions generated from routes.json.')
-output subscriptionNames array = eventGrid.outputs.subscriptionNames
+@description('Names of the event subscriptions generated from routes.json, the journal\'s included (scripts/deploy keeps these and deletes other amlrelay-labelled ones).')
+output subscriptionNames array = concat(eventGrid.outputs.subscriptionNames, eventGrid.outputs.journalSubscriptionNames)
 
 @description('The AMLRELAY_* settings (no secrets), e.g. for the Logic App workflow\'s parameters.')
 output settings object = settings

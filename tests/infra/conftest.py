@@ -66,6 +66,8 @@ SDK_MODELS = {
     "Microsoft.Storage/storageAccounts/blobServices/containers": "azure.mgmt.storage.models:BlobContainer",
     "Microsoft.Storage/storageAccounts/tableServices": "azure.mgmt.storage.models:TableServiceProperties",
     "Microsoft.Storage/storageAccounts/tableServices/tables": "azure.mgmt.storage.models:Table",
+    "Microsoft.Storage/storageAccounts/queueServices": "azure.mgmt.storage.models:QueueServiceProperties",
+    "Microsoft.Storage/storageAccounts/queueServices/queues": "azure.mgmt.storage.models:StorageQueue",
     "Microsoft.KeyVault/vaults": "azure.mgmt.keyvault.models:VaultCreateOrUpdateParameters",
     "Microsoft.Authorization/roleAssignments":
         "azure.mgmt.authorization.v2022_04_01.models:RoleAssignmentCreateParameters",

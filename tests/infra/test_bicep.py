@@ -190,6 +190,72 @@ def test_fidelity_check_catches_a_misplaced_property(sdk: dict[str, Any]) -> Non
     assert len(problems) == 2, problems
 
 
+def test_fidelity_check_reaches_into_the_journal_destination(sdk: dict[str, Any]) -> None:
+    """The journal's properties (deliveryWithResourceIdentity -> StorageQueue) are checked as deeply."""
+    root = sdk["roots"][SDK_MODELS["Microsoft.EventGrid/systemTopics/eventSubscriptions"]]
+    good = {"properties": {"deliveryWithResourceIdentity": {"identity": {"type": "SystemAssigned"}, "destination": {
+        "endpointType": "StorageQueue", "properties": {"resourceId": "r", "queueName": "q",
+                                                       "queueMessageTimeToLiveInSeconds": -1}}}}}
+    problems: list[str] = []
+    _check(good, root, sdk, "probe", problems)
+    assert problems == []
+    bad = json.loads(json.dumps(good).replace("queueMessageTimeToLiveInSeconds", "messageTimeToLive")
+                     .replace('"queueName"', '"endpointUrl"'))
+    _check(bad, root, sdk, "probe", problems)
+    assert len(problems) == 2, problems  # a webhook property and a misnamed TTL, both under StorageQueue
+
+
+def test_journal_subscriptions_deliver_to_the_queue_with_the_topic_identity(bicep: dict[str, Any]) -> None:
+    doc = bicep["files"]["modules/event-grid/main.bicep"]
+    journal = doc["resources"]["journal"]
+    assert journal["config"]["condition"] == {"operator": {"type": "not", "operands": {"bool_value": {"function": {
+        "type": "empty", "parameters": {"item_to_test": "journalStorageAccountId"}}}}}}  # !empty(...)
+    body = _body(journal)["properties"]
+    delivery = body["deliveryWithResourceIdentity"]
+    assert delivery["identity"] == {"type": "SystemAssigned"}
+    assert delivery["destination"]["endpointType"] == "StorageQueue"
+    assert delivery["destination"]["properties"]["queueName"] == "journalQueueName"
+    ttl = delivery["destination"]["properties"]["queueMessageTimeToLiveInSeconds"]
+    assert ttl == {"operator": {"type": "minus", "operands": {"integer_value": 1}}}  # -1: never expires
+    assert "destination" not in body  # only the identity-based delivery: no key or SAS anywhere
+    assert body["retryPolicy"]["maxDeliveryAttempts"] == "journalMaxDeliveryAttempts"
+    assert doc["parameters"]["journalMaxDeliveryAttempts"]["default"] == 30
+    assert doc["parameters"]["journalEventTimeToLiveInMinutes"]["default"] == 1440
+    assert body["deadLetterWithResourceIdentity"]["deadLetterDestination"]["endpointType"] == "StorageBlob"
+    main = bicep["files"]["main.bicep"]
+    params = main["modules"]["eventGrid"]["config"]["params"]
+    assert "journalSubscriptions" in params
+    assert "journalStorageAccountId" in params
+    assert main["variables"]["journalEnabled"]["value"] == {"operator": {"type": "equals", "operands": {
+        "operand_1": "handler", "operand_2": "runbook"}}}
+    settings = main["variables"]["baseSettings"]["value"]
+    assert settings["AMLRELAY_JOURNAL_QUEUE"] == "journalQueueName"
+    # scripts/deploy deletes amlrelay-labelled subscriptions missing from this output: the journal's are in it.
+    assert "journalSubscriptionNames" in json.dumps(main["outputs"]["subscriptionNames"])
+
+
+def test_journal_roles_are_scoped_to_the_queues(bicep: dict[str, Any]) -> None:
+    doc = bicep["files"]["modules/role-assignments/main.bicep"]
+    roles = doc["variables"]["roles"]["value"]
+    assert roles["storageQueueDataMessageSender"] == "c6a89b2d-59bc-44d0-9896-0f6e12d7b80a"
+    assert roles["storageQueueDataContributor"] == "974c5e8b-45b9-4653-ba55-5f855dd0fb88"
+    expected = {"eventGridJournal": ("journalQueue", "eventGridPrincipalId", "roles.storageQueueDataMessageSender"),
+                "handlerJournal": ("journalQueue", "handlerPrincipalId", "roles.storageQueueDataContributor"),
+                "handlerJournalPoison": ("journalPoisonQueue", "handlerPrincipalId",
+                                         "roles.storageQueueDataContributor")}
+    for name, (scope, principal, role) in expected.items():
+        resource = doc["resources"][name]["config"]
+        assert resource["condition"] == "journal"
+        body = resource["config"]
+        assert body["scope"] == scope
+        assert body["properties"]["principalId"] == principal
+        assert _accessor(body["properties"]["roleDefinitionId"]["function"]["parameters"]["resource_name_1"]) == role
+    for name in ("journalQueue", "journalPoisonQueue"):
+        assert doc["resources"][name]["existing"]
+    storage = bicep["files"]["modules/storage/main.bicep"]["resources"]
+    assert storage["journalPoisonQueue"]["config"]["name"] == "${journalQueueName}-poison"
+
+
 def test_generated_subscription_filters_fit_the_sdk_model(sdk: dict[str, Any]) -> None:
     generated = json.loads((INFRA / "generated" / "subscriptions.json").read_text(encoding="utf-8"))
     root = sdk["roots"][SDK_MODELS["Microsoft.EventGrid/systemTopics/eventSubscriptions"]]
@@ -201,6 +267,13 @@ def test_generated_subscription_filters_fit_the_sdk_model(sdk: dict[str, Any]) -
                                                                           "preferredBatchSizeInKilobytes")}}}}
             _check(body, root, sdk, f"{handler}:{item['name']}", problems)
             assert re.fullmatch(r"[A-Za-z0-9-]{3,64}", item["name"]), item["name"]
+    assert generated["journal"]
+    for item in generated["journal"]:
+        body = {"properties": {"filter": item["filter"], "deliveryWithResourceIdentity": {
+            "identity": {"type": "SystemAssigned"},
+            "destination": {"endpointType": "StorageQueue", "properties": {"queueName": "q"}}}}}
+        _check(body, root, sdk, f"journal:{item['name']}", problems)
+        assert re.fullmatch(r"[A-Za-z0-9-]{3,64}", item["name"]), item["name"]
     assert problems == []
 
 

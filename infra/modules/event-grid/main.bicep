@@ -3,6 +3,9 @@
 // `python -m amlrelay.subscriptions routes.json`). Deploy this module in the workspace's resource group.
 // Each subscription delivers to the handler's endpoint (a @secure() input, never an output), retries with
 // the given policy and dead-letters to a blob container using the topic's managed identity.
+// The journal: per route one more subscription with the same filters, delivered with the topic's managed
+// identity to a Storage queue that `amlrelay sweep` drains, so an event whose webhook job died after the
+// webhook's 202 is still found. Its own retry policy (the longest Event Grid allows) and dead letters.
 metadata name = 'amlrelay event grid'
 metadata description = 'System topic on an AML workspace and the generated event subscriptions.'
 
@@ -39,6 +42,25 @@ param maxDeliveryAttempts int = 30
 @minValue(1)
 @maxValue(1440)
 param eventTimeToLiveInMinutes int = 1440
+
+@description('Optional. Journal subscriptions: the "journal" items of infra/generated/subscriptions.json. Empty: no journal.')
+param journalSubscriptions array = []
+
+@description('Optional. Resource id of the storage account holding the journal queue; empty: no journal.')
+param journalStorageAccountId string = ''
+
+@description('Optional. Name of the journal queue.')
+param journalQueueName string = 'amlrelay-journal'
+
+@description('Optional. Delivery attempts to the journal queue before dead-lettering (1-30).')
+@minValue(1)
+@maxValue(30)
+param journalMaxDeliveryAttempts int = 30
+
+@description('Optional. Minutes Event Grid retries writing to the journal queue before dead-lettering (1-1440).')
+@minValue(1)
+@maxValue(1440)
+param journalEventTimeToLiveInMinutes int = 1440
 
 @description('Optional. Label set on every subscription this module manages; scripts/deploy deletes labelled subscriptions that are no longer generated.')
 param label string = 'amlrelay'
@@ -101,6 +123,53 @@ resource eventSubscriptions 'Microsoft.EventGrid/systemTopics/eventSubscriptions
   }
 }]
 
+resource journal 'Microsoft.EventGrid/systemTopics/eventSubscriptions@2025-02-15' = [for sub in journalSubscriptions: if (!empty(journalStorageAccountId)) {
+  parent: systemTopic
+  name: sub.name
+  properties: {
+    eventDeliverySchema: 'EventGridSchema'
+    labels: [
+      label
+      'route:${sub.route}'
+      'journal'
+    ]
+    filter: {
+      includedEventTypes: sub['filter'].includedEventTypes
+      advancedFilters: sub['filter'].advancedFilters
+      enableAdvancedFilteringOnArrays: false
+    }
+    deliveryWithResourceIdentity: {
+      identity: {
+        type: 'SystemAssigned'
+      }
+      destination: {
+        endpointType: 'StorageQueue'
+        properties: {
+          resourceId: journalStorageAccountId
+          queueName: journalQueueName
+          queueMessageTimeToLiveInSeconds: -1
+        }
+      }
+    }
+    retryPolicy: {
+      maxDeliveryAttempts: journalMaxDeliveryAttempts
+      eventTimeToLiveInMinutes: journalEventTimeToLiveInMinutes
+    }
+    deadLetterWithResourceIdentity: {
+      identity: {
+        type: 'SystemAssigned'
+      }
+      deadLetterDestination: {
+        endpointType: 'StorageBlob'
+        properties: {
+          resourceId: deadLetterStorageAccountId
+          blobContainerName: deadLetterContainerName
+        }
+      }
+    }
+  }
+}]
+
 @description('The system topic\'s resource id.')
 output systemTopicId string = systemTopic.id
 
@@ -112,3 +181,6 @@ output principalId string = systemTopic.identity.principalId
 
 @description('Names of the generated event subscriptions (created once an endpoint is given).')
 output subscriptionNames array = [for sub in subscriptions: sub.name]
+
+@description('Names of the journal subscriptions (created when a journal account is given).')
+output journalSubscriptionNames array = [for sub in journalSubscriptions: sub.name]

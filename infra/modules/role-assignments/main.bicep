@@ -2,7 +2,9 @@
 // infra/README.md): the handler writes the ledger table only, Event Grid writes the dead-letter container
 // only, the runbook handler's replay reads and marks blobs of the dead-letter container only, the deployer
 // uploads to the packages container only, and in PAT mode the handler reads secrets of the amlrelay vault
-// only.
+// only. With the journal: Event Grid sends messages to the journal queue only (Message Sender), and the
+// handler's sweeper receives, hides (update) and deletes messages of the journal queue and its poison
+// queue only (Queue Data Contributor: Message Processor has no messages/write, which hiding needs).
 metadata name = 'amlrelay role assignments'
 metadata description = 'Data-plane role assignments for the handler, Event Grid and the deployer.'
 
@@ -23,6 +25,9 @@ param handlerPrincipalId string
 
 @description('Optional. Whether the handler replays dead letters (the runbook handler\'s replay runbook): it then lists, reads and sets metadata on blobs of the dead-letter container, and nothing else of the account.')
 param handlerReadsDeadLetters bool = false
+
+@description('Optional. Journal queue name; empty: no journal, no queue roles.')
+param journalQueueName string = ''
 
 @description('Required. Object id of the Event Grid system topic\'s managed identity.')
 param eventGridPrincipalId string
@@ -46,6 +51,8 @@ var roles = {
   storageTableDataContributor: '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3'
   storageBlobDataContributor: 'ba92f5b4-2d11-453d-a403-e96b0029c9fe'
   storageBlobDelegator: 'db58b8e5-c6ad-4a2a-8342-4190687cbf4a'
+  storageQueueDataContributor: '974c5e8b-45b9-4653-ba55-5f855dd0fb88'
+  storageQueueDataMessageSender: 'c6a89b2d-59bc-44d0-9896-0f6e12d7b80a'
   keyVaultSecretsUser: '4633458b-17de-408a-b874-0445c86b69e6'
   keyVaultSecretsOfficer: 'b86a8fe4-44ce-4948-aee5-eccb2c155cd7'
 }
@@ -77,6 +84,56 @@ resource tableService 'Microsoft.Storage/storageAccounts/tableServices@2026-09-0
 resource ledgerTable 'Microsoft.Storage/storageAccounts/tableServices/tables@2026-09-01' existing = {
   parent: tableService
   name: ledgerTableName
+}
+
+var journal = !empty(journalQueueName)
+
+resource queueService 'Microsoft.Storage/storageAccounts/queueServices@2026-09-01' existing = {
+  parent: account
+  name: 'default'
+}
+
+resource journalQueue 'Microsoft.Storage/storageAccounts/queueServices/queues@2026-09-01' existing = {
+  parent: queueService
+  name: journal ? journalQueueName : 'unused'
+}
+
+resource journalPoisonQueue 'Microsoft.Storage/storageAccounts/queueServices/queues@2026-09-01' existing = {
+  parent: queueService
+  name: journal ? '${journalQueueName}-poison' : 'unused-poison'
+}
+
+resource eventGridJournal 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (journal) {
+  name: guid(journalQueue.id, eventGridPrincipalId, roles.storageQueueDataMessageSender)
+  scope: journalQueue
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageQueueDataMessageSender)
+    principalId: eventGridPrincipalId
+    principalType: 'ServicePrincipal'
+    description: 'amlrelay Event Grid system topic: copy every routed event to the journal queue.'
+  }
+}
+
+resource handlerJournal 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (journal) {
+  name: guid(journalQueue.id, handlerPrincipalId, roles.storageQueueDataContributor)
+  scope: journalQueue
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageQueueDataContributor)
+    principalId: handlerPrincipalId
+    principalType: 'ServicePrincipal'
+    description: 'amlrelay handler (amlrelay sweep): receive, hide and delete journal messages.'
+  }
+}
+
+resource handlerJournalPoison 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (journal) {
+  name: guid(journalPoisonQueue.id, handlerPrincipalId, roles.storageQueueDataContributor)
+  scope: journalPoisonQueue
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageQueueDataContributor)
+    principalId: handlerPrincipalId
+    principalType: 'ServicePrincipal'
+    description: 'amlrelay handler (amlrelay sweep): move failing journal messages aside, and drain them with --poison.'
+  }
 }
 
 resource vault 'Microsoft.KeyVault/vaults@2026-05-15' existing = if (!empty(keyVaultName)) {
@@ -167,4 +224,8 @@ output roleAssignmentIds array = concat([
   eventGridDeadLetters.id
 ], handlerReadsDeadLetters ? [
   handlerDeadLetters.id
+] : [], journal ? [
+  eventGridJournal.id
+  handlerJournal.id
+  handlerJournalPoison.id
 ] : [])

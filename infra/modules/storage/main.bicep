@@ -1,5 +1,6 @@
-// Storage for amlrelay: the exactly-once ledger table, the Event Grid dead-letter container and the
-// container the deploy script uploads the amlrelay wheel to. No public blob access, TLS 1.2 minimum,
+// Storage for amlrelay: the exactly-once ledger table, the Event Grid dead-letter container, the
+// container the deploy script uploads the amlrelay wheel to, and the journal queue (plus its poison queue)
+// that Event Grid copies every routed event to and `amlrelay sweep` drains. No public blob access, TLS 1.2 minimum,
 // HTTPS only, shared-key access off by default (every amlrelay identity uses Entra ID).
 metadata name = 'amlrelay storage'
 metadata description = 'Storage account with the ledger table, the dead-letter container and the packages container.'
@@ -49,6 +50,11 @@ param deadLetterContainerName string = 'deadletters'
 @maxLength(63)
 param packagesContainerName string = 'packages'
 
+@description('Optional. Name of the journal queue Event Grid writes every routed event to (AMLRELAY_JOURNAL_QUEUE); its poison queue is this name plus \'-poison\'.')
+@minLength(3)
+@maxLength(56)
+param journalQueueName string = 'amlrelay-journal'
+
 @description('Optional. Days a deleted blob or container can be restored.')
 @minValue(1)
 @maxValue(365)
@@ -87,6 +93,10 @@ resource account 'Microsoft.Storage/storageAccounts@2026-09-01' = {
           keyType: 'Account'
         }
         table: {
+          enabled: true
+          keyType: 'Account'
+        }
+        queue: {
           enabled: true
           keyType: 'Account'
         }
@@ -136,6 +146,33 @@ resource ledgerTable 'Microsoft.Storage/storageAccounts/tableServices/tables@202
   name: ledgerTableName
 }
 
+resource queueService 'Microsoft.Storage/storageAccounts/queueServices@2026-09-01' = {
+  parent: account
+  name: 'default'
+}
+
+// Messages never expire on their own (Event Grid is told queueMessageTimeToLiveInSeconds -1): only the
+// sweeper deletes a journal message, once its event reached a final outcome.
+resource journalQueue 'Microsoft.Storage/storageAccounts/queueServices/queues@2026-09-01' = {
+  parent: queueService
+  name: journalQueueName
+  properties: {
+    metadata: {
+      purpose: 'amlrelay journal: every routed event, until amlrelay sweep has handled it'
+    }
+  }
+}
+
+resource journalPoisonQueue 'Microsoft.Storage/storageAccounts/queueServices/queues@2026-09-01' = {
+  parent: queueService
+  name: '${journalQueueName}-poison'
+  properties: {
+    metadata: {
+      purpose: 'amlrelay journal messages that kept failing, moved aside with the reason'
+    }
+  }
+}
+
 @description('The storage account\'s resource id.')
 output resourceId string = account.id
 
@@ -153,6 +190,15 @@ output ledgerTableName string = ledgerTable.name
 
 @description('The dead-letter container\'s name.')
 output deadLetterContainerName string = deadLetterContainer.name
+
+@description('Queue endpoint without the trailing slash: the runbook setting AMLRELAY_JOURNAL_QUEUE_URL.')
+output queueEndpoint string = take(account.properties.primaryEndpoints.queue, length(account.properties.primaryEndpoints.queue) - 1)
+
+@description('The journal queue\'s name (AMLRELAY_JOURNAL_QUEUE).')
+output journalQueueName string = journalQueue.name
+
+@description('The journal\'s poison queue name.')
+output journalPoisonQueueName string = journalPoisonQueue.name
 
 @description('The packages container\'s name (the deploy script uploads the wheel here).')
 output packagesContainerName string = packagesContainer.name
