@@ -220,11 +220,17 @@ def subscriptions_for(routes: Routes, *, handler: str) -> list[dict[str, Any]]:
 def document(routes: Routes, source: str) -> dict[str, Any]:
     """The generated file: both handlers' subscriptions and the journal's, read by infra/main.bicep with
     loadJsonContent."""
+    handlers = {handler: subscriptions_for(routes, handler=handler) for handler in HANDLERS}
+    journal = subscriptions_for(routes, handler=JOURNAL)
+    clash = sorted({s["name"].lower() for s in journal} & {s["name"].lower() for h in handlers.values() for s in h})
+    if clash:  # one topic holds both: a route named like another's journal subscription
+        raise RoutesError(f"subscription names collide with journal subscriptions: {', '.join(clash)}.",
+                          hint=f"Rename the route; names ending in {JOURNAL_SUFFIX!r} are the journal's.")
     return {
         "$comment": f"Generated from {source} by 'python -m amlrelay.subscriptions'. Do not edit.",
         "pushDownFilters": routes.push_down_filters,
-        "handlers": {handler: subscriptions_for(routes, handler=handler) for handler in HANDLERS},
-        "journal": subscriptions_for(routes, handler=JOURNAL),
+        "handlers": handlers,
+        "journal": journal,
     }
 
 

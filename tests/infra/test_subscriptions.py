@@ -245,6 +245,17 @@ def test_journal_subscriptions_mirror_the_handler_ones() -> None:
     assert all("maxEventsPerBatch" not in s for s in journal)
 
 
+def test_a_route_named_like_a_journal_subscription_is_refused() -> None:
+    from amlrelay.errors import RoutesError
+    from amlrelay.subscriptions import document
+
+    routes = {"version": 1, "defaults": {"project": "p"}, "routes": [
+        {"name": "x", "events": ["ModelRegistered"], "pipeline": {"id": 1}},
+        {"name": "x-jr", "events": ["ModelRegistered"], "pipeline": {"id": 2}}]}
+    with pytest.raises(RoutesError, match="collide with journal subscriptions: x-jr"):
+        document(parse_routes(json.dumps(routes)), "r.json")
+
+
 def test_run_completed_never_gets_a_run_status_filter() -> None:
     routes = _with_push_down(SYNTHETIC_ROUTES, "all")
     for sub in subscriptions_for(routes, handler="runbook"):
