@@ -145,7 +145,7 @@ class JobsClient:
             return self._credential.get_token(self._scope).token
         except AzureError as exc:  # CredentialUnavailableError and ClientAuthenticationError derive from it
             raise AmlError(
-                f"No token for ARM ({self._scope}): {_first_line(exc)}", status=None,
+                f"No token for ARM ({self._scope}): {_first_line(exc)}", status=None, code="NoArmToken",
                 hint="In ADO run this inside AzureCLI@2 with an ARM service connection (--credential cli), or "
                 "on an agent with a managed identity (--credential managed-identity); locally run 'az login'.",
             ) from None

@@ -1,0 +1,209 @@
+"""``amlrelay aml submit | wait | submit-and-wait``: the sync half of the sync-async pattern, for ADO steps.
+
+Exit codes (also in the README): 0 completed, 1 failed, 2 usage error (bad arguments, job file, token),
+3 canceled, 4 timed out (queue, run or NotResponding deadline), 5 handed off to the async relay, 6 AML could
+not be read or tagged (no token, 401/403/404). In ADO a step fails on any non-zero code, so the hand-off
+templates accept 5 explicitly (``|| test $? -eq 5``); the output variable ``amlOutcome`` tells later steps
+which outcome it was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..record import table
+from . import _ado
+from ._client import DEFAULT_API_VERSION, DEFAULT_ARM_URL, JobsClient
+from ._errors import AmlError
+from ._submit import Submission, Submitter, sdk_submitter
+from ._wait import EXIT_ERROR, EXIT_USAGE, Clock, JobResult, Outcome, WaitOptions, WaitResult, begin_wait
+
+if TYPE_CHECKING:
+    from azure.core.credentials import TokenCredential
+
+_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)d)?(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?$")
+Out = Callable[[str], None]
+
+
+def duration(text: str) -> float:
+    """``90m``, ``1h30m``, ``2d``, ``45s`` or plain seconds."""
+    match = _DURATION.match(text.strip().lower())
+    if not text.strip() or match is None or not any(match.groups()):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration (examples: 45s, 90m, 1h30m, 2d)")
+    days, hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
+    return days * 86400 + hours * 3600 + minutes * 60 + seconds
+
+
+def register(commands: Any) -> None:
+    aml = commands.add_parser("aml", help="submit AML jobs and wait for them (sync builds, hand-off, resume)")
+    sub = aml.add_subparsers(required=True, metavar="ACTION")
+    submit = sub.add_parser("submit", help="submit job YAML(s) with azure-ai-ml; print names, no waiting")
+    wait = sub.add_parser("wait", help="wait for existing jobs (names or --resume TOKEN)")
+    both = sub.add_parser("submit-and-wait", help="submit job YAML(s), then wait for them")
+    for parser in (submit, wait, both):
+        _common(parser)
+    for parser in (submit, both):
+        parser.add_argument("job_files", nargs="+", type=Path, metavar="JOB_YAML")
+        parser.add_argument("--experiment", help="experiment name (default: the YAML's)")
+        parser.add_argument("--display-name")
+        parser.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE", help="repeatable")
+    wait.add_argument("jobs", nargs="*", metavar="JOB", help="job names (= run ids)")
+    wait.add_argument("--resume", metavar="TOKEN", help="continue a wait from its amlWaitToken")
+    for parser in (wait, both):
+        _wait_options(parser)
+    submit.set_defaults(handler=lambda ns: run(ns))
+    wait.set_defaults(handler=lambda ns: run(ns))
+    both.set_defaults(handler=lambda ns: run(ns))
+    submit.set_defaults(action="submit")
+    wait.set_defaults(action="wait")
+    both.set_defaults(action="submit-and-wait")
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workspace", default=os.environ.get("AMLRELAY_AML_WORKSPACE"),
+                        help="the workspace's ARM id (env AMLRELAY_AML_WORKSPACE)")
+    parser.add_argument("--credential", choices=("default", "cli", "managed-identity"), default="default",
+                        help="cli after AzureCLI@2; managed-identity on an agent with one; default tries both")
+    parser.add_argument("--client-id", help="user-assigned managed identity client id")
+    parser.add_argument("--arm-url", default=DEFAULT_ARM_URL, help="ARM endpoint of the workspace's cloud")
+    parser.add_argument("--audience", help=argparse.SUPPRESS)  # token audience when --arm-url is a proxy/test
+    parser.add_argument("--api-version", default=DEFAULT_API_VERSION)
+    parser.add_argument("--ado", choices=("auto", "on", "off"), default="auto",
+                        help="print ADO logging commands (auto: when TF_BUILD is set)")
+
+
+def _wait_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--queue-timeout", type=duration, help="max time queued (NotStarted..Queued) per job")
+    parser.add_argument("--run-timeout", type=duration, help="max time from leaving the queue to an outcome")
+    parser.add_argument("--handoff-after", type=duration,
+                        help="after this long on this agent, tag still-running jobs and exit 5 (handed off)")
+    parser.add_argument("--handoff-route", default="handoff", help="value of the amlrelay-handoff tag")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: the workspace's)")
+    parser.add_argument("--cancel-on-timeout", action="store_true", help="cancel a job whose deadline passed")
+    parser.add_argument("--fail-fast", action="store_true", help="stop at the first job that does not complete")
+    parser.add_argument("--poll-min", type=duration, default=5.0)
+    parser.add_argument("--poll-max", type=duration, default=60.0)
+    parser.add_argument("--heartbeat", type=duration, default=60.0, help="at most 60s")
+    parser.add_argument("--not-responding-timeout", type=duration, default=1800.0)
+    parser.add_argument("--paused-is-final", action="store_true", help="a Paused job fails the wait")
+
+
+def run(ns: argparse.Namespace, *, credential: TokenCredential | None = None, submitter: Submitter | None = None,
+        clock: Clock | None = None, out: Out | None = None) -> int:
+    """The command; the keyword arguments are the seams the tests and the benchmark use."""
+    say: Out = out or (lambda line: print(line, flush=True))
+    ado = ns.ado == "on" or (ns.ado == "auto" and os.environ.get("TF_BUILD", "").lower() == "true")
+    try:
+        if not ns.workspace:
+            raise AmlError("No workspace given.", status=None,
+                           hint="Pass --workspace <ARM id> or set AMLRELAY_AML_WORKSPACE.")
+        credential = credential or _credential(ns.credential, ns.client_id)
+        client = JobsClient(ns.workspace, credential, arm_url=ns.arm_url, api_version=ns.api_version,
+                            audience=ns.audience)
+        names = list(getattr(ns, "jobs", []) or [])
+        if ns.action in ("submit", "submit-and-wait"):
+            names = _submit(ns, client, credential, submitter, say, ado)
+            if ns.action == "submit":
+                return 0
+        options = WaitOptions(ns.queue_timeout, ns.run_timeout, ns.handoff_after, ns.poll_min, ns.poll_max,
+                              heartbeat=ns.heartbeat, cancel_on_timeout=ns.cancel_on_timeout,
+                              fail_fast=ns.fail_fast, not_responding_timeout=ns.not_responding_timeout,
+                              paused_is_final=ns.paused_is_final)
+        poller = begin_wait(client, names, options, continuation_token=ns.resume if ns.action == "wait" else None,
+                            clock=clock, report=lambda kind, message, job: say(_line(kind, message, job, ado)))
+        if ado:
+            say(_ado.set_output("amlWaitToken", poller.continuation_token()))
+        result = poller.result()
+    except AmlError as exc:
+        return _fail(exc, say, ado)
+    return _finish(ns, client, credential, result, say, ado)
+
+
+def _submit(ns: argparse.Namespace, client: JobsClient, credential: TokenCredential, submitter: Submitter | None,
+            say: Out, ado: bool) -> list[str]:
+    tags = dict(_pair(t) for t in ns.tag)
+    submit = submitter or sdk_submitter(client.workspace, credential)
+    names = []
+    for path in ns.job_files:
+        done = submit(Submission(path, ns.experiment, tags, ns.display_name))
+        say(f"submitted {path} as {done.name} ({done.status}): {done.studio_url}")
+        names.append(done.name)
+    if ado:
+        say(_ado.set_output("amlJobName", names[0]))
+        say(_ado.set_output("amlJobNames", ",".join(names)))
+    return names
+
+
+def _finish(ns: argparse.Namespace, client: JobsClient, credential: TokenCredential, result: WaitResult,
+            say: Out, ado: bool) -> int:
+    code = result.exit_code
+    if result.outcome is Outcome.HANDED_OFF:
+        from ._handoff import HANDOFF_TAG, tag_handoffs
+
+        try:
+            tagged = tag_handoffs(client, credential, result.jobs, ns.handoff_route, tracking_uri=ns.tracking_uri,
+                                  audience=ns.audience)
+        except AmlError as exc:
+            say("the jobs are still running but could not be tagged for the relay: NOT handed off")
+            return _fail(exc, say, ado)
+        say(f"tagged {', '.join(tagged)} with {HANDOFF_TAG}={ns.handoff_route}: the relay's route continues "
+            "when they finish")
+    rows = [(j.name, j.status_text or str(j.status), str(j.outcome or "still waiting"), j.reason, j.studio_url)
+            for j in result.jobs]
+    say(table(rows, ("job", "status", "outcome", "why", "studio"), width=90))
+    say(f"outcome: {result.outcome} after {round(result.elapsed)} s, {result.polls} polls (exit {code})")
+    if ado:
+        first = result.jobs[0]
+        outputs = {"amlJobName": first.name, "amlJobNames": ",".join(j.name for j in result.jobs),
+                   "amlJobStatus": first.status_text or str(first.status), "amlStudioUrl": first.studio_url,
+                   "amlOutcome": str(result.outcome), "amlWaitToken": result.token, "amlExitCode": str(code)}
+        for name, value in outputs.items():
+            say(_ado.set_output(name, value))
+        for job in result.jobs:
+            if job.outcome in (Outcome.FAILED, Outcome.CANCELED, Outcome.TIMED_OUT):
+                say(_ado.log_issue("error", f"AML job {job.name} {job.outcome}: {job.reason} - {job.studio_url}"))
+            elif job.outcome is Outcome.HANDED_OFF:
+                say(_ado.log_issue("warning", f"AML job {job.name} handed off to the relay ({ns.handoff_route}): "
+                                   f"{job.reason} - {job.studio_url}"))
+    return code
+
+
+def _line(kind: str, message: str, job: JobResult | None, ado: bool) -> str:
+    if ado and kind in ("warning", "timeout"):
+        return f"##[warning]{_ado.escape_data(message)}"
+    return f"[{kind}] {message}"
+
+
+def _fail(exc: AmlError, say: Out, ado: bool) -> int:
+    usage = exc.status is None and exc.code is None and not exc.retryable  # what the caller passed was wrong
+    print(f"error: {exc.message}", file=sys.stderr)
+    if exc.hint:
+        print(f"what to do: {exc.hint}", file=sys.stderr)
+    code = EXIT_USAGE if usage else EXIT_ERROR
+    if ado:
+        say(_ado.log_issue("error", f"{exc.message} {exc.hint}".strip()))
+        say(_ado.set_output("amlExitCode", str(code)))
+    return code
+
+
+def _pair(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise AmlError(f"--tag {text!r} is not KEY=VALUE.", status=None, hint="e.g. --tag ado.buildId=1234")
+    return key.strip(), value
+
+
+def _credential(kind: str, client_id: str | None) -> TokenCredential:
+    if kind == "cli":
+        from azure.identity import AzureCliCredential
+
+        return AzureCliCredential()
+    from ..auth import managed_identity
+
+    return managed_identity(client_id, kind="default" if kind == "default" else "managed-identity")

@@ -1,0 +1,553 @@
+"""``amlrelay aml submit | wait | submit-and-wait`` against the AML stand-in, with a fake clock (no real waiting).
+
+The clock drives the stand-in: ``clock.at(seconds, action)`` flips a job's status at that fake time, and every
+sleep of the waiter advances the clock. Real azure-identity credentials talk to the identity stand-in.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import os
+import stat
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from amlrelay.aml import JobsClient, JobStatus
+from amlrelay.aml._ado import escape_property, log_issue, set_output
+from amlrelay.aml._cli import duration, run
+from amlrelay.aml._submit import Submission, Submitted, sdk_submitter
+from amlrelay.aml._wait import Outcome, WaitOptions, begin_wait
+from amlrelay.cli import _parser
+from tests.servers.aml import ARM_RESOURCE, AmlServer
+from tests.servers.identity import CONFLICTING_ENV, IdentityServer
+from tests.servers.mlflow import MlflowServer
+
+ROOT = Path(__file__).resolve().parent.parent
+TOY_JOB = ROOT / "pipelines" / "aml" / "toy-train.yml"
+T0 = 1_900_000_000.0
+QUEUED_STATES = ["NotStarted", "Starting", "Provisioning", "Preparing", "Queued"]
+RUNNING_STATES = ["Running", "Finalizing", "CancelRequested", "NotResponding", "Paused", "Unknown"]
+
+
+class FakeClock:
+    def __init__(self, start: float = T0) -> None:
+        self.now = start
+        self.start = start
+        self._plan: list[tuple[float, Callable[[], None]]] = []
+        self.slept = 0.0
+
+    def at(self, offset: float, action: Callable[[], None]) -> None:
+        self._plan.append((self.start + offset, action))
+        self._plan.sort(key=lambda item: item[0])
+
+    def time(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        assert seconds >= 0
+        self.slept += seconds
+        target = self.now + seconds
+        while self._plan and self._plan[0][0] <= target:
+            when, action = self._plan.pop(0)
+            self.now = max(self.now, when)
+            action()
+        self.now = target
+
+    @property
+    def elapsed(self) -> float:
+        return self.now - self.start
+
+
+@dataclass
+class Run:
+    code: int
+    lines: list[tuple[float, str]] = field(default_factory=list)
+
+    def outputs(self) -> dict[str, str]:
+        out = {}
+        for _, line in self.lines:
+            if line.startswith("##vso[task.setvariable variable="):
+                name = line.split("variable=", 1)[1].split(";", 1)[0]
+                assert ";isOutput=true;" in line
+                out[name] = line.split("]", 1)[1]
+        return out
+
+    def text(self) -> str:
+        return "\n".join(line for _, line in self.lines)
+
+
+@pytest.fixture
+def mlflow_for(aml_server: AmlServer) -> Any:
+    """AML's MLflow endpoint for the stand-in workspace; the workspace GET advertises it as mlFlowTrackingUri."""
+    with MlflowServer(aml_server.workspace_id) as server:
+        aml_server.tracking_uri = server.tracking_url
+        yield server
+
+
+@pytest.fixture
+def credential(monkeypatch: pytest.MonkeyPatch, identity_server: IdentityServer) -> Any:
+    for name in CONFLICTING_ENV:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in identity_server.env().items():
+        monkeypatch.setenv(name, value)
+    from azure.identity import ManagedIdentityCredential
+
+    return ManagedIdentityCredential()
+
+
+def cli(server: AmlServer, clock: FakeClock, *args: str, credential: Any = None, submitter: Any = None) -> Run:
+    ns = _parser().parse_args(["aml", *args[:1], "--workspace", server.workspace_id, "--arm-url", server.arm_url,
+                               "--audience", ARM_RESOURCE, "--ado", "on", *args[1:]])
+    result = Run(0)
+    result.code = run(ns, credential=credential, submitter=submitter, clock=clock,
+                      out=lambda line: result.lines.append((clock.now, line)))
+    return result
+
+
+# -- the happy path, the outputs, no real waiting -------------------------------------------------------------
+def test_completed_job_sets_outputs_and_exits_0(aml_server: AmlServer, credential: Any) -> None:
+    aml_server.add_job("train-1", "Queued", experiment_name="toy")
+    clock = FakeClock()
+    clock.at(120, lambda: aml_server.set_status("train-1", "Running"))
+    clock.at(3 * 3600, lambda: aml_server.set_status("train-1", "Completed"))
+    result = cli(aml_server, clock, "wait", "train-1", credential=credential)
+    assert result.code == 0
+    out = result.outputs()
+    assert (out["amlJobName"], out["amlJobStatus"], out["amlOutcome"], out["amlExitCode"]) == (
+        "train-1", "Completed", "completed", "0")
+    assert out["amlStudioUrl"].startswith("https://ml.azure.com/runs/train-1")
+    assert 3 * 3600 <= clock.elapsed <= 3 * 3600 + 60  # noticed within one capped poll interval
+    assert len(aml_server.job_gets("train-1")) < 3 * 3600 / 30  # backoff: not a 15 s bash loop
+
+
+def test_heartbeat_at_least_every_minute_even_with_slow_polls(aml_server: AmlServer, credential: Any) -> None:
+    aml_server.add_job("j", "Running")
+    clock = FakeClock()
+    clock.at(2 * 3600, lambda: aml_server.set_status("j", "Completed"))
+    result = cli(aml_server, clock, "wait", "j", "--poll-max", "10m", credential=credential)
+    assert result.code == 0
+    times = [t for t, _ in result.lines]
+    assert max(b - a for a, b in itertools.pairwise(times)) <= 60
+    beats = [line for _, line in result.lines if line.startswith("[heartbeat]")]
+    assert len(beats) >= 100
+    assert "j Running (running 1h" in beats[70]
+    assert "next poll in" in beats[70]
+
+
+def test_heartbeat_over_a_minute_is_refused(aml_server: AmlServer, credential: Any) -> None:
+    aml_server.add_job("j", "Running")
+    result = cli(aml_server, FakeClock(), "wait", "j", "--heartbeat", "5m", credential=credential)
+    assert result.code == 2
+    assert aml_server.requests == []
+
+
+def test_backoff_grows_to_the_cap_and_resets_on_a_change(aml_server: AmlServer, credential: Any) -> None:
+    aml_server.add_job("j", "Running")
+    clock = FakeClock()
+    gets: list[float] = []
+    client = JobsClient(aml_server.workspace_id, credential, arm_url=aml_server.arm_url, audience=ARM_RESOURCE)
+    original = client.get_job
+
+    def timed(name: str) -> Any:
+        gets.append(clock.elapsed)
+        return original(name)
+
+    client.get_job = timed  # type: ignore[method-assign]
+    clock.at(1800, lambda: aml_server.set_status("j", "Finalizing"))
+    clock.at(2400, lambda: aml_server.set_status("j", "Completed"))
+    result = begin_wait(client, ["j"], WaitOptions(poll_min=5, poll_max=60, backoff=1.5), clock=clock).result()
+    assert result.outcome is Outcome.COMPLETED
+    gaps = [round(b - a, 3) for a, b in itertools.pairwise(gets)]
+    assert gaps[:5] == [5, 7.5, 11.25, 16.875, 25.312]
+    assert max(gaps) == 60
+    after_change = next(i for i, t in enumerate(gets) if t > 1800)
+    assert gaps[after_change] == 5  # back to poll-min once Finalizing was seen
+
+
+# -- every status -----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("status", "code", "outcome"), [("Completed", 0, "completed"), ("Failed", 1, "failed"),
+                                                          ("Canceled", 3, "canceled")])
+def test_final_statuses(aml_server: AmlServer, credential: Any, status: str, code: int, outcome: str) -> None:
+    aml_server.add_job("j", "Running")
+    clock = FakeClock()
+    clock.at(600, lambda: aml_server.set_status("j", status))
+    result = cli(aml_server, clock, "wait", "j", credential=credential)
+    assert (result.code, result.outputs()["amlOutcome"], result.outputs()["amlJobStatus"]) == (code, outcome, status)
+    issues = [line for _, line in result.lines if line.startswith("##vso[task.logissue type=error]")]
+    assert len(issues) == (0 if status == "Completed" else 1)
+
+
+@pytest.mark.parametrize("status", [*QUEUED_STATES, *RUNNING_STATES, "Hibernating"])
+def test_non_final_statuses_are_waited_on(aml_server: AmlServer, credential: Any, status: str) -> None:
+    aml_server.add_job("j", "NotStarted")
+    aml_server.set_status("j", status, allow_unknown=True)
+    clock = FakeClock()
+    clock.at(1200, lambda: aml_server.set_status("j", "Completed"))
+    result = cli(aml_server, clock, "wait", "j", credential=credential)
+    assert result.code == 0
+    assert clock.elapsed >= 1200
+    if status in ("Unknown", "Hibernating"):
+        assert "not one amlrelay knows" in result.text()
+    assert JobStatus.COMPLETED.value in result.outputs()["amlJobStatus"]
+
+
+def test_paused_is_final_only_when_asked(aml_server: AmlServer, credential: Any) -> None:
+    aml_server.add_job("j", "Paused")
+    result = cli(aml_server, FakeClock(), "wait", "j", "--paused-is-final", credential=credential)
+    assert (result.code, result.outputs()["amlOutcome"]) == (1, "failed")
+
+
+def test_not_responding_is_capped_but_may_recover(aml_server: AmlServer, credential: Any) -> None:
+    aml_server.add_job("stuck", "NotResponding")
+    clock = FakeClock()
+    stuck = cli(aml_server, clock, "wait", "stuck", "--not-responding-timeout", "20m", credential=credential)
+    assert stuck.code == 4
+    assert 1200 <= clock.elapsed <= 1200 + 60
+    aml_server.add_job("back", "NotResponding")
+    clock = FakeClock()
+    clock.at(900, lambda: aml_server.set_status("back", "Running"))
+    clock.at(1500, lambda: aml_server.set_status("back", "NotResponding"))
+    clock.at(2400, lambda: aml_server.set_status("back", "Completed"))
+    assert cli(aml_server, clock, "wait", "back", "--not-responding-timeout", "20m", credential=credential).code == 0
+
+
+# -- deadlines and cancel -----------------------------------------------------------------------------------------
+def test_queue_deadline(aml_server: AmlServer, credential: Any) -> None:
+    aml_server.add_job("j", "Queued")
+    clock = FakeClock()
+    result = cli(aml_server, clock, "wait", "j", "--queue-timeout", "30m", "--run-timeout", "10h",
+                 credential=credential)
+    assert (result.code, result.outputs()["amlOutcome"]) == (4, "timed-out")
+    assert 1800 <= clock.elapsed <= 1801  # woken for the deadline, not at the next poll
+    assert "queue deadline 30m00s" in result.text()
+    assert aml_server.cancels() == []
+
+
+def test_run_deadline_counts_from_leaving_the_queue(aml_server: AmlServer, credential: Any) -> None:
+    aml_server.add_job("j", "Queued")
+    clock = FakeClock()
+    clock.at(2 * 3600, lambda: aml_server.set_status("j", "Running"))
+    result = cli(aml_server, clock, "wait", "j", "--queue-timeout", "3h", "--run-timeout", "1h",
+                 credential=credential)
+    assert result.code == 4
+    assert 3 * 3600 <= clock.elapsed <= 3 * 3600 + 65  # 2 h queued did not count against the 1 h run deadline
+    assert "run deadline 1h00m00s" in result.text()
+
+
+def test_cancel_on_timeout(aml_server: AmlServer, credential: Any) -> None:
+    aml_server.add_job("j", "Running")
+    clock = FakeClock()
+    result = cli(aml_server, clock, "wait", "j", "--run-timeout", "1h", "--cancel-on-timeout", credential=credential)
+    assert result.code == 4
+    assert len(aml_server.cancels()) == 1
+    assert aml_server.status("j") == "Canceled"
+    assert "canceled by amlrelay; then Canceled" in result.text()
+
+
+# -- several jobs -------------------------------------------------------------------------------------------------
+def test_several_jobs_all_complete(aml_server: AmlServer, credential: Any) -> None:
+    for name in ("a", "b", "c"):
+        aml_server.add_job(name, "Running")
+    clock = FakeClock()
+    for i, name in enumerate(("a", "b", "c")):
+        clock.at(600 * (i + 1), lambda n=name: aml_server.set_status(n, "Completed"))  # type: ignore[misc]
+    result = cli(aml_server, clock, "wait", "a", "b", "c", "a", credential=credential)
+    assert result.code == 0
+    assert result.outputs()["amlJobNames"] == "a,b,c"
+    assert clock.elapsed >= 1800
+
+
+@pytest.mark.parametrize("fail_fast", [True, False])
+def test_fail_fast(aml_server: AmlServer, credential: Any, fail_fast: bool) -> None:
+    aml_server.add_job("ok", "Running")
+    aml_server.add_job("bad", "Running")
+    clock = FakeClock()
+    clock.at(600, lambda: aml_server.set_status("bad", "Failed"))
+    clock.at(7200, lambda: aml_server.set_status("ok", "Completed"))
+    args = ["wait", "ok", "bad", *(["--fail-fast"] if fail_fast else [])]
+    result = cli(aml_server, clock, *args, credential=credential)
+    assert result.code == 1
+    assert (clock.elapsed < 700) is fail_fast
+
+
+# -- resume -------------------------------------------------------------------------------------------------------
+def test_resume_keeps_the_deadlines_counting(aml_server: AmlServer, mlflow_for: MlflowServer,
+                                             credential: Any) -> None:
+    aml_server.add_job("long", "Running")
+    mlflow_for.add_run("long")
+    clock = FakeClock()
+    first = cli(aml_server, clock, "wait", "long", "--handoff-after", "50m", "--run-timeout", "3h",
+                credential=credential)
+    assert first.code == 5
+    token = first.outputs()["amlWaitToken"]
+    assert len(token) < 400
+    assert "Bearer" not in base64.urlsafe_b64decode(token + "==").decode()
+    clock.sleep(3600)  # the next ADO job starts an hour later, on another agent
+    second = cli(aml_server, clock, "wait", "--resume", token, credential=credential)
+    assert second.code == 4  # the run deadline (from the token) passed 3 h after the job was first seen running
+    assert 3 * 3600 <= clock.elapsed <= 3 * 3600 + 65
+
+
+def test_resume_sees_a_completed_job_without_resubmitting(aml_server: AmlServer, credential: Any) -> None:
+    aml_server.add_job("j", "Running")
+    clock = FakeClock()
+    token = _token_for(aml_server, credential, clock)
+    aml_server.set_status("j", "Completed")
+    result = cli(aml_server, clock, "wait", "--resume", token, credential=credential, submitter=_no_submit)
+    assert result.code == 0
+
+
+def _token_for(server: AmlServer, credential: Any, clock: FakeClock) -> str:
+    client = JobsClient(server.workspace_id, credential, arm_url=server.arm_url, audience=ARM_RESOURCE)
+    poller = begin_wait(client, ["j"], WaitOptions(run_timeout=600), clock=clock)
+    poller.poll()
+    return poller.continuation_token()
+
+
+def _no_submit(request: Submission) -> Submitted:
+    raise AssertionError("resuming must not submit")
+
+
+@pytest.mark.parametrize(("token", "message"), [
+    ("not a token!", "not an amlrelay wait token"),
+    (base64.urlsafe_b64encode(b'{"v":99,"jobs":[]}').decode(), "version 99"),
+    (base64.urlsafe_b64encode(b'{"v":1,"ws":"x","jobs":[]}').decode(), "damaged"),
+])
+def test_bad_tokens_are_usage_errors(aml_server: AmlServer, credential: Any, capsys: pytest.CaptureFixture[str],
+                                     token: str, message: str) -> None:
+    result = cli(aml_server, FakeClock(), "wait", "--resume", token, credential=credential)
+    assert result.code == 2
+    assert message in capsys.readouterr().err
+    assert aml_server.requests == []
+
+
+def test_token_for_another_workspace_is_refused(aml_server: AmlServer, credential: Any,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    aml_server.add_job("j", "Running")
+    token = _token_for(aml_server, credential, FakeClock())
+    state = json.loads(base64.urlsafe_b64decode(token + "=="))
+    state["ws"] = state["ws"].replace("mlw-contoso", "mlw-other")
+    forged = base64.urlsafe_b64encode(json.dumps(state).encode()).decode()
+    assert cli(aml_server, FakeClock(), "wait", "--resume", forged, credential=credential).code == 2
+    assert "is for workspace" in capsys.readouterr().err
+
+
+# -- errors -------------------------------------------------------------------------------------------------------
+def test_transient_errors_are_polled_through(aml_server: AmlServer, credential: Any) -> None:
+    aml_server.add_job("j", "Running")
+    aml_server.fail(503, times=3)
+    client = JobsClient(aml_server.workspace_id, credential, arm_url=aml_server.arm_url, audience=ARM_RESOURCE,
+                        retries=0)
+    seen: list[str] = []
+    clock = FakeClock()
+    clock.at(900, lambda: aml_server.set_status("j", "Completed"))
+    result = begin_wait(client, ["j"], clock=clock, report=lambda kind, msg, job: seen.append(kind)).result()
+    assert result.outcome is Outcome.COMPLETED
+    assert seen.count("warning") == 3
+
+
+@pytest.mark.parametrize("problem", ["forbidden", "missing"])
+def test_permanent_errors_exit_6(aml_server: AmlServer, identity_server: IdentityServer, credential: Any,
+                                 capsys: pytest.CaptureFixture[str], problem: str) -> None:
+    aml_server.add_job("j", "Running")
+    if problem == "forbidden":
+        aml_server.forbid(identity_server.object_id)
+    result = cli(aml_server, FakeClock(), "wait", "j" if problem == "forbidden" else "nope", credential=credential)
+    assert result.code == 6
+    err = capsys.readouterr().err
+    assert ("AzureML Data Scientist" if problem == "forbidden" else "case-sensitive") in err
+    assert any(line.startswith("##vso[task.logissue type=error]") for _, line in result.lines)
+
+
+def test_usage_errors_exit_2(aml_server: AmlServer, credential: Any) -> None:
+    assert cli(aml_server, FakeClock(), "wait", credential=credential).code == 2  # no job
+    assert cli(aml_server, FakeClock(), "wait", "bad/name", credential=credential).code == 2
+    with pytest.raises(SystemExit) as info:
+        _parser().parse_args(["aml", "wait", "j", "--run-timeout", "soon"])
+    assert info.value.code == 2
+
+
+def test_durations() -> None:
+    assert [duration(t) for t in ("45s", "90m", "1h30m", "2d", "600")] == [45, 5400, 5400, 172800, 600]
+
+
+# -- ADO logging commands -----------------------------------------------------------------------------------------
+def test_logging_commands_are_escaped() -> None:
+    assert log_issue("error", "line1\nline2 100%") == "##vso[task.logissue type=error]line1%0Aline2 100%AZP25"
+    assert escape_property("a;b]c") == "a%3Bb%5Dc"
+    with pytest.raises(ValueError, match="variable name"):
+        set_output("bad;name", "x")
+
+
+# -- credentials the way ADO agents have them ----------------------------------------------------------------------
+def test_managed_identity_credential_from_the_command_line(aml_server: AmlServer, credential: Any) -> None:
+    aml_server.add_job("j", "Completed")
+    result = cli(aml_server, FakeClock(), "wait", "j", "--credential", "managed-identity")
+    assert result.code == 0
+
+
+def test_azure_cli_credential_after_azurecli_login(aml_server: AmlServer, identity_server: IdentityServer,
+                                                   tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """AzureCLI@2 leaves a logged-in ``az`` on PATH; AzureCliCredential runs ``az account get-access-token``."""
+    token = identity_server.token_for(ARM_RESOURCE)
+    fake_az = tmp_path / "az"
+    fake_az.write_text(f"""#!{sys.executable}
+import json, sys
+args = sys.argv[1:]
+assert args[:2] == ["account", "get-access-token"], args
+resource = args[args.index("--resource") + 1] if "--resource" in args else args[args.index("--scope") + 1]
+assert resource.rstrip("/").removesuffix("/.default") == "{ARM_RESOURCE}", resource
+print(json.dumps({{"accessToken": "{token}", "expiresOn": "2100-01-01 00:00:00.000000",
+                  "expires_on": 4102444800, "tokenType": "Bearer"}}))
+""")
+    fake_az.chmod(fake_az.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    aml_server.add_job("j", "Completed")
+    result = cli(aml_server, FakeClock(), "wait", "j", "--credential", "cli")
+    assert result.code == 0
+    assert aml_server.job_gets("j")[0].headers["Authorization"] == f"Bearer {token}"
+
+
+# -- submit --------------------------------------------------------------------------------------------------------
+def test_submit_and_wait_with_an_injected_submitter(aml_server: AmlServer, credential: Any) -> None:
+    calls: list[Submission] = []
+
+    def submitter(request: Submission) -> Submitted:
+        calls.append(request)
+        aml_server.add_job("toy-train-1", "NotStarted", tags=request.tags)
+        return Submitted("toy-train-1", "https://ml.azure.com/runs/toy-train-1", "NotStarted")
+
+    clock = FakeClock()
+    clock.at(300, lambda: aml_server.set_status("toy-train-1", "Completed"))
+    result = cli(aml_server, clock, "submit-and-wait", str(TOY_JOB), "--experiment", "pr-42", "--tag",
+                 "ado.buildId=1234", credential=credential, submitter=submitter)
+    assert result.code == 0
+    assert calls == [Submission(TOY_JOB, "pr-42", {"ado.buildId": "1234"}, None)]
+    assert result.outputs()["amlJobName"] == "toy-train-1"
+
+
+def test_sdk_submitter_loads_the_yaml_and_calls_create_or_update(aml_server: AmlServer, credential: Any) -> None:
+    pytest.importorskip("azure.ai.ml")  # the [aml] extra; installed by the dev extra, so CI runs this
+
+    class Jobs:
+        def __init__(self) -> None:
+            self.calls: list[tuple[Any, dict[str, Any]]] = []
+
+        def create_or_update(self, job: Any, **kwargs: Any) -> Any:
+            self.calls.append((job, kwargs))
+            job.name = "toy-train-abc"
+            return job
+
+    class FakeMLClient:
+        jobs = Jobs()
+
+    from amlrelay.aml import Workspace
+
+    submit = sdk_submitter(Workspace.parse(aml_server.workspace_id), credential, ml_client=FakeMLClient())
+    done = submit(Submission(TOY_JOB, "pr-42", {"ado.buildId": "7"}))
+    ((job, kwargs),) = FakeMLClient.jobs.calls
+    assert type(job).__name__ == "Command"
+    assert job.compute == "cpu-cluster"
+    assert kwargs == {"experiment_name": "pr-42", "tags": {"purpose": "build-validation", "ado.buildId": "7"}}
+    assert done.name == "toy-train-abc"
+
+
+def test_submit_refuses_a_missing_or_invalid_job_file(aml_server: AmlServer, credential: Any, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("azure.ai.ml")
+    assert cli(aml_server, FakeClock(), "submit", str(tmp_path / "none.yml"), credential=credential).code == 2
+    bad = tmp_path / "bad.yml"
+    bad.write_text("type: command\ncommand: [unclosed\n")
+    assert cli(aml_server, FakeClock(), "submit", str(bad), credential=credential).code == 2
+    assert "could not load job file" in capsys.readouterr().err
+
+
+def test_submit_without_the_sdk_says_how_to_install_it(aml_server: AmlServer, credential: Any,
+                                                       monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setitem(sys.modules, "azure.ai.ml", None)
+    assert cli(aml_server, FakeClock(), "submit", str(TOY_JOB), credential=credential).code == 2
+    assert "amlrelay[aml]" in capsys.readouterr().err
+
+
+# -- hand-off -------------------------------------------------------------------------------------------------------
+def test_handoff_tags_the_job_and_exits_5(aml_server: AmlServer, mlflow_for: MlflowServer, credential: Any) -> None:
+    aml_server.add_job("long", "Running", tags={"purpose": "build-validation"})
+    mlflow_for.add_run("long", {"purpose": "build-validation"})
+    clock = FakeClock()
+    result = cli(aml_server, clock, "wait", "long", "--handoff-after", "50m", "--handoff-route", "evaluate-after-ci",
+                 credential=credential)
+    assert result.code == 5
+    assert 3000 <= clock.elapsed <= 3001
+    assert mlflow_for.run_tags("long") == {"purpose": "build-validation", "amlrelay-handoff": "evaluate-after-ci"}
+    assert result.outputs()["amlOutcome"] == "handed-off"
+    assert any(line.startswith("##vso[task.logissue type=warning]AML job long handed off")
+               for _, line in result.lines)
+    assert aml_server.cancels() == []  # the job keeps running
+
+
+def test_a_job_that_finishes_at_the_handoff_point_is_not_handed_off(aml_server: AmlServer,
+                                                                    mlflow_for: MlflowServer,
+                                                                    credential: Any) -> None:
+    aml_server.add_job("j", "Running")
+    mlflow_for.add_run("j")
+    clock = FakeClock()
+    clock.at(3000, lambda: aml_server.set_status("j", "Completed"))
+    result = cli(aml_server, clock, "wait", "j", "--handoff-after", "50m", credential=credential)
+    assert result.code == 0
+    assert mlflow_for.tag_requests == []
+
+
+def test_handoff_that_cannot_tag_fails_the_step(aml_server: AmlServer, mlflow_for: MlflowServer,
+                                                credential: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    aml_server.add_job("long", "Running")  # no MLflow run: the tag is refused with RESOURCE_DOES_NOT_EXIST
+    result = cli(aml_server, FakeClock(), "wait", "long", "--handoff-after", "10m", credential=credential)
+    assert result.code == 6
+    assert "NOT handed off" in result.text()
+    assert "RESOURCE_DOES_NOT_EXIST" in capsys.readouterr().err
+
+
+def test_the_relay_routes_the_handed_off_run_when_it_completes(aml_server: AmlServer, mlflow_for: MlflowServer,
+                                                               credential: Any, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """End to end: hand-off tags the run; AML's RunCompleted then carries the tag in data.runTags; a route that
+    filters on runTags.amlrelay-handoff starts the continuation pipeline with the run's identity."""
+    from amlrelay.events import parse_events
+    from amlrelay.routes import load_routes
+    from amlrelay.runbook import build_relay
+    from amlrelay.settings import resolve
+    from tests.conftest import sample
+    from tests.stack import local_stack
+
+    aml_server.add_job("train-7", "Running", experiment_name="build-validation")
+    mlflow_for.add_run("train-7")
+    assert cli(aml_server, FakeClock(), "wait", "train-7", "--handoff-after", "5m", "--handoff-route",
+               "ci-handoff", credential=credential).code == 5
+    routes = tmp_path / "routes.json"
+    routes.write_text(json.dumps({"version": 1, "defaults": {"project": "mlops"}, "routes": [
+        {"name": "continue-handed-off-run", "events": ["RunCompleted", "RunStatusChanged"],
+         "filters": {"runStatus": {"in": ["Completed"]}, "runTags.amlrelay-handoff": {"in": ["ci-handoff"]}},
+         "pipeline": {"id": 41, "templateParameters": {"runId": "{{ runId }}",
+                                                         "experimentName": "{{ experimentName }}"}}}]}))
+    event = sample("event-grid-schema", "run_completed")
+    event["data"].update({"runId": "train-7", "experimentName": "build-validation",
+                          "runTags": mlflow_for.run_tags("train-7")})
+    untagged = json.loads(json.dumps(event))
+    untagged["id"], untagged["data"]["runId"], untagged["data"]["runTags"] = "other", "other-run", {}
+    with local_stack(routes) as stack:
+        env = stack.env()
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        relay = build_relay(resolve({}, env=env), load_routes(routes))
+        outcomes = relay.handle(parse_events([event, untagged]), raw=[event, untagged])
+        runs = stack.ado.runs
+    assert [(o.outcome, o.route) for o in outcomes] == [("triggered", "continue-handed-off-run"), ("skipped", None)]
+    assert len(runs) == 1
+    assert runs[0]["templateParameters"] == {"runId": "train-7", "experimentName": "build-validation"}
