@@ -1,0 +1,233 @@
+"""The event side of the generated workflow: WDL expressions for an event's fields, its validity, route
+matching, templates and the ledger key, built from the same parsed routes the router uses.
+
+Every expression here is evaluated for *every* event (``if`` evaluates both branches), so each one is
+null-safe: ``?[`` on every hop and ``coalesce`` before any function that would fail on null.
+The mapping to the Python side, field by field:
+
+* ``data`` keys: the runbook matches any case; here camelCase and PascalCase (the two shapes Azure ML and
+  Microsoft's samples send). Tag/property keys: as written in the route, or lower-case.
+* validity: the envelope fields each schema requires, the data fields each event type requires
+  (:data:`REQUIRED`, checked against the Python parser by the tests), and the source allow-list.
+* filters: :func:`amlrelay.router.condition_holds` — case-insensitive, a missing field fails all but the
+  ``not*`` operators.
+* the ledger key: :meth:`amlrelay.models.AmlEvent.outcome_key` + ``|route``, addressed like
+  :func:`amlrelay.ledger.table_address` (URL-safe base64).
+"""
+
+from __future__ import annotations
+
+from ..models import AML_PREFIX, MODEL_DEPLOYED, MODEL_REGISTERED, RUN_COMPLETED, RUN_STATUS_CHANGED
+from ..routes import NEGATED, Filter, Route
+from ..templating import Template
+
+EVENT = "item()"
+"""The event: ``item()`` is the event in the route loop's ``foreach`` (evaluated in the event loop), and the
+route loop's items are copies of the event carrying the route's name (:data:`MARK`), so inside the route
+loop ``item()`` is the event too. A short name matters: expressions are capped at 8,192 characters."""
+MARK = "amlrelayRoute"
+ROUTE = f"item()?['{MARK}']"
+ABSENT = "'~absent~'"
+
+REQUIRED: dict[str, tuple[str, ...]] = {
+    "RunCompleted": ("experimentId", "experimentName", "runId"),
+    "RunStatusChanged": ("experimentId", "experimentName", "runId", "runStatus"),
+    "ModelRegistered": ("modelName", "modelVersion"),
+    "ModelDeployed": ("serviceName", "serviceComputeType", "modelIds"),
+    "DatasetDriftDetected": ("dataDriftId",),
+}
+"""Data fields an event type must carry, non-empty (models.py ``required=True``); ``runType`` must be
+present but may be null (:data:`PRESENT`)."""
+PRESENT: dict[str, tuple[str, ...]] = {"RunCompleted": ("runType",), "RunStatusChanged": ("runType",)}
+
+
+def q(text: str) -> str:
+    """A WDL string literal."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def call(name: str, *args: str) -> str:
+    return f"{name}({', '.join(args)})"
+
+
+def all_of(parts: list[str]) -> str:
+    return "true" if not parts else parts[0] if len(parts) == 1 else call("and", *parts)
+
+
+def any_of(parts: list[str]) -> str:
+    return "false" if not parts else parts[0] if len(parts) == 1 else call("or", *parts)
+
+
+def present(expr: str) -> str:
+    """True when ``expr`` is not null. A sentinel, because comparisons treat null as ''."""
+    return call("not", call("equals", call("coalesce", expr, ABSENT), ABSENT))
+
+
+def nonempty(expr: str, *, strip: bool = False) -> str:
+    text = call("string", expr)
+    return call("not", call("equals", call("trim", text) if strip else text, "''"))
+
+
+def _variants(name: str) -> list[str]:
+    out = [name, name[:1].upper() + name[1:]]
+    return list(dict.fromkeys(out))
+
+
+def _first_of(exprs: list[str]) -> str:
+    return exprs[0] if len(exprs) == 1 else call("coalesce", *exprs)
+
+
+def data_key(name: str) -> str:
+    return _first_of([f"{EVENT}?['data']?[{q(v)}]" for v in _variants(name)])
+
+
+def event_type() -> str:
+    return call("coalesce", f"{EVENT}?['eventType']", f"{EVENT}?['type']", "''")
+
+
+def event_type_lower() -> str:
+    return call("toLower", event_type())
+
+
+def short_type() -> str:
+    return call("last", call("split", event_type(), "'.'"))
+
+
+def source() -> str:
+    return call("coalesce", f"{EVENT}?['topic']", f"{EVENT}?['source']", "''")
+
+
+def trim_slash(expr: str) -> str:
+    """``rstrip('/')`` of one trailing slash (ARM ids have none; a hand-made event may have one)."""
+    cut = call("substring", expr, "0", call("sub", call("length", expr), call("if", call("equals", expr, "''"), "0",
+                                                                              "1")))
+    return call("if", call("endsWith", expr, "'/'"), cut, expr)
+
+
+def is_type(short: str) -> str:
+    return call("equals", event_type_lower(), q((AML_PREFIX + short).lower()))
+
+
+def field(name: str) -> str:
+    """The value of a route field for the current event, null when the event lacks it."""
+    lower = name.lower()
+    envelope = {
+        "eventid": f"{EVENT}?['id']",
+        "eventtype": short_type(),
+        "subject": call("coalesce", f"{EVENT}?['subject']", "''"),
+        "eventtime": call("formatDateTime", call("coalesce", f"{EVENT}?['eventTime']", f"{EVENT}?['time']",
+                                                 "'0001-01-01T00:00:00Z'"), q("yyyy-MM-ddTHH:mm:ss.ffffffzzz")),
+        "workspaceid": source(),
+        "workspacename": call("last", call("split", trim_slash(source()), "'/'")),
+    }
+    if lower in envelope:
+        return envelope[lower]
+    if lower == "runstatus":
+        return call("if", is_type(RUN_COMPLETED), "'Completed'", data_key("runStatus"))
+    if lower == "modelids":
+        return call("replace", call("string", data_key("modelIds")), "' '", "''")
+    head, dot, tail = name.partition(".")
+    if dot:
+        maps = [f"{EVENT}?['data']?[{q(m)}]" for m in _variants(head)]
+        keys = list(dict.fromkeys([tail, tail.lower()]))
+        return _first_of([f"{m}?[{q(k)}]" for m in maps for k in keys])
+    return data_key(name)
+
+
+def condition(cond: Filter) -> str:
+    """:func:`amlrelay.router.condition_holds` as a WDL expression."""
+    value = field(cond.field)
+    if cond.operator == "exists":
+        return present(value)
+    text = call("toLower", call("string", value))
+    wanted = [q(v.lower()) for v in cond.values]
+    op = cond.operator.removeprefix("not")
+    op = op[0].lower() + op[1:]
+    if op == "in":
+        hit = call("contains", call("createArray", *wanted), text)
+    else:
+        function = {"beginsWith": "startsWith", "endsWith": "endsWith", "contains": "contains"}[op]
+        hit = any_of([call(function, text, w) for w in wanted])
+    positive = all_of([present(value), hit])
+    return call("not", positive) if cond.operator in NEGATED else positive
+
+
+def valid_for(short: str) -> str:
+    """The data fields ``short`` events must carry (an event lacking one is rejected by the runbook)."""
+    parts = [nonempty(data_key(f), strip=True) for f in REQUIRED[short]]
+    data = call("coalesce", f"{EVENT}?['data']", "json('{}')")
+    parts += [any_of([call("contains", data, q(v)) for v in _variants(f)]) for f in PRESENT.get(short, ())]
+    return all_of(parts)
+
+
+def route_matches(route: Route) -> str:
+    """:func:`amlrelay.router.mismatch` is None, for an event already known to be valid and allowed."""
+    types = any_of([all_of([is_type(t), valid_for(t)]) for t in route.events])
+    return all_of([types, *(condition(c) for c in route.filters)])
+
+
+def envelope_valid() -> str:
+    """What events.py requires of either envelope before it looks at the data."""
+    spec = call("coalesce", f"{EVENT}?['specversion']", f"{EVENT}?['specVersion']")
+    cloud = all_of([call("equals", call("string", spec), "'1.0'"), nonempty(f"{EVENT}?['id']"),
+                    nonempty(f"{EVENT}?['source']"), nonempty(f"{EVENT}?['type']"),
+                    call("not", present(f"{EVENT}?['eventType']")), call("not", present(f"{EVENT}?['topic']"))])
+    grid = all_of([nonempty(f"{EVENT}?['id']"), nonempty(f"{EVENT}?['eventType']"),
+                   nonempty(f"{EVENT}?['eventTime']"), present(f"{EVENT}?['subject']"),
+                   nonempty(f"{EVENT}?['topic']")])
+    return all_of([present(f"{EVENT}?['data']"), call("if", present(spec), cloud, grid)])
+
+
+def allowed() -> str:
+    """validate.SourcePolicy: the workspace id, stripped, without a trailing slash, lower-cased."""
+    return call("contains", "parameters('allowedWorkspaces')", call("toLower", trim_slash(call("trim", source()))))
+
+
+def matched_routes(routes: tuple[Route, ...]) -> str:
+    """One copy of the event per route that takes it, marked with the route's name, in file order: what
+    ``router.select`` returns."""
+    picks = [call("if", route_matches(r), call("createArray", call("setProperty", EVENT, q(MARK), q(r.name))),
+                  "createArray()") for r in routes]
+    listed = call("union", *picks, "createArray()")
+    return call("if", all_of([envelope_valid(), allowed()]), listed, call("createArray"))
+
+
+def event_json() -> str:
+    """The event as delivered (without the route mark), for the ledger's ``event_json``."""
+    return call("string", call("removeProperty", EVENT, q(MARK)))
+
+
+def render(template: Template) -> str:
+    """:meth:`amlrelay.templating.Template.render`; the generator proved every field without a fallback is
+    present whenever the route matches, so no branch here can meet a missing field."""
+    parts: list[str] = []
+    for literal, placeholder in zip(template.literals, (*template.placeholders, None), strict=True):
+        if literal:
+            parts.append(q(literal))
+        if placeholder is not None:
+            value = field(placeholder.field)
+            if placeholder.default is not None:
+                value = call("coalesce", value, q(placeholder.default))
+            parts.append(call("string", value))
+    if not parts:
+        return "''"
+    return parts[0] if len(parts) == 1 else call("concat", *parts)
+
+
+def outcome_key() -> str:
+    """``AmlEvent.outcome_key()`` + ``|route``, lower-cased (the ledger key)."""
+    def s(name: str) -> str:
+        return call("string", call("coalesce", field(name), "''"))
+
+    run = call("concat", "'run|'", s("runId"), "'|'", s("runStatus"))
+    model = call("concat", "'model|'", s("modelName"), "'|'", s("modelVersion"))
+    deployed = call("concat", "'deployment|'", s("serviceName"), "'|'", field("modelIds"))
+    drift = call("concat", "'drift|'", s("dataDriftId"), "'|'", s("runId"))
+    kind = call("if", any_of([is_type(RUN_COMPLETED), is_type(RUN_STATUS_CHANGED)]), run,
+                call("if", is_type(MODEL_REGISTERED), model, call("if", is_type(MODEL_DEPLOYED), deployed, drift)))
+    return call("toLower", call("concat", trim_slash(source()), "'|'", kind, "'|'", ROUTE))
+
+
+def row_key() -> str:
+    """``ledger.table_address``: the key's UTF-8 bytes in URL-safe base64."""
+    return call("replace", call("replace", call("base64", outcome_key()), "'+'", "'-'"), "'/'", "'_'")

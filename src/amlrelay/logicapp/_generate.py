@@ -1,0 +1,325 @@
+"""Generate the Logic App (Consumption) workflow definition from the routes file.
+
+Shape, and why (billable action executions on each path are counted by ``bench/logicapp_cost.py``):
+
+* **Request trigger, answered by a Response after the work.** Event Grid retries a 5xx and dead-letters a
+  400, so nothing is acknowledged before its events are handled. The subscription-validation handshake is
+  answered by the same Response (``validationResponse``), so it costs no extra action.
+* **For each event** (sequential), **for each matching route**: the match is one expression per event
+  (:func:`._fields.matched_routes`), so routing costs no action at all.
+* **Claim → Start → Record**, branched with ``runAfter`` instead of conditions: the ledger insert fails
+  with 409 when the key exists, and only then does the duplicate branch (Read, Decide) run.
+* **ADO retries** only on 429/503: the HTTP action's own retry policy would also resend after 500/502/504
+  and timeouts (EXC: it retries 408, 429 and 5xx), which could start a second run, so its policy is
+  ``none`` and an ``Until`` loop repeats the call while ADO answers 429/503, waiting ``Retry-After``.
+  After an ambiguous answer (500, 502, 504, timeout, reset) nothing is resent: the failure is recorded
+  ``[ambiguous]`` and ``amlrelay replay --failed`` (which can search the pipeline's runs) reconciles it.
+* A ``failures`` array variable collects what failed; the Response answers 500 when it is not empty.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+from ..errors import RoutesError
+from ..ledger import PARTITION
+from ..models import ENVELOPE_FIELDS
+from ..relay import AMBIGUOUS
+from ..router import API_VERSION
+from ..routes import NEGATED, Route, Routes
+from . import _fields as f
+from ._fields import EVENT, ROUTE, call, q
+
+SCHEMA = "https://schema.management.azure.com/providers/Microsoft.Logic/schemas/2016-06-01/workflowdefinition.json#"
+TRIGGER = "When_an_AML_event_is_received"
+ADO_AUDIENCE = "499b84ac-1321-427f-aa17-267ca6975798"
+STORAGE_AUDIENCE = "https://storage.azure.com/"
+VAULT_AUDIENCE = "https://vault.azure.net"
+TABLE_HEADERS = {"x-ms-version": "2019-02-02", "DataServiceVersion": "3.0",
+                 "Accept": "application/json;odata=nometadata"}
+_VALIDATION = "microsoft.eventgrid.subscriptionvalidationevent"
+
+
+def generate(routes: Routes, *, auth: str = "managed-identity", throttle_retries: int = 4,
+             max_retry_after: int = 60, ado_timeout: str = "PT30S", stale_after: int = 1800) -> dict[str, Any]:
+    """The workflow definition for ``routes``. Raises RoutesError for a route the workflow cannot render."""
+    if auth not in ("managed-identity", "pat"):
+        raise ValueError("auth must be 'managed-identity' or 'pat'")
+    _check_renderable(routes)
+    per_route = {r.name: {"path": _path(r)} for r in routes.routes}
+    params: dict[str, Any] = {
+        "adoOrganizationUrl": {"type": "String", "metadata": {"description": "e.g. https://dev.azure.com/contoso"}},
+        "allowedWorkspaces": {"type": "Array", "metadata": {"description": "lower-case workspace resource ids"}},
+        "ledgerTableUrl": {"type": "String", "metadata": {"description": "https://<account>.table.core.windows.net"}},
+        "ledgerTable": {"type": "String", "defaultValue": "amlrelayledger"},
+        "routes": {"type": "Object", "defaultValue": per_route},
+    }
+    first = "Initialize_failures"
+    actions: dict[str, Any] = {
+        first: {"type": "InitializeVariable", "runAfter": {},
+                "inputs": {"variables": [{"name": "failures", "type": "array", "value": []}]}},
+    }
+    if auth == "pat":
+        params["keyVaultUrl"] = {"type": "String"}
+        params["patSecretName"] = {"type": "String", "defaultValue": "ado-pat"}
+        actions["Get_PAT"] = {
+            "type": "Http", "runAfter": {first: ["Succeeded"]},
+            "inputs": {"method": "GET", "uri": "@{parameters('keyVaultUrl')}/secrets/@{parameters('patSecretName')}"
+                       "?api-version=7.4", "authentication": _msi(VAULT_AUDIENCE), "retryPolicy": {"type": "none"}},
+            "runtimeConfiguration": {"secureData": {"properties": ["inputs", "outputs"]}},
+        }
+        first = "Get_PAT"
+    ctx = _Builder(routes, auth, throttle_retries, max_retry_after, ado_timeout, stale_after)
+    actions["For_each_event"] = {
+        "type": "Foreach", "runAfter": {first: ["Succeeded"]}, "operationOptions": "Sequential",
+        "foreach": "@" + call("if", _IS_ARRAY, "triggerBody()",
+                              call("if", _IS_OBJECT, call("createArray", "triggerBody()"), call("createArray"))),
+        "actions": {"For_each_route": {
+            "type": "Foreach", "runAfter": {}, "operationOptions": "Sequential",
+            "foreach": "@" + f.matched_routes(routes.routes),
+            "actions": ctx.route_actions(),
+        }},
+    }
+    batch = call("if", _IS_ARRAY, "triggerBody()", call("createArray"))
+    head = f"first({batch})"
+    validation = call("equals", call("toLower", call("string", f"{head}?['eventType']")), q(_VALIDATION))
+    actions["Respond"] = {
+        "type": "Response", "kind": "Http",
+        "runAfter": {"For_each_event": ["Succeeded", "Failed", "Skipped", "TimedOut"]},
+        "inputs": {
+            "statusCode": "@" + call("if", call("or", _IS_ARRAY, _IS_OBJECT),
+                                     call("if", call("empty", "variables('failures')"), "200", "500"), "400"),
+            "headers": {"Content-Type": "application/json"},
+            "body": "@" + call("if", validation,
+                               call("setProperty", "json('{}')", "'validationResponse'",
+                                    f"{head}?['data']?['validationCode']"),
+                               call("setProperty", "json('{}')", "'failures'", "variables('failures')")),
+        },
+    }
+    return {
+        "$schema": SCHEMA,
+        "contentVersion": "1.0.0.0",
+        "parameters": params,
+        "triggers": {TRIGGER: {"type": "Request", "kind": "Http", "inputs": {"method": "POST"}}},
+        "actions": actions,
+        "outputs": {},
+    }
+
+
+_B = "triggerBody()"
+_IS_ARRAY = call("and", call("startsWith", call("string", _B), "'['"),
+                 call("not", call("equals", call("string", _B), _B)))
+_IS_OBJECT = call("and", call("startsWith", call("string", _B), "'{'"),
+                  call("not", call("equals", call("string", _B), _B)))
+
+
+def _msi(audience: str) -> dict[str, str]:
+    return {"type": "ManagedServiceIdentity", "audience": audience}
+
+
+def _path(route: Route) -> str:
+    target = route.pipeline
+    query = f"api-version={API_VERSION}"
+    if target.pipeline_version is not None:
+        query += f"&pipelineVersion={target.pipeline_version}"
+    return f"/{quote(target.project, safe='')}/_apis/pipelines/{target.pipeline_id}/runs?{query}"
+
+
+def _check_renderable(routes: Routes) -> None:
+    """A template field without a fallback must be present whenever the route matches: the runbook fails
+    such an event (an empty value would start the wrong run), but a workflow cannot fail one route of an
+    event without an extra billed action per event, so the generator proves it cannot happen instead."""
+    problems: list[str] = []
+    for route in routes.routes:
+        filtered = {c.field.lower() for c in route.filters if c.operator not in NEGATED}
+        target = route.pipeline
+        templates = [("branch", target.branch)] if target.branch is not None else []
+        templates += [(f"variables.{n}", v.value) for n, v in target.variables.items()]
+        templates += [(f"templateParameters.{n}", t) for n, t in target.template_parameters.items()]
+        for where, template in templates:
+            assert template is not None
+            for p in template.placeholders:
+                name = p.field.lower()
+                guaranteed = (name in {e.lower() for e in ENVELOPE_FIELDS} or name in filtered
+                              or (name == "runstatus" and all(t.startswith("Run") for t in route.events))
+                              or all(name in {r.lower() for r in f.REQUIRED[t]} for t in route.events))
+                if p.default is None and not guaranteed:
+                    problems.append(f"route {route.name!r}.pipeline.{where}: {{{{ {p.field} }}}} has no fallback and "
+                                    f"the event may lack it")
+    if problems:
+        raise RoutesError(f"{routes.source}: the Logic App cannot render {len(problems)} template(s):\n  - "
+                          + "\n  - ".join(problems),
+                          hint="Add a fallback ('{{ field | none }}') or an 'exists' filter on the field.")
+
+
+class _Builder:
+    """The actions of one route iteration (Claim → Start → Record, and the duplicate branch)."""
+
+    def __init__(self, routes: Routes, auth: str, retries: int, max_retry_after: int, timeout: str,
+                 stale_after: int) -> None:
+        self.routes, self.auth, self.retries = routes, auth, retries
+        self.max_retry_after, self.timeout, self.stale_after = max_retry_after, timeout, stale_after
+        self.key = f.outcome_key()
+        self.row = f.row_key()
+
+    def entity_url(self) -> str:
+        return (f"@{{parameters('ledgerTableUrl')}}/@{{parameters('ledgerTable')}}(PartitionKey='{PARTITION}',"
+                f"RowKey='@{{{self.row}}}')")
+
+    def table(self, method: str, uri: str, body: Any = None, etag: str | None = None) -> dict[str, Any]:
+        headers = dict(TABLE_HEADERS)
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+            headers["Prefer"] = "return-no-content"
+        if etag is not None:
+            headers["If-Match"] = etag
+        inputs: dict[str, Any] = {"method": method, "uri": uri, "headers": headers,
+                                  "authentication": _msi(STORAGE_AUDIENCE), "retryPolicy": {"type": "none"}}
+        if body is not None:
+            inputs["body"] = body
+        return inputs
+
+    def claim_entity(self, attempts: str) -> dict[str, Any]:
+        return {
+            "PartitionKey": PARTITION, "RowKey": f"@{{{self.row}}}", "schema": 1, "key": f"@{{{self.key}}}",
+            "route": f"@{{{ROUTE}}}", "event_id": f"@{{{EVENT}?['id']}}", "event_type": f"@{{{f.short_type()}}}",
+            "state": "claimed", "claimed_at": "@{utcNow()}", "claimed_at@odata.type": "Edm.DateTime",
+            "updated_at": "@{utcNow()}", "updated_at@odata.type": "Edm.DateTime", "attempts": attempts,
+            "holder": "@{concat('logicapp/', workflow()?['run']?['name'])}", "claim_id": "@{guid()}",
+            "event_json": f"@{{{f.event_json()}}}", "event_json_truncated": False,
+        }
+
+    def note(self, after: dict[str, list[str]], reason: str) -> dict[str, Any]:
+        return {"type": "AppendToArrayVariable", "runAfter": after,
+                "inputs": {"name": "failures", "value": {"event_id": f"@{{{EVENT}?['id']}}", "route": f"@{{{ROUTE}}}",
+                                                         "reason": reason}}}
+
+    def route_actions(self) -> dict[str, Any]:
+        insert = "@{parameters('ledgerTableUrl')}/@{parameters('ledgerTable')}"
+        actions: dict[str, Any] = {
+            "Claim": {"type": "Http", "runAfter": {},
+                      "inputs": self.table("POST", insert, self.claim_entity("@int(1)"))},
+        }
+        actions.update(self.start_and_record("", {"Claim": ["Succeeded"]}, "@{outputs('Claim')?['headers']?['ETag']}"))
+        actions["Read"] = {"type": "Http", "runAfter": {"Claim": ["Failed", "TimedOut"]},
+                           "inputs": self.table("GET", self.entity_url())}
+        actions["Note_ledger_failed"] = self.note({"Read": ["Failed", "TimedOut"]},
+                                                  "the ledger could not be claimed or read: nothing was triggered")
+        state = "body('Read')?['state']"
+        updated = call("coalesce", "body('Read')?['updated_at']", "'0001-01-01T00:00:00Z'")
+        fresh = call("greater", call("ticks", updated), call("ticks", call("addSeconds", "utcNow()",
+                                                                            str(-self.stale_after))))
+        settled = call("or", call("equals", state, "'triggered'"),
+                       call("and", call("equals", state, "'claimed'"), fresh))
+        retry = call("and", call("equals", state, "'failed'"),
+                     call("not", call("startsWith", call("coalesce", "body('Read')?['reason']", "''"),
+                                      q(AMBIGUOUS.strip()))))
+        taken = self.claim_entity("@add(int(coalesce(body('Read')?['attempts'], 1)), 1)")
+        retry_actions: dict[str, Any] = {
+            "Take_over": {"type": "Http", "runAfter": {},
+                          "inputs": self.table("PUT", self.entity_url(), taken,
+                                               "@{outputs('Read')?['headers']?['ETag']}")},
+            "Note_take_over_failed": self.note({"Take_over": ["Failed", "TimedOut"]},
+                                               "another holder took the failed record over first"),
+        }
+        retry_actions.update(self.start_and_record("_again", {"Take_over": ["Succeeded"]},
+                                                   "@{outputs('Take_over')?['headers']?['ETag']}"))
+        unsettled = ("@{concat('the ledger record is ', string(body('Read')?['state']), ' (', "
+                     "string(body('Read')?['reason']), '): an earlier attempt may have started the run; "
+                     "amlrelay replay --stale --failed reconciles it')}")
+        actions["Decide"] = {
+            "type": "If", "runAfter": {"Read": ["Succeeded"]}, "expression": "@" + call("not", settled),
+            "actions": {"Retry_failed": {
+                "type": "If", "runAfter": {}, "expression": "@" + retry, "actions": retry_actions,
+                "else": {"actions": {"Note_unsettled": self.note({}, unsettled)}}}},
+            "else": {"actions": {}},
+        }
+        return actions
+
+    def start_and_record(self, suffix: str, after: dict[str, list[str]], etag: str) -> dict[str, Any]:
+        start, until, record = f"Start{suffix}", f"Until_not_throttled{suffix}", f"Record{suffix}"
+        code = f"coalesce(outputs('{start}')?['statusCode'], 0)"
+        answer = f"json(if(startsWith(string(body('{start}')), '{{'), string(body('{start}')), '{{}}'))"
+        run_id = f"{answer}?['id']"
+        ok = call("and", call("equals", code, "200"), f.present(run_id))
+        url = call("coalesce", f"{answer}?['_links']?['web']?['href']", f"{answer}?['url']", "''")
+        ambiguous = call("or", call("contains", "createArray(500, 502, 504)", code), call("equals", code, "0"))
+        reason = call("concat", call("if", ambiguous, q(AMBIGUOUS), "''"), "'ADO answered '",
+                      call("if", call("equals", code, "0"), "'nothing (timeout or reset)'",
+                           call("concat", "'HTTP '", call("string", code))),
+                      call("if", call("equals", code, "200"), "' without a run (a sign-in page?)'", "''"),
+                      "' for '", f"parameters('routes')[{ROUTE}]['path']",
+                      call("if", f.present(f"{answer}?['message']"),
+                           call("concat", "': '", f"string({answer}?['message'])"), "''"))
+        triggered = call("setProperty", call("setProperty", call("setProperty", "json('{\"state\":\"triggered\"}')",
+                                                                 "'ado_run_id'", run_id), "'ado_run_url'", url),
+                         "'updated_at'", "utcNow()")
+        failed = call("setProperty", call("setProperty", "json('{\"state\":\"failed\"}')", "'reason'", reason),
+                      "'updated_at'", "utcNow()")
+        merge = call("setProperty", call("if", ok, triggered, failed), "'updated_at@odata.type'", "'Edm.DateTime'")
+        http: dict[str, Any] = {
+            "method": "POST", "uri": f"@{{parameters('adoOrganizationUrl')}}@{{parameters('routes')[{ROUTE}]['path']}}",
+            "headers": {"Content-Type": "application/json", "Accept": "application/json"},
+            "body": "@" + self.bodies(), "retryPolicy": {"type": "none"},
+        }
+        if self.auth == "pat":
+            http["headers"]["Authorization"] = "@{concat('Basic ', base64(concat(':', body('Get_PAT')?['value'])))}"
+        else:
+            http["authentication"] = _msi(ADO_AUDIENCE)
+        throttled = call("contains", "createArray(429, 503)", code)
+        wait = call("min", call("int", call("coalesce", f"outputs('{start}')?['headers']?['Retry-After']", "'1'")),
+                    str(self.max_retry_after))
+        inner: dict[str, Any] = {
+            start: {"type": "Http", "runAfter": {}, "inputs": http, "limit": {"timeout": self.timeout},
+                    "operationOptions": "DisableAsyncPattern"},
+            f"Wait_for_ADO{suffix}": {"type": "Wait", "runAfter": {start: ["Failed", "TimedOut"]},
+                                      "inputs": {"interval": {"count": "@" + call("if", throttled, wait, "1"),
+                                                              "unit": "Second"}}},
+        }
+        if self.auth == "pat":
+            inner[start]["runtimeConfiguration"] = {"secureData": {"properties": ["inputs"]}}
+        actions: dict[str, Any] = {
+            until: {"type": "Until", "runAfter": after, "expression": "@" + call("not", throttled),
+                    "limit": {"count": self.retries + 1, "timeout": "PT1H"}, "actions": inner},
+            record: {"type": "Http", "runAfter": {until: ["Succeeded", "Failed", "TimedOut"]},
+                     "inputs": self.table("PATCH", self.entity_url(), "@" + merge, etag)},
+            f"Note_failed{suffix}": self.note({record: ["Succeeded"], until: ["Failed", "TimedOut"]},
+                                              "@{" + reason + "}"),
+            f"Note_unrecorded{suffix}": self.note({record: ["Failed", "TimedOut"]},
+                                                  "the ledger could not record the outcome (the claim was lost?)"),
+        }
+        return actions
+
+    def bodies(self) -> str:
+        """Every route's RunPipelineParameters for the current event, indexed by the route being handled."""
+        out = "json('{}')"
+        for route in self.routes.routes:
+            out = call("setProperty", out, q(route.name), _body(route))
+        return f"{out}[{ROUTE}]"
+
+
+def _obj(pairs: list[tuple[str, str]]) -> str:
+    out = "json('{}')"
+    for key, value in pairs:
+        out = call("setProperty", out, q(key), value)
+    return out
+
+
+def _body(route: Route) -> str:
+    """:func:`amlrelay.router.build_request`'s body, as an expression."""
+    target = route.pipeline
+    pairs: list[tuple[str, str]] = []
+    if target.branch is not None:
+        ref = call("trim", f.render(target.branch))
+        ref = call("if", call("startsWith", ref, "'refs/'"), ref, call("concat", "'refs/heads/'", ref))
+        pairs.append(("resources", _obj([("repositories", _obj([("self", _obj([("refName", ref)]))]))])))
+    if target.variables:
+        pairs.append(("variables", _obj([
+            (name, _obj([("value", f.render(var.value)), ("isSecret", "true" if var.is_secret else "false")]))
+            for name, var in target.variables.items()])))
+    if target.template_parameters:
+        pairs.append(("templateParameters", _obj([(n, f.render(t)) for n, t in target.template_parameters.items()])))
+    if target.stages_to_skip:
+        pairs.append(("stagesToSkip", call("createArray", *(q(s) for s in target.stages_to_skip))))
+    return _obj(pairs)
