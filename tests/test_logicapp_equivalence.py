@@ -84,7 +84,7 @@ def without(key: str, *, data: bool = False) -> dict[str, Any]:
     return event
 
 
-VALIDATION = {"id": "2d1781af-3a4c-4d7c-bd0c-e34b19da4e66", "topic": "/subscriptions/x", "subject": "",
+VALIDATION: dict[str, Any] = {"id": "2d1781af-3a4c-4d7c-bd0c-e34b19da4e66", "topic": "/subscriptions/x", "subject": "",
               "data": {"validationCode": "512d38b6-c7b8-40c8-89fe-f46f9e9622b6",
                        "validationUrl": "https://rp-eastus2.eventgrid.azure.net/eventsubscriptions/x/validate"},
               "eventType": "Microsoft.EventGrid.SubscriptionValidationEvent", "eventTime": "2018-01-25T22:12:19Z",
