@@ -21,7 +21,7 @@ import pytest
 
 from amlrelay.aml import JobsClient, JobStatus
 from amlrelay.aml._ado import escape_property, log_issue, set_output
-from amlrelay.aml._cli import duration, run
+from amlrelay.aml._cli import OUTPUT_VARIABLES, duration, run
 from amlrelay.aml._submit import Submission, Submitted, sdk_submitter
 from amlrelay.aml._wait import Outcome, WaitOptions, begin_wait
 from amlrelay.cli import _parser
@@ -123,6 +123,7 @@ def test_completed_job_sets_outputs_and_exits_0(aml_server: AmlServer, credentia
     assert (out["amlJobName"], out["amlJobStatus"], out["amlOutcome"], out["amlExitCode"]) == (
         "train-1", "Completed", "completed", "0")
     assert out["amlStudioUrl"].startswith("https://ml.azure.com/runs/train-1")
+    assert set(out) == set(OUTPUT_VARIABLES)
     assert 3 * 3600 <= clock.elapsed <= 3 * 3600 + 60  # noticed within one capped poll interval
     assert len(aml_server.job_gets("train-1")) < 3 * 3600 / 30  # backoff: not a 15 s bash loop
 
@@ -551,3 +552,14 @@ def test_the_relay_routes_the_handed_off_run_when_it_completes(aml_server: AmlSe
     assert [(o.outcome, o.route) for o in outcomes] == [("triggered", "continue-handed-off-run"), ("skipped", None)]
     assert len(runs) == 1
     assert runs[0]["templateParameters"] == {"runId": "train-7", "experimentName": "build-validation"}
+
+
+def test_handoff_without_a_route_only_ends_this_agent_job(aml_server: AmlServer, mlflow_for: MlflowServer,
+                                                          credential: Any) -> None:
+    aml_server.add_job("long", "Running")
+    mlflow_for.add_run("long")
+    result = cli(aml_server, FakeClock(), "wait", "long", "--handoff-after", "55m", "--handoff-route", "",
+                 credential=credential)
+    assert result.code == 5
+    assert mlflow_for.tag_requests == []
+    assert result.outputs()["amlWaitToken"]

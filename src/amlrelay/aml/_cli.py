@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 
 _DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)d)?(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?$")
 Out = Callable[[str], None]
+OUTPUT_VARIABLES = ("amlJobName", "amlJobNames", "amlJobStatus", "amlStudioUrl", "amlOutcome", "amlWaitToken",
+                    "amlExitCode")
+"""What later steps can read as ``$(STEP.NAME)`` / ``dependencies.JOB.outputs['STEP.NAME']``."""
 
 
 def duration(text: str) -> float:
@@ -83,7 +86,8 @@ def _wait_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run-timeout", type=duration, help="max time from leaving the queue to an outcome")
     parser.add_argument("--handoff-after", type=duration,
                         help="after this long on this agent, tag still-running jobs and exit 5 (handed off)")
-    parser.add_argument("--handoff-route", default="handoff", help="value of the amlrelay-handoff tag")
+    parser.add_argument("--handoff-route", default="handoff",
+                        help="value of the amlrelay-handoff tag; empty: no tag (a later job resumes the wait)")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: the workspace's)")
     parser.add_argument("--cancel-on-timeout", action="store_true", help="cancel a job whose deadline passed")
     parser.add_argument("--fail-fast", action="store_true", help="stop at the first job that does not complete")
@@ -143,7 +147,9 @@ def _submit(ns: argparse.Namespace, client: JobsClient, credential: TokenCredent
 def _finish(ns: argparse.Namespace, client: JobsClient, credential: TokenCredential, result: WaitResult,
             say: Out, ado: bool) -> int:
     code = result.exit_code
-    if result.outcome is Outcome.HANDED_OFF:
+    if result.outcome is Outcome.HANDED_OFF and not ns.handoff_route:
+        say("handed off without a relay tag (empty --handoff-route): resume with the amlWaitToken output")
+    elif result.outcome is Outcome.HANDED_OFF:
         from ._handoff import HANDOFF_TAG, tag_handoffs
 
         try:

@@ -1,0 +1,184 @@
+"""The ADO templates under pipelines/: valid against the Azure Pipelines schema, and consistent with the CLI.
+
+Schema: ``check-jsonschema --builtin-schema vendor.azure-pipelines`` (offline; see ADO-PIPELINES.md §5 for
+its quirks, which the templates follow: job-level ``timeoutInMinutes`` quoted, boolean parameter defaults
+quoted, no conditional insertion in step lists). ``--regex-variant python`` is needed because the schema's
+branch-filter patterns use an escape the default (ECMAScript) engine of check-jsonschema rejects with a crash.
+
+Beyond the schema, the template's bash is *run* with a stand-in ``amlrelay`` on PATH for every pipeline that
+uses it, and the arguments it would pass are parsed by amlrelay's real argument parser: a renamed flag or a
+wrong exit-code mapping fails here, not in a customer's pipeline.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from amlrelay.aml._cli import OUTPUT_VARIABLES
+from amlrelay.cli import _parser
+
+ROOT = Path(__file__).resolve().parent.parent
+PIPELINES = ROOT / "pipelines"
+TEMPLATE = PIPELINES / "templates" / "aml-wait-steps.yml"
+FILES = sorted([*PIPELINES.glob("*.yml"), *PIPELINES.glob("templates/*.yml")])
+HOSTED_MAX = {"60"}  # free/private hosted jobs; the templates aim at the strictest limit
+
+
+def check_jsonschema(*paths: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "check_jsonschema", "--regex-variant", "python",
+                           "--builtin-schema", "vendor.azure-pipelines", *map(str, paths)],
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+def load(path: Path) -> Any:
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def template_uses() -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """(pipeline, job, parameters) for every use of the steps template."""
+    uses = []
+    for path in PIPELINES.glob("*.yml"):
+        for job in load(path)["jobs"]:
+            for step in job["steps"]:
+                if isinstance(step, dict) and step.get("template") == "templates/aml-wait-steps.yml":
+                    uses.append((path.name, job, step["parameters"]))
+    return uses
+
+
+def test_there_is_a_template_for_every_pattern() -> None:
+    names = {p.name for p in FILES}
+    assert {"build-validation.yml", "async-submit.yml", "relay-triggered.yml", "handoff.yml", "self-hosted.yml",
+            "resumable-wait.yml", "aml-wait-steps.yml"} <= names
+
+
+def test_every_file_passes_the_azure_pipelines_schema() -> None:
+    result = check_jsonschema(*FILES)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "ok -- validation done" in result.stdout
+
+
+@pytest.mark.parametrize(("old", "new"), [
+    ("scriptLocation: inlineScript", "scriptLocaton: inlineScript"),  # a typo in a task input
+    ("timeoutInMinutes: '60'", "timeoutInMinutes: 60"),  # the schema wants a string at job level
+])
+def test_the_schema_check_catches_mistakes(tmp_path: Path, old: str, new: str) -> None:
+    source = PIPELINES / "build-validation.yml" if "timeout" in old else TEMPLATE
+    broken = tmp_path / source.name
+    text = source.read_text(encoding="utf-8")
+    assert old in text
+    broken.write_text(text.replace(old, new), encoding="utf-8")
+    assert check_jsonschema(broken).returncode == 1
+
+
+def test_job_limits_fit_the_agents() -> None:
+    for name, job, params in template_uses():
+        timeout = str(job["timeoutInMinutes"])
+        if "vmImage" in job["pool"]:
+            assert timeout in HOSTED_MAX or int(timeout) < 60, (name, job["job"])
+            handoff = params.get("handoffAfter")
+            if handoff:  # hand off well before the agent kills the step
+                assert _minutes(handoff) <= int(timeout) - 5, (name, handoff)
+        else:
+            assert name == "self-hosted.yml"
+            assert timeout == "0"  # unlimited: only meaningful on self-hosted agents
+
+
+def test_relay_triggered_pipeline_declares_what_the_routes_send() -> None:
+    declared = {p["name"] for p in load(PIPELINES / "relay-triggered.yml")["parameters"]}
+    routes = json.loads((ROOT / "routes.json").read_text(encoding="utf-8"))["routes"]
+    evaluate = next(r for r in routes if r["name"] == "evaluate-trained-model")
+    assert set(evaluate["pipeline"]["templateParameters"]) <= declared
+    assert {"runId", "experimentName", "modelName", "modelVersion"} <= declared
+
+
+def test_output_variables_used_by_the_pipelines_exist() -> None:
+    used = set()
+    for path in PIPELINES.glob("*.yml"):
+        used |= set(re.findall(r"amlWait\.(\w+)", path.read_text(encoding="utf-8")))
+    assert used
+    assert used <= set(OUTPUT_VARIABLES)
+
+
+def test_job_files_referenced_by_the_pipelines_exist() -> None:
+    for _, _, params in template_uses():
+        if params.get("jobFile"):
+            assert (ROOT / params["jobFile"]).is_file()
+
+
+# -- the template's script, run ------------------------------------------------------------------------------
+def render_env(params: dict[str, Any]) -> dict[str, str]:
+    """The step's env: as ADO renders ${{ parameters.x }} (booleans as True/False)."""
+    spec = load(TEMPLATE)
+    values = {p["name"]: p.get("default") for p in spec["parameters"]} | params
+    step = next(s for s in spec["steps"] if s.get("name") == "amlWait")
+    env = {}
+    for key, expr in step["env"].items():
+        name = re.fullmatch(r"\$\{\{ parameters\.(\w+) \}\}", expr)
+        assert name, expr
+        value = values[name.group(1)]
+        env[key] = str(value).capitalize() if isinstance(value, bool) or value in ("true", "false") else str(value)
+    return env
+
+
+def run_script(tmp_path: Path, params: dict[str, Any], exit_code: int) -> tuple[int, list[str]]:
+    bash = shutil.which("bash")
+    assert bash
+    script = next(s for s in load(TEMPLATE)["steps"] if s.get("name") == "amlWait")["inputs"]["inlineScript"]
+    argv_file = tmp_path / "argv.json"
+    fake = tmp_path / "bin" / "amlrelay"
+    fake.parent.mkdir(exist_ok=True)
+    fake.write_text(f"#!{sys.executable}\nimport json, sys\njson.dump(sys.argv[1:], open({str(argv_file)!r}, 'w'))\n"
+                    f"sys.exit({exit_code})\n")
+    fake.chmod(0o755)
+    env = {"PATH": f"{fake.parent}:/usr/bin:/bin", "BUILD_BUILDID": "4242", "BUILD_DEFINITIONNAME": "ci",
+           **render_env(params)}
+    done = subprocess.run([bash, "-c", script], env=env, capture_output=True, text=True, timeout=30, check=False)
+    return done.returncode, json.loads(argv_file.read_text())
+
+
+@pytest.mark.parametrize("use", template_uses(), ids=lambda u: f"{u[0]}:{u[1]['job']}")
+def test_template_script_passes_arguments_the_cli_accepts(tmp_path: Path, use: tuple[str, Any, Any]) -> None:
+    _, _, params = use
+    params = {k: ("TOKEN" if "$(" in str(v) and k == "resumeToken" else v) for k, v in params.items()}
+    code, argv = run_script(tmp_path, params, 0)
+    assert code == 0
+    ns = _parser().parse_args(argv)  # raises SystemExit(2) on an unknown flag or a bad duration
+    assert ns.action == params.get("mode", "submit-and-wait")
+    assert ns.credential == "cli"
+    assert ns.ado == "on"
+    if ns.action != "submit":
+        assert ns.cancel_on_timeout is (str(params.get("cancelOnTimeout", "true")).lower() == "true")
+        assert ns.handoff_after == (None if not params.get("handoffAfter") else _minutes(params["handoffAfter"]) * 60)
+    if params.get("jobFile"):
+        assert ns.job_files == [Path(params["jobFile"])]
+        assert "ado.buildId=4242" in ns.tag
+    if params.get("resumeToken"):
+        assert ns.resume == "TOKEN"
+
+
+@pytest.mark.parametrize(("handoff", "cli_code", "step_code"), [
+    ("50m", 5, 0),  # handed off: the step succeeds
+    ("", 5, 5),  # without hand-off configured a 5 is not expected; it fails the step
+    ("50m", 1, 1), ("50m", 4, 4), ("", 0, 0), ("", 3, 3),
+])
+def test_template_exit_codes(tmp_path: Path, handoff: str, cli_code: int, step_code: int) -> None:
+    params = {"azureSubscription": "sc", "workspace": "/subscriptions/s/resourceGroups/r/providers/"
+              "Microsoft.MachineLearningServices/workspaces/mlw", "jobFile": "pipelines/aml/toy-train.yml",
+              "handoffAfter": handoff}
+    assert run_script(tmp_path, params, cli_code)[0] == step_code
+
+
+def _minutes(text: str) -> float:
+    match = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?", text)
+    assert match, text
+    assert any(match.groups()), text
+    return int(match.group(1) or 0) * 60 + int(match.group(2) or 0)
