@@ -9,9 +9,11 @@ The ``amlrelay aml`` commands are in ``amlrelay.aml._cli`` and are registered th
 from __future__ import annotations
 
 from ._client import DEFAULT_API_VERSION, DEFAULT_ARM_URL, Job, JobsClient, ModelVersion, check_job_name
+from ._component import main as run_component
 from ._errors import AmlError, AmlNotFoundError
 from ._mlflow import MlflowClient, MlflowError, tracking_url
 from ._status import FINAL_STATES, QUEUE_STATES, RUN_STATES, JobStatus, parse_status
+from ._tagback import RUN_ID_TAG, RUN_URL_TAG, TagBack, TagRetry, retry_tags, tag_back_from_settings
 from ._wait import EXIT_CODES, EXIT_ERROR, EXIT_USAGE, Outcome, WaitOptions, WaitPoller, WaitResult, begin_wait
 from ._workspace import Workspace
 
@@ -23,7 +25,9 @@ __all__ = [
     "EXIT_USAGE",
     "FINAL_STATES",
     "QUEUE_STATES",
+    "RUN_ID_TAG",
     "RUN_STATES",
+    "RUN_URL_TAG",
     "AmlError",
     "AmlNotFoundError",
     "Job",
@@ -33,6 +37,8 @@ __all__ = [
     "MlflowError",
     "ModelVersion",
     "Outcome",
+    "TagBack",
+    "TagRetry",
     "WaitOptions",
     "WaitPoller",
     "WaitResult",
@@ -40,5 +46,8 @@ __all__ = [
     "begin_wait",
     "check_job_name",
     "parse_status",
+    "retry_tags",
+    "run_component",
+    "tag_back_from_settings",
     "tracking_url",
 ]
