@@ -1,0 +1,380 @@
+"""The AML trigger component (components/trigger_ado_pipeline), offline.
+
+* The component and the example pipeline load with azure-ai-ml's own loaders and validate.
+* The component runs as AML runs it: its ``command`` from the YAML with the inputs substituted
+  (tests/aml_command.py), in a subprocess, with the AML compute's identity endpoint (MSI_ENDPOINT), the
+  strict ADO stand-in, Azurite for the ledger; then the Event Grid path (the runbook, with Automation's
+  identity) delivers the same run's completion: exactly one ADO run in total, in either order and racing.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from amlrelay.aml._component import ComponentError, read_run_id
+from amlrelay.ledger import Ledger
+from tests import secret_guard
+from tests.aml_command import CommandError, render_command
+from tests.conftest import ROOT, ROUTES_FILE, sample
+from tests.servers.ado import ADO_RESOURCE
+from tests.servers.aml_identity import AmlComputeIdentityServer
+from tests.servers.mlflow import MlflowServer
+from tests.stack import Stack, local_stack
+from tests.test_webhook import argv_forms
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")  # azure-ai-ml's noise
+COMPONENT_DIR = ROOT / "components" / "trigger_ado_pipeline"
+COMPONENT_YML = COMPONENT_DIR / "trigger_ado_pipeline.yml"
+PIPELINE_YML = ROOT / "components" / "examples" / "train_and_trigger.yml"
+WORKSPACE = ("/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/rg-contoso/providers/"
+             "Microsoft.MachineLearningServices/workspaces/contoso-ml")
+RUN_ID = "Train_Step_7f3a9c"  # mixed case on purpose: AML run ids are case-sensitive
+EXPERIMENT = "amlrelay-example"
+ROUTE = "evaluate-trained-model"
+MLMODEL = f"""artifact_path: model
+flavors:
+  python_function:
+    env:
+      conda: conda.yaml
+    loader_module: mlflow.sklearn
+    model_path: model.pkl
+    python_version: 3.11.7
+  sklearn:
+    code: null
+    pickled_model: model.pkl
+    serialization_format: cloudpickle
+    sklearn_version: 1.5.1
+mlflow_version: 2.16.0
+model_size_bytes: 911
+model_uuid: 6c1d5b1f2b0e4f1a9f0c7a2d1e3b4c5d
+run_id: {RUN_ID}
+utc_time_created: '2026-11-30 10:15:02.123456'
+"""
+
+
+def _quiet_sdk() -> None:
+    import logging
+
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    logging.getLogger("azure.ai.ml").setLevel(logging.ERROR)
+
+
+# ---- the SDK's own offline validation ------------------------------------------------------------------
+
+def test_component_loads_and_validates_with_azure_ai_ml() -> None:
+    from azure.ai.ml import MLClient, load_component
+
+    _quiet_sdk()
+    component = load_component(source=str(COMPONENT_YML))
+    assert component.name == "trigger_ado_pipeline"
+    assert component.is_deterministic is False  # a side effect: AML must never reuse a previous run of it
+
+    class NoToken:
+        def get_token(self, *scopes: str, **kwargs: Any) -> Any:
+            raise AssertionError("validation must stay offline")
+
+    client = MLClient(NoToken(), "00000000-0000-0000-0000-000000000001", "rg-contoso", "contoso-ml")
+    result = client.components.validate(component)
+    assert result.passed, result.error_messages
+    assert {"model", "model_folder", "routes", "ado_organization", "route", "branch", "tag_back"} <= set(
+        component.inputs)
+
+
+def test_example_pipeline_loads_and_ends_with_the_trigger() -> None:
+    from azure.ai.ml import load_job
+    from azure.ai.ml.entities import PipelineJob
+
+    _quiet_sdk()
+    job = load_job(source=str(PIPELINE_YML))
+    assert isinstance(job, PipelineJob)
+    assert list(job.jobs) == ["train", "trigger"]
+    assert job._validate().passed
+    trigger = job.jobs["trigger"]
+    assert trigger.component.is_deterministic is False
+    assert trigger.identity.type == "managed_identity"
+    raw = yaml.safe_load(PIPELINE_YML.read_text())
+    assert raw["jobs"]["trigger"]["inputs"]["model"] == "${{parent.jobs.train.outputs.model}}"  # runs after train
+    assert raw["settings"]["force_rerun"] is True
+
+
+def test_the_environment_pins_every_runtime_dependency() -> None:
+    from importlib.metadata import requires
+
+    runtime = [r for r in requires("amlrelay") or [] if "extra ==" not in r]  # pyproject's dependencies
+    wanted = {_name(d) for d in runtime} | {"pyyaml"}
+    assert len(wanted) > 5
+    conda = yaml.safe_load((COMPONENT_DIR / "environment" / "conda.yml").read_text())
+    pip = next(d["pip"] for d in conda["dependencies"] if isinstance(d, dict))
+    pinned = {line.split("==")[0].lower(): line.split("==")[1] for line in pip if "==" in line}
+    assert wanted <= set(pinned), f"not pinned: {sorted(wanted - set(pinned))}"
+    assert all(line.count("==") == 1 for line in pip)
+
+
+def _name(requirement: str) -> str:
+    import re
+
+    return re.split(r"[<>=!~\[ ;]", requirement, maxsplit=1)[0].lower()
+
+
+# ---- rendering the command as AML does -------------------------------------------------------------------
+
+COMPONENT = {"inputs": {"a": {"type": "string"}, "b": {"type": "string", "optional": True},
+                        "n": {"type": "integer", "default": 3}, "flag": {"type": "boolean", "default": False}},
+             "outputs": {"out": {"type": "uri_folder"}},
+             "command": "run ${{inputs.a}} $[[--b ${{inputs.b}}]] --n ${{inputs.n}} --flag ${{inputs.flag}} "
+                        "-o ${{outputs.out}}"}
+
+
+def test_render_substitutes_and_drops_optional_blocks() -> None:
+    assert render_command(COMPONENT, {"a": "x"}, {"out": "/o"}) == "run x --n 3 --flag False -o /o"
+    assert render_command(COMPONENT, {"a": "x", "b": "y", "n": 5}, {"out": "/o"}) == (
+        "run x --b y --n 5 --flag False -o /o")
+
+
+@pytest.mark.parametrize(("inputs", "message"), [
+    ({}, "inputs.a is required"),
+    ({"a": "x", "zzz": 1}, "not declared by the component: zzz"),
+])
+def test_render_refuses_what_aml_refuses(inputs: dict[str, Any], message: str) -> None:
+    with pytest.raises(CommandError, match=message):
+        render_command(COMPONENT, inputs, {"out": "/o"})
+    with pytest.raises(CommandError, match=r"inputs\.nope is not declared"):
+        render_command({**COMPONENT, "command": "x ${{inputs.nope}}"}, {"a": "x"}, {"out": "/o"})
+
+
+# ---- reading the run id (MLmodel is YAML) ----------------------------------------------------------------
+
+def test_run_id_is_read_from_mlmodel_as_yaml(tmp_path: Path) -> None:
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "MLmodel").write_text(MLMODEL)
+    assert read_run_id(tmp_path / "m") == RUN_ID
+    assert read_run_id(tmp_path) == RUN_ID  # a uri_folder holding the model one level down
+    assert read_run_id(tmp_path / "m" / "MLmodel") == RUN_ID
+    (tmp_path / "q").mkdir()  # quoted and commented: a string scraper would get this wrong
+    (tmp_path / "q" / "MLmodel").write_text("# run_id: not-this\nflavors: {}\nrun_id: 'Quoted_Run'  # the run\n")
+    assert read_run_id(tmp_path / "q") == "Quoted_Run"
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ("flavors: {}\n", "has no run_id"),
+    ("run_id: [unclosed\n", "not valid YAML"),
+    ("run_id: 42\n", "has no run_id"),
+    (None, "No MLmodel file"),
+])
+def test_bad_models_are_refused_clearly(tmp_path: Path, content: str | None, message: str) -> None:
+    if content is not None:
+        (tmp_path / "MLmodel").write_text(content)
+    with pytest.raises(ComponentError, match=message):
+        read_run_id(tmp_path)
+
+
+# ---- the component as AML runs it, and the Event Grid path next to it -------------------------------------
+
+@dataclass
+class World:
+    stack: Stack
+    compute: AmlComputeIdentityServer
+    mlflow: MlflowServer
+    ledger_env: dict[str, str]
+    tmp: Path
+
+    def component_env(self, **extra: str) -> dict[str, str]:
+        env = self.stack.env(**self.ledger_env, AMLRELAY_ALLOWED_WORKSPACES=WORKSPACE)
+        for name in ("IDENTITY_ENDPOINT", "IDENTITY_HEADER", "AMLRELAY_ROUTES"):  # not set on AML compute
+            env.pop(name, None)
+        env |= self.compute.env() | {
+            "AZUREML_ARM_SUBSCRIPTION": "00000000-0000-0000-0000-000000000001",
+            "AZUREML_ARM_RESOURCEGROUP": "rg-contoso", "AZUREML_ARM_WORKSPACE_NAME": "contoso-ml",
+            "MLFLOW_EXPERIMENT_NAME": EXPERIMENT, "MLFLOW_EXPERIMENT_ID": "0b1c2d3e",
+            "AZUREML_RUN_ID": "trigger_step_1", "MLFLOW_RUN_ID": "trigger_step_1",
+            # `python` in the command is the environment's interpreter: here, the test's own
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        }
+        return env | extra
+
+    def component_command(self, **inputs: Any) -> tuple[str, Path]:
+        spec = yaml.safe_load(COMPONENT_YML.read_text())
+        model = self.tmp / "model"
+        model.mkdir(exist_ok=True)
+        (model / "MLmodel").write_text(MLMODEL)
+        out = self.tmp / f"ado_run_{len(list(self.tmp.glob('ado_run_*')))}"
+        given = {"model": str(model), "ado_organization": "contoso", "routes": str(ROUTES_FILE),
+                 "model_name": "contoso-churn", **inputs}
+        return render_command(spec, given, {"ado_run": str(out)}), out
+
+    def start_component(self, env: dict[str, str] | None = None, **inputs: Any) -> tuple[subprocess.Popen[str], Path]:
+        command, out = self.component_command(**inputs)
+        process = subprocess.Popen(["bash", "-c", command], cwd=COMPONENT_DIR / "src", env=env or self.component_env(),
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return process, out
+
+    def run_component(self, env: dict[str, str] | None = None, **inputs: Any) -> tuple[int, list[str], Any]:
+        process, out = self.start_component(env, **inputs)
+        return _finish(process, out)
+
+    def event_grid_event(self) -> dict[str, Any]:
+        event = copy.deepcopy(sample("event-grid-schema", "run_completed"))
+        event["topic"] = WORKSPACE
+        event["subject"] = f"experiments/0b1c2d3e/runs/{RUN_ID}"
+        event["data"].update(runId=RUN_ID, experimentName=EXPERIMENT, experimentId="0b1c2d3e",
+                             runTags={"model_name": "contoso-churn"})
+        return event
+
+    def start_runbook(self) -> subprocess.Popen[str]:
+        argv = argv_forms([self.event_grid_event()])["hashtable-split"]
+        env = self.stack.env(**self.ledger_env, AMLRELAY_ALLOWED_WORKSPACES=WORKSPACE)
+        return subprocess.Popen(self.stack.runbook_command(*argv), env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+
+    def run_runbook(self) -> tuple[int, list[str], Any]:
+        return _finish(self.start_runbook(), None)
+
+
+def _finish(process: subprocess.Popen[str], out: Path | None) -> tuple[int, list[str], Any]:
+    stdout, stderr = process.communicate(timeout=120)
+    secret_guard.record("component/runbook stdout", stdout)
+    secret_guard.record("component/runbook stderr", stderr)
+    output = json.loads((out / "ado_run.json").read_text()) if out is not None and (out / "ado_run.json").exists() \
+        else None
+    return process.returncode, stdout.splitlines(), output
+
+
+@pytest.fixture
+def world(azurite: str, table_name: str, tmp_path: Path) -> Iterator[World]:
+    with local_stack() as stack, AmlComputeIdentityServer() as compute, MlflowServer(WORKSPACE) as mlflow:
+        stack.ado.add_bearer_token(compute.token_for(ADO_RESOURCE))  # the compute's identity may queue builds
+        ledger_env = {"AMLRELAY_LEDGER": "true", "AMLRELAY_LEDGER_CONNECTION_STRING": azurite,
+                      "AMLRELAY_LEDGER_TABLE": table_name}
+        Ledger.from_connection_string(azurite, table=table_name).ensure_table()
+        yield World(stack, compute, mlflow, ledger_env, tmp_path)
+
+
+def test_the_component_starts_the_pipeline_with_the_computes_identity(world: World) -> None:
+    code, lines, output = world.run_component(route=ROUTE)
+    assert code == 0, lines
+    [run] = world.stack.ado.runs
+    assert output["outcome"] == "triggered"
+    assert (output["ado_run_id"], output["ado_run_url"]) == (run["id"], run["_links"]["web"]["href"])
+    [request] = world.stack.ado.run_requests
+    assert request.headers["Authorization"] == f"Bearer {world.compute.token_for(ADO_RESOURCE)}"
+    body = request.json
+    assert body is not None
+    assert body["variables"]["AML_RUN_ID"]["value"] == RUN_ID  # from MLmodel, case kept
+    assert body["templateParameters"]["experimentName"] == EXPERIMENT
+    token_request = world.compute.token_requests[0]
+    assert token_request.query["api-version"] == "2017-09-01"
+    assert token_request.headers["secret"] == world.compute.secret
+    assert world.stack.identity.requests == []  # the Automation identity is not the component's
+
+
+def test_component_first_then_event_grid_is_one_run(world: World) -> None:
+    code, _, output = world.run_component()  # no route named: the routes' filters pick it, as for Event Grid
+    assert code == 0
+    code, lines, _ = world.run_runbook()
+    assert code == 0, lines
+    [record] = [json.loads(line) for line in lines if line.startswith("{")]
+    assert (record["outcome"], record["route"], record["ado_run_id"]) == ("duplicate", ROUTE, output["ado_run_id"])
+    assert len(world.stack.ado.runs) == 1
+
+
+def test_event_grid_first_then_component_is_one_run_and_the_output_names_it(world: World) -> None:
+    code, lines, _ = world.run_runbook()
+    assert code == 0, lines
+    code, lines, output = world.run_component(route=ROUTE)
+    assert code == 0, lines
+    assert output["outcome"] == "duplicate"
+    assert output["ado_run_id"] == world.stack.ado.runs[0]["id"]
+    assert len(world.stack.ado.runs) == 1
+
+
+@pytest.mark.parametrize("rounds", [3])
+def test_component_and_event_grid_racing_start_one_run(world: World, rounds: int) -> None:
+    world.stack.ado.delay(0.5, times=1)  # the first POST is slow, so the other path arrives mid-call
+    component, out = world.start_component(route=ROUTE)
+    runbooks = [world.start_runbook() for _ in range(rounds - 1)]  # Event Grid redelivers, too
+    results = [_finish(component, out)] + [_finish(p, None) for p in runbooks]
+    assert all(code == 0 for code, _, _ in results), [lines for _, lines, _ in results]
+    assert len(world.stack.ado.runs) == 1
+    assert results[0][2]["ado_run_id"] == world.stack.ado.runs[0]["id"]  # the loser waits for the winner's id
+
+
+def test_failure_fails_the_step_with_a_clear_message_and_an_output(world: World) -> None:
+    world.stack.ado.forbid(world.compute.token_for(ADO_RESOURCE))
+    code, lines, output = world.run_component(route=ROUTE)
+    assert code == 1
+    assert output["outcome"] == "failed"
+    assert any(line.startswith("ERROR: ") and "Queue builds" in line for line in lines), lines
+    assert "Traceback" not in "\n".join(lines)
+
+
+@pytest.mark.parametrize(("inputs", "message"), [
+    ({"run_id": None, "model": None}, "No AML run to report"),
+    ({"model_version": "3", "model_name": None}, "needs both model_name and model_version"),
+])
+def test_bad_inputs_exit_2_before_any_call(world: World, inputs: dict[str, Any], message: str) -> None:
+    env = world.component_env()
+    command, out = world.component_command()
+    spec = yaml.safe_load(COMPONENT_YML.read_text())
+    given = {"ado_organization": "contoso", "routes": str(ROUTES_FILE), "model": str(world.tmp / "model"),
+             "model_name": "contoso-churn", **inputs}
+    command = render_command(spec, {k: v for k, v in given.items() if v is not None}, {"ado_run": str(out)})
+    done = subprocess.run(["bash", "-c", command], cwd=COMPONENT_DIR / "src", env=env, capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.returncode == 2
+    assert any(message in line for line in done.stdout.splitlines()), done.stdout
+    assert world.stack.ado.requests == []
+
+
+def test_component_tags_the_training_run_and_survives_a_tag_outage(world: World) -> None:
+    world.mlflow.add_run(RUN_ID)
+    world.mlflow.down()
+    env = world.component_env(AMLRELAY_MLFLOW_URL=world.mlflow.url)
+    code, lines, output = world.run_component(env, route=ROUTE, tag_back=True)
+    assert code == 0, lines  # the run stands; the tag is owed
+    assert any(line.startswith("WARNING: ") and "tagging AML run" in line for line in lines), lines
+    assert len(world.stack.ado.runs) == 1
+    world.mlflow.up()
+    from amlrelay.aml import TagBack, retry_tags
+
+    ledger = Ledger.from_connection_string(world.ledger_env["AMLRELAY_LEDGER_CONNECTION_STRING"],
+                                           table=world.ledger_env["AMLRELAY_LEDGER_TABLE"])
+    credential = _compute_credential(world)
+    [retried] = retry_tags(ledger, TagBack(credential, mlflow_url=world.mlflow.url))
+    assert retried.ok, retried.warning
+    assert world.mlflow.run_tags(RUN_ID) == {"amlrelay.ado_run_id": str(output["ado_run_id"]),
+                                             "amlrelay.ado_run_url": output["ado_run_url"]}
+
+
+def test_component_tag_back_writes_the_tags_once(world: World) -> None:
+    world.mlflow.add_run(RUN_ID)
+    env = world.component_env(AMLRELAY_MLFLOW_URL=world.mlflow.url)
+    code, lines, output = world.run_component(env, route=ROUTE, tag_back=True)
+    assert code == 0, lines
+    assert world.mlflow.run_tags(RUN_ID)["amlrelay.ado_run_id"] == str(output["ado_run_id"])
+    code, _, _ = world.run_component(env, route=ROUTE, tag_back=True)  # a rerun of the step: a duplicate
+    assert code == 0
+    assert len(world.mlflow.tag_requests) == 2
+    assert len(world.stack.ado.runs) == 1
+
+
+def _compute_credential(world: World) -> Any:
+    """The compute identity's token, as the sweeper's own identity would get one (ARM audience)."""
+    from azure.core.credentials import AccessToken
+
+    class Fixed:
+        def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+            return AccessToken(world.compute.token_for(scopes[0].removesuffix("/.default")), 4_102_444_800)
+
+    return Fixed()
