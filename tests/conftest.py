@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 from tests import secret_guard
 
 pytest_plugins = ["tests.servers.pytest_plugin", "tests.azurite_plugin"]
+
+# Property tests: reproducible by default (the same examples on every run and machine, no example database),
+# exploratory on demand: HYPOTHESIS_PROFILE=explore scripts/test (random seeds, many more examples).
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+settings.register_profile("explore", derandomize=False, max_examples=2000, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"

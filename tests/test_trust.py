@@ -133,7 +133,7 @@ def _same_id(a: str, b: str) -> bool:
     return a.strip().rstrip("/").lower() == b.strip().rstrip("/").lower()
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+@settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                    HealthCheck.too_slow])
 @given(st.sampled_from(all_samples()), _edits(WORKSPACE))
 def test_no_ado_call_for_any_other_workspace(relay_and_stack: tuple[Relay, Stack], which: tuple[str, str],
@@ -153,7 +153,7 @@ def test_no_ado_call_for_any_other_workspace(relay_and_stack: tuple[Relay, Stack
 json_leaf = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+@settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                    HealthCheck.too_slow])
 @given(st.sampled_from(all_samples()), st.data())
 def test_no_ado_call_for_invalid_input(relay_and_stack: tuple[Relay, Stack], which: tuple[str, str],
