@@ -31,7 +31,7 @@ from amlrelay.runbook import build_relay
 from amlrelay.settings import resolve
 from tests.conftest import ROUTES_FILE, SAMPLE_WORKSPACE
 from tests.servers.table_gateway import STORAGE_AUDIENCE, TableGateway
-from tests.stack import Stack, local_stack
+from tests.stack import PAT_SECRET, Stack, local_stack
 
 
 @dataclass
@@ -112,12 +112,13 @@ class Pair:
 
 
 @contextmanager
-def pair(azurite: str, table: str, *, routes_path: Path = ROUTES_FILE, **options: Any) -> Iterator[Pair]:
+def pair(azurite: str, table: str, *, routes_path: Path = ROUTES_FILE, pat: bool = False,
+         **options: Any) -> Iterator[Pair]:
     routes = load_routes(routes_path)
     service = TableServiceClient.from_connection_string(azurite)
     with ExitStack() as stack:
-        runbook_stack = stack.enter_context(local_stack(routes_path))
-        la_stack = stack.enter_context(local_stack(routes_path))
+        runbook_stack = stack.enter_context(local_stack(routes_path, pat=pat))
+        la_stack = stack.enter_context(local_stack(routes_path, pat=pat))
         tables = []
         for suffix in ("rb", "la"):
             service.create_table(table + suffix)
@@ -125,13 +126,15 @@ def pair(azurite: str, table: str, *, routes_path: Path = ROUTES_FILE, **options
             tables.append(service.get_table_client(table + suffix))
         gateway = stack.enter_context(TableGateway(
             azurite, accepted_tokens={la_stack.identity.token_for(STORAGE_AUDIENCE)}))
-        definition = generate(routes, ado_timeout=options.pop("ado_timeout", "PT2S"), **options)
-        workflow = Workflow(definition, {
-            "adoOrganizationUrl": la_stack.ado.org_url,
-            "allowedWorkspaces": [SAMPLE_WORKSPACE.lower()],
-            "ledgerTableUrl": gateway.url,
-            "ledgerTable": table + "la",
-        }, managed_identity(la_stack))
+        definition = generate(routes, ado_timeout=options.pop("ado_timeout", "PT2S"),
+                              auth="pat" if pat else "managed-identity", **options)
+        parameters = {"adoOrganizationUrl": la_stack.ado.org_url, "allowedWorkspaces": [SAMPLE_WORKSPACE.lower()],
+                      "ledgerTableUrl": gateway.url, "ledgerTable": table + "la"}
+        verify: bool | str = True
+        if la_stack.vault is not None:
+            parameters |= {"keyVaultUrl": la_stack.vault.url, "patSecretName": PAT_SECRET}
+            verify = la_stack.vault.ca_file
+        workflow = Workflow(definition, parameters, managed_identity(la_stack), verify=verify)
         env = {**runbook_stack.env(), "AMLRELAY_LEDGER": "true", "AMLRELAY_LEDGER_CONNECTION_STRING": azurite,
                "AMLRELAY_LEDGER_TABLE": table + "rb", "AMLRELAY_TIMEOUT": "2"}
         yield Pair(Side(runbook_stack, tables[0]), Side(la_stack, tables[1], gateway, workflow), routes, env)

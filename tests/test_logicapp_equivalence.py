@@ -3,12 +3,16 @@ same ledger rows and the same answer to Event Grid (see tests/logicapp_stack.py 
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from amlrelay.events import parse_events
+from amlrelay.relay import AMBIGUOUS
 from tests.conftest import all_samples, sample
 from tests.logicapp_stack import Observed, Pair, pair
 
@@ -146,3 +150,73 @@ def test_a_failure_is_taken_over_by_the_next_delivery(both: Pair) -> None:
     same(logicapp, runbook)
     assert (logicapp.status, [r["attempts"] for r in logicapp.rows], len(both.logicapp.stack.ado.runs)) == (
         200, [2], 1)
+
+
+def test_pat_mode_reads_the_pat_with_the_identity_and_hides_it(azurite: str, table_name: str,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    with pair(azurite, table_name, pat=True) as p:
+        for name, value in p.env.items():
+            monkeypatch.setenv(name, value)
+        runbook, logicapp = p.deliver(body(sample("event-grid-schema", "model_registered")))
+        same(logicapp, runbook)
+        assert logicapp.status == 200
+        [sent] = p.logicapp.stack.ado.run_requests
+        assert sent.headers["Authorization"].startswith("Basic ")  # the PAT, never a bearer token
+        secured = [a for a in p.logicapp.workflow.definition["actions"].values()  # type: ignore[union-attr]
+                   if a.get("type") == "Http"]
+        assert [a["runtimeConfiguration"]["secureData"]["properties"] for a in secured] == [["inputs", "outputs"]]
+
+
+def replay_with_relay(both: Pair, **env: str) -> Any:
+    """``amlrelay replay --failed`` over the Logic App's ledger (settled at once) and its ADO."""
+    from amlrelay.runbook import build_relay
+    from amlrelay.settings import resolve
+
+    settings = resolve({}, env={**both.env, "AMLRELAY_ADO_BASE_URL": both.logicapp.stack.ado.url,
+                                "AMLRELAY_LEDGER_TABLE": both.logicapp.table.table_name,
+                                "AMLRELAY_SETTLE_AFTER": "0", **env})
+    relay = build_relay(settings, both.routes)
+    assert relay.ledger is not None
+    [record] = relay.ledger.recent(10, state="failed")
+    assert (record.reason or "").startswith(AMBIGUOUS)
+    event = json.loads(record.event_json or "null")
+    return relay.handle(parse_events([event]), raw=[event])
+
+
+@pytest.mark.parametrize("fault", ["500-nothing-created", "reset-after-create", "500-after-create"])
+def test_ambiguous_answers_are_never_resent_and_replay_settles_them(both: Pair, fault: str) -> None:
+    """The documented difference: the runbook searches the pipeline's runs at once (and resends after a
+    500 that created nothing); the workflow records ``[ambiguous]``, answers 500, and the Python replay
+    reconciles it. Either way the outcome ends with exactly one run."""
+    ado = both.logicapp.stack.ado
+    {"500-nothing-created": lambda: ado.fail(500), "reset-after-create": lambda: ado.reset(after_create=True),
+     "500-after-create": lambda: ado.accept_then_fail(500)}[fault]()
+    assert both.logicapp.workflow is not None  # its Wait really waits here: the ledger's clock must not run ahead
+    both.logicapp.workflow = dataclasses.replace(both.logicapp.workflow, sleep=time.sleep)
+    logicapp = both.deliver_logicapp(body(sample("event-grid-schema", "model_registered")))
+    assert (logicapp.status, len(logicapp.requests), [r["reason"] for r in logicapp.rows]) == (500, 1, ["ambiguous"])
+    [outcome] = replay_with_relay(both)
+    assert outcome.outcome in ("triggered", "duplicate")
+    assert len(ado.runs) == 1
+    again = both.deliver_logicapp(body(sample("event-grid-schema", "model_registered")))
+    assert (again.status, again.requests, again.rows[0]["state"]) == (200, [], "triggered")
+
+
+@pytest.mark.parametrize("first", ["runbook", "logicapp"])
+def test_both_handlers_share_one_ledger(both: Pair, first: str) -> None:
+    """The contract in ledger.table_address and AmlEvent.outcome_key: either handler's record stops the other."""
+    assert both.logicapp.workflow is not None
+    shared = dataclasses.replace(both.logicapp.workflow, parameters={
+        **both.logicapp.workflow.parameters, "ledgerTable": both.runbook.table.table_name})
+    run_completed, status_changed = sample("event-grid-schema", "run_completed"), completed_status_change()
+    if first == "runbook":
+        assert both.deliver_runbook(body(run_completed)).status == 200
+        result = shared.post(body(status_changed))
+        assert (result.response.status, both.logicapp.stack.ado.run_requests) == (200, [])
+    else:
+        assert shared.post(body(run_completed)).response.status == 200
+        assert len(both.logicapp.stack.ado.runs) == 1
+        runbook = both.deliver_runbook(body(status_changed))  # reads the workflow's row with the Python ledger
+        assert (runbook.status, runbook.requests) == (200, [])
+        [row] = runbook.rows
+        assert (row["state"], row["ado_run_id"]) == ("triggered", 1)

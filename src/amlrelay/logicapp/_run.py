@@ -172,9 +172,10 @@ class _Run:
         return datetime.now(timezone.utc) + timedelta(seconds=self.offset)
 
     def wait(self, secs: float) -> None:
-        self.offset += secs
         if self.workflow.sleep is not None:
             self.workflow.sleep(secs)
+        else:
+            self.offset += secs
 
     def block(self, actions: Mapping[str, Any], scope: _Scope) -> bool:
         """Run a set of actions in runAfter order; True when none of them ended Failed/TimedOut."""
@@ -249,13 +250,14 @@ class _Run:
                 clean = self.block(action["actions"], _Scope(scope, (name, item))) and clean
             return {"status": "Succeeded" if clean else "Failed"}
         limit = action.get("limit", {})
-        count, deadline = int(limit.get("count", 60)), self.offset + seconds(limit.get("timeout", "PT1H"))
+        count = int(limit.get("count", 60))
+        deadline = self.now() + timedelta(seconds=seconds(limit.get("timeout", "PT1H")))
         inner, last = _Scope(scope), True
         for _ in range(count):
             inner = _Scope(scope)
             last = self.block(action["actions"], inner)
             done = _condition(action["expression"], _Context(self, inner))
-            if done or self.offset >= deadline:
+            if done or self.now() >= deadline:
                 break
         _expose(scope, inner)
         return {"status": "Succeeded" if last else "Failed"}
