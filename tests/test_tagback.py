@@ -221,3 +221,29 @@ def test_retry_tags_is_the_sweepers_entry_point(azurite: str, table_name: str) -
     ledger = Ledger.from_connection_string(azurite, table=table_name)
     ledger.ensure_table()
     assert retry_tags(ledger, TagBack(None)) == []
+
+
+def test_amlrelay_retag_writes_owed_tags_and_never_calls_ado(stack: Stack, azurite: str, table_name: str,
+                                                             mlflow_server: MlflowServer,
+                                                             monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from amlrelay.cli import main
+
+    relay = relay_for(stack, azurite, table_name, mlflow_server)
+    mlflow_server.fail(503, times=100)
+    [outcome] = deliver(relay, event("model_registered"))
+    assert outcome.warning is not None
+    for name, value in {"AMLRELAY_LEDGER": "true", "AMLRELAY_LEDGER_CONNECTION_STRING": azurite,
+                        "AMLRELAY_LEDGER_TABLE": table_name, "AMLRELAY_TAG_BACK": "true",
+                        "AMLRELAY_MLFLOW_URL": mlflow_server.url}.items():
+        monkeypatch.setenv(name, value)
+    assert main(["retag"]) == 1  # still failing: owed, said so, exit 1
+    assert "0 tagged, 1 still owed" in capsys.readouterr().out
+    mlflow_server.reset_state()
+    ado_requests = len(stack.ado.requests)
+    assert main(["retag"]) == 0
+    assert "1 tagged, 0 still owed" in capsys.readouterr().out
+    assert mlflow_server.model_version_tags(*MODEL)[RUN_ID_TAG] == str(outcome.ado_run_id)
+    assert main(["retag"]) == 0
+    assert "0 tagged, 0 still owed" in capsys.readouterr().out
+    assert len(stack.ado.requests) == ado_requests

@@ -80,7 +80,8 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMAND_GROUPS: tuple[str, ...] = ("amlrelay.journal._cli", "amlrelay.aml._cli", "amlrelay.logicapp._cli")
+COMMAND_GROUPS: tuple[str, ...] = ("amlrelay.journal._cli", "amlrelay.aml._cli", "amlrelay.logicapp._cli",
+                                  "amlrelay.aml._tags_cli")
 """Subpackages that bring their own commands (``amlrelay aml ...``, ``amlrelay logicapp ...``): each module
 has ``register(commands)`` and keeps its heavy imports inside the handlers, so ``amlrelay --help`` stays fast
 and this file stays the index of the command line rather than growing with every capability."""
