@@ -11,12 +11,14 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from amlrelay.routes import Routes, load_routes
 from tests.servers.ado import ADO_RESOURCE, AdoServer, PipelineDef
+from tests.servers.aml import ARM_RESOURCE, AmlServer
 from tests.servers.identity import CONFLICTING_ENV, IdentityServer
 from tests.servers.keyvault import KeyVaultServer
 
@@ -55,6 +57,7 @@ class Stack:
     vault: KeyVaultServer | None
     routes_path: Path
     extra_env: dict[str, str] = field(default_factory=dict)
+    aml: AmlServer | None = None  # the AML stand-in the relay verifies events against (AMLRELAY_VERIFY)
 
     @property
     def token(self) -> str:
@@ -75,6 +78,11 @@ class Stack:
             "AMLRELAY_TIMEOUT": "5",
             "PYTHONPATH": str(ROOT / "src"),
         })
+        if self.aml is not None:
+            env.update({"AMLRELAY_VERIFY": "true", "AMLRELAY_ARM_URL": self.aml.arm_url,
+                        "AMLRELAY_ARM_AUDIENCE": ARM_RESOURCE})
+        else:
+            env["AMLRELAY_VERIFY"] = "false"
         if self.vault is not None:
             env.update(self.vault.env())
             env.update({"AMLRELAY_AUTH": "pat", "AMLRELAY_KEY_VAULT_URL": self.vault.url,
@@ -86,9 +94,51 @@ class Stack:
     def runbook_command(self, *args: str) -> list[str]:
         return [sys.executable, str(RUNBOOK), *args]
 
+    def emitted(self, events: list[Any]) -> None:
+        """AML emitted these events, so its workspace holds their runs and model versions in the state
+        they report: what a genuine delivery implies. Forged-event tests leave this out."""
+        from amlrelay.events import parse_event
+        from amlrelay.models import AmlEvent, DatasetDriftData, ModelDeployedData, ModelRegisteredData, RunEventData
+        from amlrelay.verify import claimed_status
+
+        aml = self.aml
+        if aml is None:
+            return
+        for item in events:
+            event = parse_event(item)
+            if not isinstance(event, AmlEvent) or event.source.rstrip("/").lower() != aml.workspace_id.lower():
+                continue
+            data = event.data
+            with suppress(ValueError):  # a name AML could not hold: the verifier refuses it
+                if isinstance(data, RunEventData) and claimed_status(event):
+                    aml.add_job(data.run_id, str(claimed_status(event)), experiment_name=data.experiment_name)
+                elif isinstance(data, DatasetDriftData) and data.run_id:
+                    aml.add_job(data.run_id, "Completed", experiment_name="datadrift")
+                elif isinstance(data, ModelRegisteredData):
+                    aml.add_model_version(data.model_name, data.model_version)
+                elif isinstance(data, ModelDeployedData):
+                    for model_id in data.model_ids:
+                        name, _, version = model_id.rpartition(":")
+                        aml.add_model_version(name, version)
+
+    def emitted_argv(self, argv: list[str]) -> None:
+        """:meth:`emitted` for the events in a runbook's WEBHOOKDATA argv (nothing for a manual start)."""
+        from amlrelay.errors import InvalidEventError
+        from amlrelay.webhook import looks_like_webhook, parse_webhook_argv
+
+        if not looks_like_webhook(argv):
+            return
+        try:
+            body = parse_webhook_argv(argv).body
+        except InvalidEventError:
+            return
+        self.emitted(body if isinstance(body, list) else [body])
+
 
 @contextmanager
-def local_stack(routes_path: Path | None = None, *, pat: bool = False) -> Iterator[Stack]:
+def local_stack(routes_path: Path | None = None, *, pat: bool = False, verify: bool = False) -> Iterator[Stack]:
+    """``verify``: an AML stand-in for the sample workspace, and AMLRELAY_VERIFY=true (else false: tests and
+    benchmarks that are not about verification need not model AML's state)."""
     routes_path = routes_path or ROOT / "routes.json"
     routes = load_routes(routes_path)
     with ExitStack() as stack:
@@ -96,4 +146,7 @@ def local_stack(routes_path: Path | None = None, *, pat: bool = False) -> Iterat
         ado = stack.enter_context(AdoServer("contoso", pipelines=pipelines_for(routes),
                                             bearer_tokens={identity.token_for(ADO_RESOURCE)}, pats={PAT}))
         vault = stack.enter_context(KeyVaultServer({PAT_SECRET: PAT})) if pat else None
-        yield Stack(ado, identity, vault, routes_path)
+        aml = stack.enter_context(AmlServer(
+            subscription="{subscription-id}", resource_group="{resource-group-name}", workspace="{workspace-name}",
+            bearer_tokens={identity.token_for(ARM_RESOURCE)})) if verify else None
+        yield Stack(ado, identity, vault, routes_path, aml=aml)

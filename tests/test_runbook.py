@@ -27,11 +27,12 @@ EXPECTED = {  # sample -> (route, pipeline id, a variable or parameter the body 
 
 @pytest.fixture
 def stack() -> Iterator[Stack]:
-    with local_stack() as s:
+    with local_stack(verify=True) as s:  # AMLRELAY_VERIFY is on, as in Automation
         yield s
 
 
 def run(stack: Stack, argv: list[str], **env: str) -> tuple[int, list[dict[str, Any]], list[str]]:
+    stack.emitted_argv(argv)  # genuine deliveries: AML holds what they report (forged ones: test_forged_events)
     done = subprocess.run(stack.runbook_command(*argv), env=stack.env(**env), capture_output=True, text=True,
                           timeout=60, check=False)
     secret_guard.record("runbook stdout", done.stdout)
@@ -61,6 +62,8 @@ def test_each_sample_event_starts_its_pipeline_once(stack: Stack, schema: str, n
     assert (got["value"] if section == "variables" else got) == value
     assert records[0]["ado_run_id"] == stack.ado.runs[0]["id"]
     assert records[0]["ado_run_url"] == stack.ado.runs[0]["_links"]["web"]["href"]
+    assert stack.aml is not None
+    assert [r.method for r in stack.aml.requests] == ["GET"] * len(stack.aml.requests) != []  # verified first
 
 
 @pytest.mark.parametrize("form", list(argv_forms([{}]).keys()))
@@ -88,7 +91,7 @@ def test_a_batch_reports_each_event_and_fails_the_job_when_one_fails(stack: Stac
 
 
 def test_pat_from_key_vault_is_used_and_never_printed() -> None:
-    with local_stack(pat=True) as stack:
+    with local_stack(pat=True, verify=True) as stack:
         code, records, human = run(stack, webhook_argv([sample("event-grid-schema", "model_deployed")]))
         assert code == 0, human
         assert records[0]["outcome"] == "triggered"
@@ -155,7 +158,7 @@ def test_bad_input_and_settings_fail_clearly_before_any_call(stack: Stack, argv:
     [
         (lambda s: s.ado.forbid(s.token), "may not queue|Queue builds"),
         (lambda s: s.ado.fail(404), "found no pipeline 12"),
-        (lambda s: s.identity.fail(500, times=10), "No Entra token for ADO"),
+        (lambda s: s.identity.fail(500, times=10), "managed identity endpoint failed with HTTP 500"),
         (lambda s: s.ado.fail(401), "Add this identity to the ADO organization"),
     ],
 )

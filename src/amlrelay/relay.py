@@ -28,6 +28,7 @@ from .validate import SourcePolicy
 
 if TYPE_CHECKING:
     from .ledger import Claim, Ledger, LedgerRecord  # imported by the runbook only when a ledger is configured
+    from .verify import Refusal
 
 
 class Trigger(Protocol):
@@ -38,6 +39,13 @@ class Trigger(Protocol):
     def list_runs(self, project: str, pipeline_id: int) -> list[dict[str, Any]]: ...
 
     def get_run(self, project: str, pipeline_id: int, run_id: int) -> dict[str, Any]: ...
+
+
+class Verifier(Protocol):
+    """Verification against AML (``amlrelay.verify``): None when AML confirms the event, else the refusal
+    (``outcome`` ``rejected`` or ``failed``, and ``reason``)."""
+
+    def check(self, event: AmlEvent) -> Refusal | None: ...
 
 
 class TagBack(Protocol):
@@ -67,6 +75,7 @@ class Relay:
     only_route: str | None = None  # a manual start may name the route to use
     settle_after: timedelta = timedelta(minutes=5)  # how long ADO may still act on a request left open
     tag_back: TagBack | None = None  # AMLRELAY_TAG_BACK: tag the AML run / model with the ADO run it started
+    verifier: Verifier | None = None  # AMLRELAY_VERIFY: AML must confirm the event before anything is sent
 
     def handle(self, items: Iterable[Parsed], *, raw: list[Any] | None = None) -> list[Outcome]:
         outcomes: list[Outcome] = []
@@ -90,6 +99,10 @@ class Relay:
             routes, reasons = select(self.routes, event)
             if not routes:
                 return [self._outcome(event, None, "skipped", reason="no route matches (" + "; ".join(reasons) + ")")]
+        if self.verifier is not None:  # after routing, so an event no route takes costs no AML read
+            refusal = self.verifier.check(event)
+            if refusal is not None:
+                return [self._outcome(event, None, refusal.outcome, reason=refusal.reason)]
         return [self._run_route(event, route, original) for route in routes]
 
     def _run_route(self, event: AmlEvent, route: Route, original: Any) -> Outcome:

@@ -96,6 +96,10 @@ def _run(args: list[str], emit: Printer) -> int:
         raw = body if isinstance(body, list) else [body]
         items = parse_events(body)
     relay = build_relay(settings, routes, only_route=manual.route if manual else None)
+    if manual is not None and "verify" not in params:
+        # A manual start is not verified unless its own parameters ask (--verify true): whoever may start a
+        # job may also edit the runbook, and starting by hand is how a run whose event was lost is relayed.
+        relay.verifier = None
     if manual is not None and (manual.pipeline_id or manual.branch):
         relay.routes = _override(routes, manual)
     outcomes = relay.handle(items, raw=raw)
@@ -110,8 +114,16 @@ def build_relay(settings: Settings, routes: Routes, *, only_route: str | None = 
     trigger = None if settings.dry_run else _ado_client(settings)
     ledger = None if settings.dry_run or not settings.ledger else open_ledger(settings)
     tag_back = None if settings.dry_run or not settings.tag_back else _tag_back(settings)
+    verifier = None if settings.dry_run or not settings.verify else _verifier(settings)
     return Relay(routes, SourcePolicy(settings.allowed_workspaces), settings.org_url, trigger, ledger,
-                 settings.dry_run, only_route, timedelta(seconds=settings.settle_after), tag_back)
+                 settings.dry_run, only_route, timedelta(seconds=settings.settle_after), tag_back,
+                 verifier=verifier)
+
+
+def _verifier(settings: Settings) -> Any:
+    from .verify import verifier_from_settings
+
+    return verifier_from_settings(settings)
 
 
 def _tag_back(settings: Settings) -> Any:

@@ -59,6 +59,8 @@ class Settings:
     aml_region: str | None = None  # the workspaces' Azure region, for the MLflow URL (e.g. westeurope)
     mlflow_url: str = "https://{region}.api.azureml.ms"  # MLflow base ({region}), or a workspace's tracking URI
     arm_url: str = "https://management.azure.com"  # the cloud's ARM endpoint: the audience of AML's MLflow tokens
+    verify: bool = True  # confirm each event against AML before acting on it (amlrelay.verify)
+    arm_audience: str | None = None  # ARM token audience when AMLRELAY_ARM_URL is a proxy or alias (default: it)
 
     @property
     def blob_account_url(self) -> str | None:
@@ -270,6 +272,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "journal_retry_after": _positive(float),
 }
 _PARSERS.update(tag_back=_bool, aml_region=_region, mlflow_url=_mlflow_url, arm_url=_url)
+_PARSERS.update(verify=_bool, arm_audience=_url)
 _HELP = {
     "ado_organization": "the ADO organization name, e.g. contoso",
     "routes": "path to routes.json or its JSON content",
