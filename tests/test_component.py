@@ -378,3 +378,19 @@ def _compute_credential(world: World) -> Any:
             return AccessToken(world.compute.token_for(scopes[0].removesuffix("/.default")), 4_102_444_800)
 
     return Fixed()
+
+
+def test_a_user_assigned_compute_identity_is_used_from_default_identity_client_id(world: World) -> None:
+    """AML sets DEFAULT_IDENTITY_CLIENT_ID for a user-assigned identity; the component asks for that one
+    (``clientid`` in the 2017 protocol), not the system-assigned one."""
+    user_assigned = "55555555-5555-5555-5555-555555555555"
+    with AmlComputeIdentityServer(user_assigned={user_assigned: "66666666-6666-6666-6666-666666666666"},
+                                  default_client_id=user_assigned) as compute:
+        world.stack.ado.add_bearer_token(compute.token_for(ADO_RESOURCE, user_assigned))
+        env = world.component_env() | compute.env()
+        code, lines, output = world.run_component(env, route=ROUTE)
+        assert code == 0, lines
+        assert compute.token_requests[0].query["clientid"] == user_assigned
+        [request] = world.stack.ado.run_requests
+        assert request.headers["Authorization"] == f"Bearer {compute.token_for(ADO_RESOURCE, user_assigned)}"
+        assert output["ado_run_id"] == world.stack.ado.runs[0]["id"]
