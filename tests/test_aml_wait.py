@@ -563,3 +563,28 @@ def test_handoff_without_a_route_only_ends_this_agent_job(aml_server: AmlServer,
     assert result.code == 5
     assert mlflow_for.tag_requests == []
     assert result.outputs()["amlWaitToken"]
+
+
+class FinishingMlflow(MlflowServer):
+    """AML's MLflow endpoint, plus the job finishing right as the tag lands (the hand-off race)."""
+
+    def __init__(self, workspace_id: str, aml: AmlServer) -> None:
+        super().__init__(workspace_id)
+        self.aml = aml
+
+    def handle(self, request: Any) -> Any:
+        reply = super().handle(request)
+        if request.path.endswith("/runs/set-tag"):
+            self.aml.set_status(request.json["run_id"], "Completed")
+        return reply
+
+
+def test_a_job_finishing_during_the_handoff_is_reported(aml_server: AmlServer, credential: Any) -> None:
+    with FinishingMlflow(aml_server.workspace_id, aml_server) as mlflow:
+        aml_server.tracking_uri = mlflow.tracking_url
+        aml_server.add_job("racy", "Running")
+        mlflow.add_run("racy")
+        result = cli(aml_server, FakeClock(), "wait", "racy", "--handoff-after", "50m", credential=credential)
+    assert result.code == 5  # the tag is written: the relay may well continue, so the step does not redo it
+    warnings = [line for _, line in result.lines if line.startswith("##vso[task.logissue type=warning]")]
+    assert any("became Completed while it was being handed off" in w for w in warnings)

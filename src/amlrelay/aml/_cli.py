@@ -121,7 +121,8 @@ def run(ns: argparse.Namespace, *, credential: TokenCredential | None = None, su
                               paused_is_final=ns.paused_is_final)
         poller = begin_wait(client, names, options, continuation_token=ns.resume if ns.action == "wait" else None,
                             clock=clock, report=lambda kind, message, job: say(_line(kind, message, job, ado)))
-        if ado:
+        poller.poll()
+        if ado:  # published early: if ADO kills the step, a later job can still resume from this token
             say(_ado.set_output("amlWaitToken", poller.continuation_token()))
         result = poller.result()
     except AmlError as exc:
@@ -150,7 +151,7 @@ def _finish(ns: argparse.Namespace, client: JobsClient, credential: TokenCredent
     if result.outcome is Outcome.HANDED_OFF and not ns.handoff_route:
         say("handed off without a relay tag (empty --handoff-route): resume with the amlWaitToken output")
     elif result.outcome is Outcome.HANDED_OFF:
-        from ._handoff import HANDOFF_TAG, tag_handoffs
+        from ._handoff import HANDOFF_TAG, finished_meanwhile, tag_handoffs
 
         try:
             tagged = tag_handoffs(client, credential, result.jobs, ns.handoff_route, tracking_uri=ns.tracking_uri,
@@ -160,6 +161,11 @@ def _finish(ns: argparse.Namespace, client: JobsClient, credential: TokenCredent
             return _fail(exc, say, ado)
         say(f"tagged {', '.join(tagged)} with {HANDOFF_TAG}={ns.handoff_route}: the relay's route continues "
             "when they finish")
+        for late in finished_meanwhile(client, tagged):
+            warning = (f"AML job {late.name} became {late.status_text} while it was being handed off: if AML sent "
+                       "its completion event before the tag was written, no route picks it up. Check that "
+                       f"route {ns.handoff_route!r} ran (amlrelay status), or rerun the continuation by hand.")
+            say(_ado.log_issue("warning", warning) if ado else f"[warning] {warning}")
     rows = [(j.name, j.status_text or str(j.status), str(j.outcome or "still waiting"), j.reason, j.studio_url)
             for j in result.jobs]
     say(table(rows, ("job", "status", "outcome", "why", "studio"), width=90))

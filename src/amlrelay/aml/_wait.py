@@ -168,8 +168,11 @@ class WaitPoller:
 
     def result(self) -> WaitResult:
         last_beat = self._clock.time()
+        fresh = self._polls > 0  # the caller has just polled (e.g. to publish the token): no second GET
         while True:
-            self.poll()  # a last look before handing off: the job may have just finished
+            if not fresh:
+                self.poll()  # also a last look before handing off: the job may have just finished
+            fresh = False
             if self._done:
                 break
             if self._handoff_due(self._clock.time()):
