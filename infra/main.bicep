@@ -42,6 +42,9 @@ param systemTopicName string = '${workspaceName}-amlrelay'
 @description('Optional. Extra workspace resource ids the handler accepts events from (AMLRELAY_ALLOWED_WORKSPACES); the deployed workspace is always allowed.')
 param additionalAllowedWorkspaceIds array = []
 
+@description('Optional. Verify each event against AML before acting on it (AMLRELAY_VERIFY): the handler reads the run or model version back with its identity, so it gets Reader on each allowed workspace.')
+param verifyEvents bool = true
+
 // ---------------------------------------------------------------- Azure DevOps
 @description('Required. Azure DevOps organization name, e.g. \'contoso\' (AMLRELAY_ADO_ORGANIZATION).')
 param adoOrganization string
@@ -155,6 +158,7 @@ var baseSettings = {
   AMLRELAY_ALLOWED_WORKSPACES: join(concat([
     workspaceId
   ], additionalAllowedWorkspaceIds), ',')
+  AMLRELAY_VERIFY: verifyEvents ? 'true' : 'false'
   AMLRELAY_AUTH: auth
   AMLRELAY_LEDGER_TABLE_URL: storage.outputs.tableEndpoint
   AMLRELAY_LEDGER_TABLE: ledgerTableName
@@ -262,6 +266,21 @@ module eventGridTopic 'modules/event-grid/main.bicep' = {
     deadLetterContainerName: deadLetterContainerName
   }
 }
+
+// Verification reads runs and model versions of every allowed workspace: Reader on each, in its own
+// resource group (and subscription, for an extra workspace given by id).
+var verifiedWorkspaceIds = verifyEvents ? concat([
+  workspaceId
+], additionalAllowedWorkspaceIds) : []
+
+module workspaceReaders 'modules/role-assignments/workspace-reader.bicep' = [for (id, i) in verifiedWorkspaceIds: {
+  name: 'amlrelay-workspace-reader-${i}'
+  scope: resourceGroup(split(id, '/')[2], split(id, '/')[4])
+  params: {
+    workspaceName: last(split(id, '/'))
+    handlerPrincipalId: handler == 'runbook' ? automation.outputs.principalId : logicApp.outputs.principalId
+  }
+}]
 
 module roleAssignmentsForTopic 'modules/role-assignments/main.bicep' = {
   name: 'amlrelay-role-assignments'
