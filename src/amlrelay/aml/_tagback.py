@@ -183,8 +183,9 @@ def tag_back_from_settings(settings: Settings, credential: TokenCredential | Non
         from ..auth import managed_identity
 
         credential = managed_identity(settings.managed_identity_client_id, kind=settings.credential)
+    audience = getattr(settings, "arm_audience", None) or settings.arm_url  # AMLRELAY_ARM_AUDIENCE, as verify uses
     return TagBack(credential, region=settings.aml_region, mlflow_url=settings.mlflow_url,
-                   arm_url=settings.arm_url, timeout=settings.timeout)
+                   arm_url=audience, timeout=settings.timeout)
 
 
 def describe(results: list[TagRetry]) -> dict[str, Any]:
