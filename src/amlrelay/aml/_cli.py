@@ -92,7 +92,8 @@ def _wait_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cancel-on-timeout", action="store_true", help="cancel a job whose deadline passed")
     parser.add_argument("--fail-fast", action="store_true", help="stop at the first job that does not complete")
     parser.add_argument("--poll-min", type=duration, default=5.0)
-    parser.add_argument("--poll-max", type=duration, default=60.0)
+    parser.add_argument("--poll-max", type=duration, default=30.0,
+                        help="cap of the backoff (default 30s; the worst-case delay in noticing the end)")
     parser.add_argument("--heartbeat", type=duration, default=60.0, help="at most 60s")
     parser.add_argument("--not-responding-timeout", type=duration, default=1800.0)
     parser.add_argument("--paused-is-final", action="store_true", help="a Paused job fails the wait")

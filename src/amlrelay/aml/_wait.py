@@ -76,7 +76,7 @@ class WaitOptions:
     run_timeout: float | None = None
     handoff_after: float | None = None
     poll_min: float = 5.0
-    poll_max: float = 60.0
+    poll_max: float = 30.0
     backoff: float = 1.5
     heartbeat: float = 60.0
     cancel_on_timeout: bool = False
