@@ -136,15 +136,24 @@ class Stack:
 
 
 @contextmanager
-def local_stack(routes_path: Path | None = None, *, pat: bool = False, verify: bool = False) -> Iterator[Stack]:
+def local_stack(routes_path: Path | None = None, *, pat: bool = False, verify: bool = False,
+                pipelines: dict[tuple[str, int], PipelineDef] | None = None,
+                identity: IdentityServer | None = None) -> Iterator[Stack]:
     """``verify``: an AML stand-in for the sample workspace, and AMLRELAY_VERIFY=true (else false: tests and
-    benchmarks that are not about verification need not model AML's state)."""
+    benchmarks that are not about verification need not model AML's state).
+    ``pipelines``: the pipelines as their owners declared them in ADO (queue-time variables, parameters with
+    types and allowed values); by default each is declared to accept exactly what routes.json sends, so a test
+    of what ADO refuses must declare its own. ``identity``: an identity stand-in configured by the test (token
+    lifetimes, user-assigned identities); its ADO tokens are accepted."""
     routes_path = routes_path or ROOT / "routes.json"
     routes = load_routes(routes_path)
     with ExitStack() as stack:
-        identity = stack.enter_context(IdentityServer())
-        ado = stack.enter_context(AdoServer("contoso", pipelines=pipelines_for(routes),
+        identity = stack.enter_context(identity or IdentityServer())
+        declared = pipelines_for(routes) if pipelines is None else pipelines
+        ado = stack.enter_context(AdoServer("contoso", pipelines=declared,
                                             bearer_tokens={identity.token_for(ADO_RESOURCE)}, pats={PAT}))
+        if identity.lifetime is not None:
+            ado.accept_entra_tokens()
         vault = stack.enter_context(KeyVaultServer({PAT_SECRET: PAT})) if pat else None
         aml = stack.enter_context(AmlServer(
             subscription="{subscription-id}", resource_group="{resource-group-name}", workspace="{workspace-name}",

@@ -217,7 +217,7 @@ def test_client_sees_a_token_for_another_audience_refused(monkeypatch: pytest.Mo
     for name, value in identity_server.env().items():
         monkeypatch.setenv(name, value)
     mlflow_server.add_run("r1")
-    wrong = MlflowClient(mlflow_server.tracking_url, ManagedIdentityCredential(), arm_url="https://example.invalid",
+    wrong = MlflowClient(mlflow_server.tracking_url, ManagedIdentityCredential(), arm_url="https://vault.azure.net",
                          backoff=0)
     with pytest.raises(MlflowError) as caught:
         wrong.set_run_tag("r1", "k", "v")

@@ -9,9 +9,9 @@ status and a stable fragment, not on whole messages.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
@@ -36,6 +36,10 @@ class PipelineDef:
     repositories: AbstractSet[str] = frozenset({"self"})
     revision: int = 1
     default_ref: str = "refs/heads/main"
+    parameter_types: Mapping[str, str] = field(default_factory=dict)
+    """YAML ``parameters[].type`` by name: ``boolean``, ``number`` or ``string`` (the default)."""
+    parameter_values: Mapping[str, AbstractSet[str]] = field(default_factory=dict)
+    """YAML ``parameters[].values``: the only values ADO accepts for that parameter."""
 
 
 class AdoError(Exception):
@@ -115,6 +119,16 @@ def check_queue_rules(pdef: PipelineDef, body: dict[str, Any]) -> None:
     for name in params:
         if name not in pdef.template_parameters:
             raise _invalid(f"/azure-pipelines.yml: Unexpected parameter '{name}'")
+    for name, value in params.items():
+        kind = pdef.parameter_types.get(name, "string")
+        text = value if isinstance(value, str) else str(value)
+        if kind == "boolean" and text.lower() not in ("true", "false"):
+            raise _invalid(f"/azure-pipelines.yml: The '{name}' parameter is not a valid Boolean.")
+        if kind == "number" and not _is_number(text):
+            raise _invalid(f"/azure-pipelines.yml: The '{name}' parameter is not a valid Number.")
+        allowed = pdef.parameter_values.get(name)
+        if allowed is not None and text not in allowed:
+            raise _invalid(f"/azure-pipelines.yml: The '{name}' parameter value '{text}' is not a valid value.")
     for name in sorted(pdef.required_template_parameters - params.keys()):
         raise _invalid(f"A value for the '{name}' parameter must be provided.")
     settable = {v.lower() for v in pdef.variables_settable_at_queue_time}
@@ -123,6 +137,14 @@ def check_queue_rules(pdef: PipelineDef, body: dict[str, Any]) -> None:
         raise _invalid(f"You can't set the following variables ({', '.join(refused)}). If you want to be able to "
                        "set these variables, then edit the pipeline and select Settable at queue time on the "
                        "variables tab of the pipeline editor.")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return text.strip() == text and text.lower() not in ("nan", "inf", "-inf", "infinity", "-infinity")
 
 
 def _invalid(message: str) -> AdoError:

@@ -33,8 +33,10 @@ def mint_token(
     tenant_id: str = ZERO_GUID,
     issued_at: int = DEFAULT_ISSUED_AT,
     expires_on: int = DEFAULT_EXPIRES_ON,
+    token_id: str | None = None,
 ) -> str:
-    """Return ``header.payload.signature`` for a managed identity token for ``resource``."""
+    """Return ``header.payload.signature`` for a managed identity token for ``resource``; ``token_id`` (Entra's
+    ``uti`` claim) makes two tokens issued in the same second differ, as real ones do."""
     header = {"typ": "JWT", "alg": "HS256", "kid": "amlrelay-loopback"}
     claims = {
         "aud": resource,
@@ -50,6 +52,8 @@ def mint_token(
         "tid": tenant_id,
         "ver": "1.0",
     }
+    if token_id is not None:
+        claims["uti"] = token_id
     signing_input = ".".join(
         _b64url(json.dumps(part, separators=(",", ":"), sort_keys=True).encode()) for part in (header, claims)
     )

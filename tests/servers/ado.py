@@ -17,7 +17,7 @@ import re
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from . import ado_spec
@@ -35,10 +35,11 @@ from ._ado_rules import (
     route,
 )
 from ._base import Fault, LoopbackServer, RecordedRequest, Reply
+from ._jwt import decode_claims
 
 __all__ = ["ADO_RESOURCE", "AdoError", "AdoServer", "PipelineDef"]
 
-_FAIL_STATUSES = frozenset({400, 401, 403, 404, 429, 500, 502, 503})
+_FAIL_STATUSES = frozenset({400, 401, 403, 404, 429, 500, 502, 503, 504})
 _INT32_MAX = 2**31 - 1
 
 
@@ -75,6 +76,9 @@ class AdoServer(LoopbackServer):
         self.api_versions = frozenset(api_versions) if api_versions is not None else ado_spec.api_version_values()
         self._next_id = first_run_id
         self._runs: list[_Run] = []
+        self.clock_offset = timedelta(0)
+        """How far ADO's clock is ahead of the client's (negative: behind); run times and token checks use it."""
+        self._entra_tokens = False
 
     # -- configuration -----------------------------------------------------------------
     @property
@@ -92,6 +96,36 @@ class AdoServer(LoopbackServer):
     def add_pat(self, pat: str) -> None:
         with self._lock:
             self._pats.add(pat)
+
+    def accept_entra_tokens(self) -> None:
+        """Accept any Entra token for ADO the identity stand-ins mint (signature, ``aud`` and lifetime checked
+        against ADO's clock), not only the fixed ones registered: for tokens with real lifetimes, where every
+        refresh brings a new token and an expired one is refused (401)."""
+        with self._lock:
+            self._entra_tokens = True
+
+    def now(self) -> datetime:
+        """ADO's clock: the client's plus :attr:`clock_offset`."""
+        return datetime.now(timezone.utc) + self.clock_offset
+
+    def seed_run(self, project: str, pipeline_id: int, *, created: datetime | None = None,
+                 variables: Mapping[str, str] | None = None, secret_variables: Mapping[str, str] | None = None,
+                 template_parameters: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """A run that was already there: another outcome's, or one queued long ago (``created``, ADO's time).
+        It must pass the same queue-time rules as a request; seed runs oldest first, before the test's own
+        (ADO's run ids grow with time). Returns the run as ``GET .../runs/{id}`` shows it."""
+        body: dict[str, Any] = {}
+        if variables or secret_variables:
+            body["variables"] = {**{k: {"value": v, "isSecret": False} for k, v in (variables or {}).items()},
+                                 **{k: {"value": v, "isSecret": True} for k, v in (secret_variables or {}).items()}}
+        if template_parameters:
+            body["templateParameters"] = dict(template_parameters)
+        name, pdef = self._lookup(self.organization, project, pipeline_id)
+        check_queue_rules(pdef, body)
+        reply = self._queue(name, pipeline_id, pdef, pdef.revision, body, created=created)
+        run: dict[str, Any] = copy.deepcopy(self._runs[-1].body)
+        assert reply.status == 200, reply.body
+        return run
 
     def forbid(self, credential: str) -> None:
         """Authenticate ``credential`` (token or PAT) but deny it queue permission (403)."""
@@ -195,7 +229,7 @@ class AdoServer(LoopbackServer):
             return AdoError(429, message, "RequestBlockedException", TFS, headers).reply()
         if retry_after is not None:
             headers.append(("Retry-After", str(retry_after)))
-        if status in (502, 503):
+        if status in (502, 503, 504):
             page = f"<html><body><h1>{status}</h1><p>The service is unavailable.</p></body></html>".encode()
             return Reply(status, page, [("Content-Type", "text/html"), *headers])
         if status == 401:
@@ -263,6 +297,8 @@ class AdoServer(LoopbackServer):
         with self._lock:
             if scheme.lower() == "bearer" and value in self._bearer:
                 return value
+            if scheme.lower() == "bearer" and self._entra_tokens and self._valid_entra_token(value):
+                return value
             if scheme.lower() == "basic":
                 try:
                     decoded = base64.b64decode(value, validate=True).decode()
@@ -272,6 +308,13 @@ class AdoServer(LoopbackServer):
                 if sep and pat in self._pats:
                     return pat
         return None
+
+    def _valid_entra_token(self, token: str) -> bool:
+        claims = decode_claims(token)
+        if claims is None or claims.get("aud") not in (ADO_RESOURCE, f"api://{ADO_RESOURCE}"):
+            return False
+        now = self.now().timestamp()
+        return bool(int(claims.get("nbf", 0)) - 300 <= now < int(claims.get("exp", 0)))  # Entra allows 5 min skew
 
     def _check_api_version(self, request: RecordedRequest) -> None:
         query = {k.lower(): v for k, v in request.query.items()}
@@ -318,7 +361,8 @@ class AdoServer(LoopbackServer):
                  "pipeline": {"href": pipeline_url}}
         return pipeline_url, links
 
-    def _queue(self, project: str, pid: int, pdef: PipelineDef, revision: int, body: dict[str, Any]) -> Reply:
+    def _queue(self, project: str, pid: int, pdef: PipelineDef, revision: int, body: dict[str, Any], *,
+               created: datetime | None = None) -> Reply:
         repos_in = (body.get("resources") or {}).get("repositories") or {}
         variables_in: dict[str, Any] = body.get("variables") or {}
         with self._lock:
@@ -326,7 +370,7 @@ class AdoServer(LoopbackServer):
             if body.get("previewRun"):
                 run_id = -1
             pipeline_url, links = self._links(project, pid, revision, run_id)
-            now = datetime.now(timezone.utc)
+            now = created or self.now()
             same_day = sum(1 for r in self._runs if r.pipeline_id == pid and r.project == project
                            and r.body["createdDate"][:10] == now.strftime("%Y-%m-%d"))
             repositories = {}

@@ -9,8 +9,11 @@ Tokens are deterministic (see ``_jwt``) so a test can check which token reached 
 
 from __future__ import annotations
 
+import itertools
 import secrets
+import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from ._base import Fault, LoopbackServer, RecordedRequest, Reply
@@ -23,7 +26,24 @@ from ._jwt import (
     mint_token,
 )
 
-__all__ = ["IdentityServer"]
+__all__ = ["KNOWN_RESOURCES", "IdentityServer", "IssuedToken"]
+
+KNOWN_RESOURCES = frozenset({
+    "499b84ac-1321-427f-aa17-267ca6975798",  # Azure DevOps (its application id)
+    "https://storage.azure.com",  # Table / Blob / Queue storage
+    "https://vault.azure.net",  # Key Vault
+    "https://management.azure.com",  # ARM (AML jobs, MLflow tracking in AML)
+    "https://ml.azure.com",  # Azure Machine Learning data plane
+})
+"""Resources Entra issues tokens for; any other is refused with AADSTS500011, as Entra refuses an unknown one."""
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    token: str
+    resource: str
+    client_id: str
+    expires_on: int
 
 # Variables that make azure-identity pick another managed-identity flavour (Service
 # Fabric, Arc, IMDS, legacy MSI) or another identity; they must be unset for the tests.
@@ -46,8 +66,15 @@ class IdentityServer(LoopbackServer):
         user_assigned: dict[str, str] | None = None,
         issued_at: int = DEFAULT_ISSUED_AT,
         expires_on: int = DEFAULT_EXPIRES_ON,
+        lifetime: int | None = None,
+        resource_ids: dict[str, str] | None = None,
+        resources: Iterable[str] = KNOWN_RESOURCES,
     ) -> None:
-        """``user_assigned`` maps extra client IDs to their object IDs (user-assigned identities)."""
+        """``user_assigned`` maps extra client IDs to their object IDs (user-assigned identities);
+        ``resource_ids`` maps a user-assigned identity's ARM resource id to its client id (``mi_res_id``).
+        ``lifetime`` (seconds): every token is new, issued now and valid that long, as Entra's are (about 24 h
+        for a managed identity); without it tokens are fixed (see ``token_for``) and never expire.
+        ``resources``: the resources tokens can be had for; others are refused (AADSTS500011)."""
         super().__init__()
         self.path = path
         self.identity_header = identity_header or secrets.token_hex(16)
@@ -55,6 +82,11 @@ class IdentityServer(LoopbackServer):
         self.client_id, self.object_id, self.tenant_id = client_id, object_id, tenant_id
         self.user_assigned = dict(user_assigned or {})
         self.issued_at, self.expires_on = issued_at, expires_on
+        self.lifetime = lifetime
+        self.resource_ids = {k.lower(): v for k, v in (resource_ids or {}).items()}
+        self.resources = frozenset(r.rstrip("/").lower() for r in resources)
+        self.issued: list[IssuedToken] = []
+        self._serial = itertools.count(1)
 
     @property
     def endpoint(self) -> str:
@@ -112,21 +144,43 @@ class IdentityServer(LoopbackServer):
         client_id = self._select_identity(request.query)
         if client_id is None:
             return _error(400, "No Managed Identity found for specified ClientId/ResourceId/PrincipalId.")
+        if resource.rstrip("/").lower() not in self.resources:
+            return _error(400, f"AADSTS500011: The resource principal named {resource} was not found in the tenant "
+                          f"named {self.tenant_id}. This can happen if the application has not been installed by "
+                          "the administrator of the tenant or consented to by any user in the tenant. You might "
+                          "have sent your authentication request to the wrong tenant.")
+        token, expires_on = self._mint(resource, client_id)
         body: dict[str, Any] = {
-            "access_token": self.token_for(resource, client_id),
-            "expires_on": str(self.expires_on),
+            "access_token": token,
+            "expires_on": str(expires_on),
             "resource": resource,
             "token_type": "Bearer",
             "client_id": client_id,
         }
         return Reply.json(200, body)
 
+    def _mint(self, resource: str, client_id: str) -> tuple[str, int]:
+        if self.lifetime is None:
+            return self.token_for(resource, client_id), self.expires_on
+        oid = self.object_id if client_id == self.client_id else self.user_assigned[client_id]
+        now = int(time.time())
+        with self._lock:
+            serial = next(self._serial)
+        token = mint_token(resource, client_id=client_id, object_id=oid, tenant_id=self.tenant_id, issued_at=now,
+                           expires_on=now + self.lifetime, token_id=f"uti-{serial}")
+        with self._lock:
+            self.issued.append(IssuedToken(token, resource, client_id, now + self.lifetime))
+        return token, now + self.lifetime
+
     def _select_identity(self, query: dict[str, str]) -> str | None:
-        """System-assigned unless the caller names a user-assigned identity it actually has."""
+        """System-assigned unless the caller names a user-assigned identity it actually has (by client id,
+        object id or ARM resource id; at most one of them, as the endpoint demands)."""
         wanted_cid = query.get("client_id")
         wanted_oid = query.get("object_id") or query.get("principal_id")
+        if sum(1 for k in ("client_id", "object_id", "principal_id", "mi_res_id") if k in query) > 1:
+            return None
         if "mi_res_id" in query:
-            return None  # resource-ID selection is not modelled: refuse rather than guess
+            return self.resource_ids.get(query["mi_res_id"].lower())
         identities = {self.client_id: self.object_id, **self.user_assigned}
         if wanted_cid is not None:
             return wanted_cid if wanted_cid in identities else None
