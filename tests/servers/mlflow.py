@@ -124,37 +124,31 @@ class MlflowServer(LoopbackServer):
 
     def _set_run_tag(self, body: dict[str, Any]) -> Reply:
         run_id = body.get("run_id") if body.get("run_id") not in (None, "") else body.get("run_uuid")
-        problem = _check(body | {"run_id": run_id}, required=("run_id", "key"), strings=("run_id", "key", "value"))
-        if problem is not None:
-            return problem
-        problem = _check_tag(str(body["key"]), str(body.get("value") or ""))
-        if problem is not None:
-            return problem
+        body = body | {"run_id": run_id}
+        problem = _check(body, required=("run_id", "key"), strings=("run_id", "key", "value"))
         with self._state:
             tags = self._runs.get(str(run_id))
-            if tags is None:
-                return _error(404, "RESOURCE_DOES_NOT_EXIST", f"Run with id={run_id} not found")
-            tags[str(body["key"])] = str(body.get("value") or "")
-        return Reply.json(200, {})
+            return problem or _apply(tags, body, f"Run with id={run_id} not found")
 
     def _set_version_tag(self, body: dict[str, Any]) -> Reply:
         problem = _check(body, required=("name", "version", "key"), strings=("name", "version", "key", "value"))
-        if problem is not None:
-            return problem
-        problem = _check_tag(str(body["key"]), str(body.get("value") or ""))
-        if problem is not None:
-            return problem
         with self._state:
-            tags = self._versions.get((str(body["name"]), str(body["version"])))
-            if tags is None:
-                return _error(404, "RESOURCE_DOES_NOT_EXIST",
-                              f"Model Version (name={body['name']}, version={body['version']}) not found")
-            tags[str(body["key"])] = str(body.get("value") or "")
-        return Reply.json(200, {})
+            name, version = body.get("name"), body.get("version")
+            tags = self._versions.get((str(name), str(version)))
+            return problem or _apply(tags, body, f"Model Version (name={name}, version={version}) not found")
+
+
+def _apply(tags: dict[str, str] | None, body: dict[str, Any], missing: str) -> Reply:
+    """Set the (already checked) tag, or 404 when the run / model version does not exist."""
+    if tags is None:
+        return _error(404, "RESOURCE_DOES_NOT_EXIST", missing)
+    tags[str(body["key"])] = str(body.get("value") or "")
+    return Reply.json(200, {})
 
 
 def _check(body: dict[str, Any], *, required: tuple[str, ...], strings: tuple[str, ...]) -> Reply | None:
-    """MLflow's handler schema: ``_assert_required`` then ``_assert_string``, with its messages."""
+    """MLflow's handler schema (``_assert_required`` then ``_assert_string``, with its messages), then the
+    tag's own rules (name, path, lengths)."""
     for name in required:
         if body.get(name) in (None, ""):
             return _error(400, "INVALID_PARAMETER_VALUE", f"Missing value for required parameter '{name}'."
@@ -164,7 +158,7 @@ def _check(body: dict[str, Any], *, required: tuple[str, ...], strings: tuple[st
         if value is not None and not isinstance(value, str):
             return _error(400, "INVALID_PARAMETER_VALUE", f"Invalid value {value} for parameter '{name}' supplied."
                           f" Hint: Value was of type '{type(value).__name__}'." + _SEE_DOCS)
-    return None
+    return _check_tag(str(body["key"]), str(body.get("value") or ""))
 
 
 def _check_tag(key: str, value: str) -> Reply | None:
