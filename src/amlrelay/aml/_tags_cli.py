@@ -30,7 +30,7 @@ def run(ns: argparse.Namespace) -> int:
     settings = resolve({}, automation=automation_lookup(), ledger_only=True)
     tag_back = tag_back_from_settings(settings)
     if tag_back is None:
-        print("WARNING: AMLRELAY_TAG_BACK is false: nothing is tagged.")
+        print("tag-back is off (AMLRELAY_TAG_BACK=false): nothing to retag.")
         return 0
     results = retry_tags(open_ledger(settings), tag_back, limit=ns.limit)
     for result in results:
