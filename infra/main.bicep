@@ -83,6 +83,10 @@ param eventTimeToLiveInMinutes int = 1440
 ])
 param storageSkuName string = 'Standard_ZRS'
 
+// ---------------------------------------------------------------- logic app handler
+@description('Optional. Log Analytics workspace resource id that receives the Logic App handler\'s run history (WorkflowRuntime logs: failed runs and actions); empty: none.')
+param logicAppDiagnosticWorkspaceId string = ''
+
 // ---------------------------------------------------------------- runbook handler
 @description('Optional. Third-party wheels for the Python 3.10 runtime environment: objects with name, uri (public URL), version and sha256. See infra/env/*.bicepparam.')
 param runbookPackages array = []
@@ -222,6 +226,16 @@ module logicApp 'modules/logic-app/main.bicep' = if (handler == 'logicapp') {
     name: logicAppName
     location: location
     tags: allTags
+    auth: auth
+    adoOrganizationUrl: '${adoBaseUrl}/${adoOrganization}'
+    allowedWorkspaceIds: concat([
+      workspaceId
+    ], additionalAllowedWorkspaceIds)
+    ledgerTableUrl: storage.outputs.tableEndpoint
+    ledgerTableName: ledgerTableName
+    keyVaultUri: auth == 'pat' ? keyVault.outputs.uri : ''
+    patSecretName: patSecretName
+    diagnosticWorkspaceId: logicAppDiagnosticWorkspaceId
   }
 }
 

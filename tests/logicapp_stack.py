@@ -128,7 +128,7 @@ def pair(azurite: str, table: str, *, routes_path: Path = ROUTES_FILE, pat: bool
             azurite, accepted_tokens={la_stack.identity.token_for(STORAGE_AUDIENCE)}))
         definition = generate(routes, ado_timeout=options.pop("ado_timeout", "PT2S"),
                               auth="pat" if pat else "managed-identity", **options)
-        parameters = {"adoOrganizationUrl": la_stack.ado.org_url, "allowedWorkspaces": [SAMPLE_WORKSPACE.lower()],
+        parameters = {"adoOrganizationUrl": la_stack.ado.org_url, "allowedWorkspaces": SAMPLE_WORKSPACE + "/",
                       "ledgerTableUrl": gateway.url, "ledgerTable": table + "la"}
         verify: bool | str = True
         if la_stack.vault is not None:

@@ -73,8 +73,11 @@ def test_no_http_action_retries_by_itself() -> None:
         "@not(contains(createArray(429, 503), coalesce(outputs('Start_again')?['statusCode'], 0)))"]
 
 
-def test_the_checked_in_workflow_is_current(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["logicapp", "build", "--routes", str(ROUTES_FILE), "--output", str(CHECKED_IN), "--check"]) == 0
+def test_the_checked_in_workflows_are_current(capsys: pytest.CaptureFixture[str],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)  # the defaults: routes.json -> logicapps/workflow.json and workflow-pat.json
+    assert main(["logicapp", "build", "--check"]) == 0
+    assert capsys.readouterr().out.count("is up to date") == 2
 
 
 def test_check_fails_on_a_stale_file_and_build_fixes_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

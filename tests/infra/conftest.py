@@ -61,6 +61,8 @@ SDK_MODELS = {
         "azure.mgmt.automation.models:ScheduleCreateOrUpdateParameters",
     "Microsoft.Automation/automationAccounts/jobSchedules": "azure.mgmt.automation.models:JobScheduleCreateParameters",
     "Microsoft.Logic/workflows": "azure.mgmt.logic.models:Workflow",
+    "Microsoft.Insights/diagnosticSettings":
+        "azure.mgmt.monitor.v2021_05_01_preview.models:DiagnosticSettingsResource",
     "Microsoft.Storage/storageAccounts": "azure.mgmt.storage.models:StorageAccountCreateParameters",
     "Microsoft.Storage/storageAccounts/blobServices": "azure.mgmt.storage.models:BlobServiceProperties",
     "Microsoft.Storage/storageAccounts/blobServices/containers": "azure.mgmt.storage.models:BlobContainer",

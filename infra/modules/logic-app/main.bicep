@@ -1,11 +1,12 @@
-// Logic App (Consumption) handler, used when handler = 'logicapp'. SEAM: the real workflow (route the
-// event, call Azure DevOps with the managed identity, write the ledger) is another issue; pass it as
-// `definition` (and its `$connections` as `connectionParameters`). Until then the placeholder below only
-// answers Event Grid's subscription validation handshake and acknowledges other events with 202, so the
-// generated event subscriptions can be created. The Event Grid API connection is deployed for workflows
-// that use the connector's trigger instead of the Request trigger.
+// Logic App (Consumption) handler, used when handler = 'logicapp'. The workflow is generated from
+// routes.json by `amlrelay logicapp build` (logicapps/workflow.json, or workflow-pat.json in PAT mode):
+// a Request trigger that Event Grid posts to (the subscriptions get its callback URL, a secret, via
+// listCallbackUrl in infra/main.bicep: never an output), routing, the exactly-once ledger claim in the
+// ledger table, the ADO "Run Pipeline" call with the system identity, and a Response after the work (200,
+// 500 so Event Grid retries, 400 for a body that is not events). Failed runs go to Log Analytics when a
+// workspace is given (WorkflowRuntime logs).
 metadata name = 'amlrelay logic app'
-metadata description = 'Consumption Logic App with a system identity, plus an Event Grid API connection.'
+metadata description = 'Consumption Logic App generated from routes.json, with a system identity and diagnostic settings.'
 
 @description('Required. Logic App (workflow) name.')
 @minLength(1)
@@ -18,95 +19,63 @@ param location string = resourceGroup().location
 @description('Optional. Tags applied to every resource of this module.')
 param tags object = {}
 
-@description('Optional. Name of the Request trigger Event Grid posts to; infra/main.bicep reads its callback URL with listCallbackUrl().')
-param triggerName string = 'When_an_AML_event_is_received'
+@description('Optional. How the workflow authenticates to Azure DevOps: its managed identity, or a PAT it reads from Key Vault with that identity.')
+@allowed([
+  'managed-identity'
+  'pat'
+])
+param auth string = 'managed-identity'
 
-@description('Optional. Workflow definition (Workflow Definition Language). Empty object: the placeholder that only answers the validation handshake.')
-param definition object = {}
+@description('Required. Azure DevOps organization URL, e.g. https://dev.azure.com/contoso.')
+param adoOrganizationUrl string
 
-@description('Optional. Workflow parameters, e.g. the $connections value for the Event Grid connector.')
-param workflowParameters object = {}
+@description('Required. Workspace resource ids whose events may trigger runs.')
+param allowedWorkspaceIds array
 
-@description('Optional. Name of the Event Grid API connection (Microsoft.Web/connections).')
-param eventGridConnectionName string = 'azureeventgrid'
+@description('Required. Table endpoint of the ledger\'s storage account, e.g. https://<account>.table.core.windows.net.')
+param ledgerTableUrl string
 
-var placeholderDefinition = {
-  '$schema': 'https://schema.management.azure.com/providers/Microsoft.Logic/schemas/2016-06-01/workflowdefinition.json#'
-  contentVersion: '1.0.0.0'
-  parameters: {
-    '$connections': {
-      defaultValue: {}
-      type: 'Object'
-    }
-  }
-  triggers: {
-    '${triggerName}': {
-      type: 'Request'
-      kind: 'Http'
-      inputs: {
-        method: 'POST'
-        schema: {
-          type: 'array'
-        }
-      }
-    }
-  }
-  actions: {
-    Is_subscription_validation: {
-      type: 'If'
-      expression: {
-        and: [
-          {
-            equals: [
-              '@first(triggerBody())?[\'eventType\']'
-              'Microsoft.EventGrid.SubscriptionValidationEvent'
-            ]
-          }
-        ]
-      }
-      actions: {
-        Validation_response: {
-          type: 'Response'
-          kind: 'Http'
-          inputs: {
-            statusCode: 200
-            body: {
-              validationResponse: '@first(triggerBody())?[\'data\']?[\'validationCode\']'
-            }
-          }
-        }
-      }
-      else: {
-        actions: {
-          Not_yet_implemented: {
-            type: 'Response'
-            kind: 'Http'
-            inputs: {
-              statusCode: 202
-              body: {
-                message: 'amlrelay Logic App placeholder: the workflow is not deployed yet.'
-              }
-            }
-          }
-        }
-      }
-      runAfter: {}
-    }
-  }
-  outputs: {}
+@description('Optional. Ledger table name.')
+param ledgerTableName string = 'amlrelayledger'
+
+@description('Optional. Key Vault URI holding the PAT (PAT mode only).')
+param keyVaultUri string = ''
+
+@description('Optional. Name of the Key Vault secret holding the PAT (PAT mode only).')
+param patSecretName string = 'ado-pat'
+
+@description('Optional. Resource id of a Log Analytics workspace for the workflow\'s run and action history (failed runs); empty: no diagnostic settings.')
+param diagnosticWorkspaceId string = ''
+
+var definitions = {
+  'managed-identity': loadJsonContent('../../../logicapps/workflow.json')
+  pat: loadJsonContent('../../../logicapps/workflow-pat.json')
 }
-
-resource eventGridConnection 'Microsoft.Web/connections@2016-06-01' = {
-  name: eventGridConnectionName
-  location: location
-  tags: tags
-  properties: {
-    displayName: 'amlrelay Event Grid'
-    api: {
-      id: subscriptionResourceId('Microsoft.Web/locations/managedApis', location, 'azureeventgrid')
-    }
+var trimmedLedgerUrl = endsWith(ledgerTableUrl, '/') ? substring(ledgerTableUrl, 0, length(ledgerTableUrl) - 1) : ledgerTableUrl
+var trimmedVaultUri = endsWith(keyVaultUri, '/') ? substring(keyVaultUri, 0, length(keyVaultUri) - 1) : keyVaultUri
+var baseParameters = {
+  adoOrganizationUrl: {
+    value: endsWith(adoOrganizationUrl, '/') ? substring(adoOrganizationUrl, 0, length(adoOrganizationUrl) - 1) : adoOrganizationUrl
+  }
+  allowedWorkspaces: {
+    // AMLRELAY_ALLOWED_WORKSPACES' format; the workflow normalises case, spaces and trailing slashes
+    value: join(allowedWorkspaceIds, ',')
+  }
+  ledgerTableUrl: {
+    value: trimmedLedgerUrl
+  }
+  ledgerTable: {
+    value: ledgerTableName
   }
 }
+var patParameters = auth == 'pat' ? {
+  keyVaultUrl: {
+    value: trimmedVaultUri
+  }
+  patSecretName: {
+    value: patSecretName
+  }
+} : {}
 
 resource workflow 'Microsoft.Logic/workflows@2019-05-01' = {
   name: name
@@ -117,8 +86,28 @@ resource workflow 'Microsoft.Logic/workflows@2019-05-01' = {
   }
   properties: {
     state: 'Enabled'
-    definition: empty(definition) ? placeholderDefinition : definition
-    parameters: workflowParameters
+    definition: definitions[auth]
+    parameters: union(baseParameters, patParameters)
+  }
+}
+
+resource diagnostics 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = if (!empty(diagnosticWorkspaceId)) {
+  name: 'amlrelay-failed-runs'
+  scope: workflow
+  properties: {
+    workspaceId: diagnosticWorkspaceId
+    logs: [
+      {
+        category: 'WorkflowRuntime'
+        enabled: true
+      }
+    ]
+    metrics: [
+      {
+        category: 'AllMetrics'
+        enabled: true
+      }
+    ]
   }
 }
 
@@ -132,7 +121,4 @@ output name string = workflow.name
 output principalId string = workflow.identity.principalId
 
 @description('The Request trigger\'s name (its callback URL is a secret and is never an output).')
-output triggerName string = triggerName
-
-@description('Resource id of the Event Grid API connection, for the workflow\'s $connections parameter.')
-output eventGridConnectionId string = eventGridConnection.id
+output triggerName string = 'When_an_AML_event_is_received'

@@ -17,8 +17,9 @@ def register(commands: Any) -> None:
     sub = group.add_subparsers(required=True, metavar="COMMAND")
     build = sub.add_parser("build", help="generate the workflow definition from the routes file")
     build.add_argument("--routes", default="routes.json", help="routes file (default routes.json)")
-    build.add_argument("--output", default="logicapps/workflow.json", help="default logicapps/workflow.json")
-    build.add_argument("--check", action="store_true", help="fail (exit 1) if --output is not up to date")
+    build.add_argument("--output", help="one file for --auth (default: logicapps/workflow.json for managed "
+                       "identity and logicapps/workflow-pat.json for PAT mode, the two files infra/ deploys)")
+    build.add_argument("--check", action="store_true", help="fail (exit 1) if a file is not up to date")
     build.add_argument("--auth", choices=("managed-identity", "pat"), default="managed-identity")
     build.add_argument("--throttle-retries", type=int, default=4, help="ADO calls after a 429/503 (default 4)")
     build.set_defaults(handler=_build)
@@ -34,18 +35,25 @@ def render(routes_path: str, *, auth: str = "managed-identity", throttle_retries
     return json.dumps(definition, indent=2, ensure_ascii=False) + "\n"
 
 
+DEFAULT_OUTPUTS = (("logicapps/workflow.json", "managed-identity"), ("logicapps/workflow-pat.json", "pat"))
+
+
 def _build(ns: argparse.Namespace) -> int:
-    text = render(ns.routes, auth=ns.auth, throttle_retries=ns.throttle_retries)
-    output = Path(ns.output)
-    if ns.check:
-        current = output.read_text(encoding="utf-8") if output.exists() else ""
-        if current != text:
-            print(f"{output} is stale: run `amlrelay logicapp build --routes {ns.routes}` and commit it.",
-                  file=sys.stderr)
-            return 1
-        print(f"{output} is up to date with {ns.routes}")
-        return 0
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(text, encoding="utf-8")
-    print(f"wrote {output} ({len(text):,} bytes) from {ns.routes}")
-    return 0
+    targets = [(ns.output, ns.auth)] if ns.output else list(DEFAULT_OUTPUTS)
+    stale = 0
+    for name, auth in targets:
+        text = render(ns.routes, auth=auth, throttle_retries=ns.throttle_retries)
+        output = Path(name)
+        if ns.check:
+            current = output.read_text(encoding="utf-8") if output.exists() else ""
+            if current != text:
+                print(f"{output} is stale: run `amlrelay logicapp build --routes {ns.routes}` and commit it.",
+                      file=sys.stderr)
+                stale += 1
+            else:
+                print(f"{output} is up to date with {ns.routes}")
+            continue
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(text, encoding="utf-8")
+        print(f"wrote {output} ({len(text):,} bytes, {auth}) from {ns.routes}")
+    return 1 if stale else 0

@@ -179,8 +179,11 @@ def envelope_valid() -> str:
 
 
 def allowed() -> str:
-    """validate.SourcePolicy: the workspace id, stripped, without a trailing slash, lower-cased."""
-    return call("contains", "parameters('allowedWorkspaces')", call("toLower", trim_slash(call("trim", source()))))
+    """validate.SourcePolicy: the workspace id, stripped, without a trailing slash, lower-cased, among the
+    comma-separated ``allowedWorkspaces`` (AMLRELAY_ALLOWED_WORKSPACES' format), normalised the same way."""
+    joined = call("concat", "parameters('allowedWorkspaces')", "','")
+    listed = call("split", call("toLower", call("replace", call("replace", joined, "' '", "''"), "'/,'", "','")), "','")
+    return call("contains", listed, call("toLower", trim_slash(call("trim", source()))))
 
 
 def matched_routes(routes: tuple[Route, ...]) -> str:

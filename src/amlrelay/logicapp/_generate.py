@@ -50,7 +50,7 @@ def generate(routes: Routes, *, auth: str = "managed-identity", throttle_retries
     per_route = {r.name: {"path": _path(r)} for r in routes.routes}
     params: dict[str, Any] = {
         "adoOrganizationUrl": {"type": "String", "metadata": {"description": "e.g. https://dev.azure.com/contoso"}},
-        "allowedWorkspaces": {"type": "Array", "metadata": {"description": "lower-case workspace resource ids"}},
+        "allowedWorkspaces": {"type": "String", "metadata": {"description": "workspace resource ids, comma-separated"}},
         "ledgerTableUrl": {"type": "String", "metadata": {"description": "https://<account>.table.core.windows.net"}},
         "ledgerTable": {"type": "String", "defaultValue": "amlrelayledger"},
         "routes": {"type": "Object", "defaultValue": per_route},
