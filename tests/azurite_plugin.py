@@ -26,6 +26,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.servers.tls import TlsMaterial
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "azurite"
 ENV_VAR = "AMLRELAY_LEDGER_CONNECTION_STRING"
@@ -96,3 +98,24 @@ def table_name(azurite: str) -> Iterator[str]:
     service = TableServiceClient.from_connection_string(azurite, retry_total=0)
     with contextlib.suppress(Exception):  # best-effort cleanup; a private Azurite is discarded anyway
         service.delete_table(name)
+
+
+@pytest.fixture(scope="session")
+def azurite_oauth(tmp_path_factory: pytest.TempPathFactory, loopback_tls: TlsMaterial) -> Iterator[str]:
+    """Connection string of a private Azurite that serves HTTPS and checks Entra bearer tokens (``--oauth
+    basic``: issuer, audience ``https://storage.azure.com``, lifetime), for the ledger's and dead-letter
+    container's managed-identity path (``from_table_url`` with a token credential). Trust its certificate
+    with ``loopback_tls.cert_file`` (``REQUESTS_CA_BUNDLE``)."""
+    folder = tmp_path_factory.mktemp("azurite-oauth")
+    env = {**os.environ, "AMLRELAY_AZURITE_DIR": str(folder), "AMLRELAY_AZURITE_IN_MEMORY": "1",
+           "AMLRELAY_AZURITE_BLOB_PORT": "auto", "AMLRELAY_AZURITE_QUEUE_PORT": "auto",
+           "AMLRELAY_AZURITE_TABLE_PORT": "auto", "AMLRELAY_AZURITE_CERT": str(loopback_tls.cert_file),
+           "AMLRELAY_AZURITE_KEY": str(loopback_tls.key_file)}
+    started = subprocess.run([str(SCRIPT), "start"], env=env, capture_output=True, text=True, check=False, timeout=900)
+    if started.returncode != 0:
+        pytest.fail(f"scripts/azurite start (oauth) failed:\n{started.stderr[-3000:]}", pytrace=False)
+    try:
+        out = subprocess.run([str(SCRIPT), "env"], env=env, capture_output=True, text=True, check=True)
+        yield _env_output_to_conn(out.stdout)
+    finally:
+        subprocess.run([str(SCRIPT), "stop", "--purge"], env=env, capture_output=True, check=False, timeout=60)

@@ -1,0 +1,113 @@
+"""The ledger and the dead-letter container over the managed-identity path, as they run in Azure.
+
+In Azure the handler reaches Table and Blob storage with ``AMLRELAY_LEDGER_TABLE_URL`` (and the blob
+endpoint) and an Entra token from its managed identity — not a connection string. Here that path runs
+against a real Azurite that serves HTTPS and checks bearer tokens (``--oauth basic``: issuer, audience,
+lifetime), with tokens from the identity stand-in: the claim semantics are Azurite's own, and a token
+Azurite would not accept makes the event fail before anything is sent to ADO.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from amlrelay.cli import _container
+from amlrelay.deadletter import read_container
+from amlrelay.events import parse_events
+from amlrelay.routes import load_routes
+from amlrelay.runbook import build_relay, open_ledger
+from amlrelay.settings import Settings, resolve
+from tests.conftest import ROUTES_FILE, sample
+from tests.servers.identity import IdentityServer
+from tests.servers.tls import TlsMaterial
+from tests.stack import Stack, local_stack
+
+
+def _endpoints(conn: str) -> dict[str, str]:
+    return dict(part.split("=", 1) for part in conn.split(";") if "=" in part)
+
+
+@pytest.fixture
+def mi_env(azurite_oauth: str, loopback_tls: TlsMaterial, monkeypatch: pytest.MonkeyPatch) -> Iterator[
+        tuple[Stack, dict[str, str]]]:
+    """A stack whose ledger settings are the managed-identity ones (URLs, no connection string)."""
+    parts = _endpoints(azurite_oauth)
+    with local_stack() as stack:
+        env = stack.env(AMLRELAY_LEDGER="true", AMLRELAY_LEDGER_TABLE_URL=parts["TableEndpoint"],
+                        AMLRELAY_BLOB_URL=parts["BlobEndpoint"], AMLRELAY_LEDGER_TABLE="t" + uuid.uuid4().hex[:20],
+                        AMLRELAY_DEADLETTER_CONTAINER="dl" + uuid.uuid4().hex[:12],
+                        REQUESTS_CA_BUNDLE=str(loopback_tls.cert_file), SSL_CERT_FILE=str(loopback_tls.cert_file))
+        env.pop("AMLRELAY_LEDGER_CONNECTION_STRING", None)
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.delenv("AMLRELAY_LEDGER_CONNECTION_STRING", raising=False)
+        yield stack, env
+
+
+def _settings(env: dict[str, str]) -> Settings:
+    settings = resolve({}, env=env)
+    assert settings.ledger_connection_string is None
+    assert settings.ledger_table_url is not None
+    assert settings.ledger_table_url.startswith("https://")
+    return settings
+
+
+def test_the_ledger_claims_with_a_managed_identity_token(mi_env: tuple[Stack, dict[str, str]]) -> None:
+    stack, env = mi_env
+    settings = _settings(env)
+    relay = build_relay(settings, load_routes(ROUTES_FILE))
+    assert relay.ledger is not None
+    relay.ledger.ensure_table()
+    event = sample("event-grid-schema", "model_registered")
+    [first] = relay.handle(parse_events([event]), raw=[event])
+    [again] = relay.handle(parse_events([event]), raw=[event])
+    assert (first.outcome, again.outcome) == ("triggered", "duplicate"), (first.reason, again.reason)
+    assert again.ado_run_id == first.ado_run_id
+    assert len(stack.ado.runs) == 1
+    storage = [r for r in stack.identity.token_requests if r.query.get("resource") == "https://storage.azure.com"]
+    assert storage  # the ledger's token came from the managed identity, for Storage
+    [record] = open_ledger(settings).recent()
+    assert (record.state, record.ado_run_id) == ("triggered", first.ado_run_id)
+
+
+def test_a_token_azurite_refuses_fails_the_event_before_ado(azurite_oauth: str, loopback_tls: TlsMaterial,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """An expired token (Azurite checks lifetimes in oauth mode): the claim fails, nothing reaches ADO."""
+    parts = _endpoints(azurite_oauth)
+    expired = IdentityServer(issued_at=1_700_000_000, expires_on=1_700_003_600)
+    with local_stack(identity=expired) as stack:
+        env = stack.env(AMLRELAY_LEDGER="true", AMLRELAY_LEDGER_TABLE_URL=parts["TableEndpoint"],
+                        REQUESTS_CA_BUNDLE=str(loopback_tls.cert_file), SSL_CERT_FILE=str(loopback_tls.cert_file))
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.delenv("AMLRELAY_LEDGER_CONNECTION_STRING", raising=False)
+        relay = build_relay(_settings(env), load_routes(ROUTES_FILE))
+        event = sample("event-grid-schema", "model_registered")
+        [outcome] = relay.handle(parse_events([event]), raw=[event])
+        assert outcome.outcome == "failed"
+        assert (outcome.reason or "").startswith("nothing triggered")
+        assert stack.ado.requests == []
+
+
+def test_dead_letters_are_read_with_a_managed_identity_token(mi_env: tuple[Stack, dict[str, str]],
+                                                             azurite_oauth: str) -> None:
+    from azure.storage.blob import ContainerClient
+
+    _, env = mi_env
+    settings = _settings(env)
+    writer = ContainerClient.from_connection_string(azurite_oauth, settings.deadletter_container)
+    writer.create_container()
+    dead: list[dict[str, Any]] = [{**sample("event-grid-schema", "model_registered"), "deadLetterReason": "TimeToLive",
+                                   "deliveryAttempts": 30}]
+    writer.upload_blob("topic/sub/2026/12/01/00/dl.json", json.dumps(dead).encode())
+    container = _container(settings)
+    assert container is not None
+    assert container.credential is not None
+    assert not hasattr(container.credential, "account_key")
+    letters = list(read_container(container))
+    assert [len(letter.events) for letter in letters] == [1]
