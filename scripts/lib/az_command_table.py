@@ -42,8 +42,8 @@ def _describe(parser: argparse.ArgumentParser) -> dict[str, Any]:
             multi.extend(action.option_strings)
         elif action.nargs == "?":
             optional.extend(action.option_strings)
-        if action.required:
-            required.append(max(action.option_strings, key=len))
+        if action.required:  # any alias satisfies it: "--resource-group/-g"
+            required.append("/".join(sorted(action.option_strings, key=lambda o: (-len(o), o))))
         if action.choices is not None and not callable(action.choices):
             try:
                 values = sorted({str(c) for c in action.choices})

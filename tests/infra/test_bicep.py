@@ -312,8 +312,13 @@ def _accessor(node: Any) -> str | None:
 def test_replay_runbook_is_scheduled_with_a_fresh_job_schedule(bicep: dict[str, Any]) -> None:
     doc = bicep["files"]["modules/automation/main.bicep"]
     resources = doc["resources"]
-    runbook = resources["replayRunbook"]["config"]
+    # Only ever PUT with its content (published from a hashed link in the same request).
+    assert resources["replayRunbook"]["config"]["condition"]["operator"]["type"] == "not"
+    runbook = resources["replayRunbook"]["config"]["config"]
     assert runbook["properties"]["runbookType"] == "Python"
+    link = runbook["properties"]["publishContentLink"]
+    assert link["uri"] == "replayRunbookContentUri"
+    assert link["contentHash"]["algorithm"] == "SHA256"
     assert _accessor(runbook["properties"]["runtimeEnvironment"]) == "runtimeEnvironment.name"
     assert doc["parameters"]["replayRunbookName"]["default"] == "replay_dead_letters"
 
@@ -339,7 +344,7 @@ def test_replay_runbook_is_scheduled_with_a_fresh_job_schedule(bicep: dict[str, 
     assert name["type"] == "guid"
     assert "replaySchedule.name" in {_accessor(v) for v in name["parameters"].values()}
     links = job["config"]["properties"]
-    assert _accessor(links["runbook"]["name"]) == "replayRunbook.name"
+    assert links["runbook"]["name"] == "replayRunbookName"
     assert _accessor(links["schedule"]["name"]) == "replaySchedule.name"
 
 

@@ -1,92 +1,66 @@
-"""scripts/: shellcheck-clean, --help everywhere, and scripts/deploy against a fake `az` that records its calls
-and answers with JSON shaped like the real CLI's, so the order and arguments of a deployment are asserted."""
+"""scripts/: shellcheck-clean, --help everywhere, and scripts/deploy against a fake `az` (tests/infra/fake_az.py)
+that refuses every command and option the real azure-cli 2.91.0 lacks, checks `az rest` calls against the
+Automation SDK's operations, and models the Azure behaviour the deployment must cope with: package imports
+that take several polls, RBAC propagation (403 on the first uploads), principal types, soft-deleted vaults."""
 
 from __future__ import annotations
 
 import json
 import os
-import stat
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from .conftest import REPO, infra_tool
+from .arm_routes import sdk_routes, site_packages
+from .conftest import REPO, VENV, infra_tool
+from .fake_az import PACKAGE_STEPS, initial_state
 
-SCRIPTS = ["deploy", "teardown", "grant-ado-access", "send-test-event", "setup-infra-tools"]
-SECRET_URI = "https://0000.webhook.we.azure-automation.net/webhooks?token=SECRET-TOKEN"
-SAS_URI = "https://amlrst.blob.core.windows.net/packages/amlrelay.whl?sv=x&sig=SECRET-SIG"
+SCRIPTS = ["deploy", "teardown", "grant-ado-access", "send-test-event", "setup-infra-tools",
+           "gen-az-command-table"]
+TABLE = REPO / "tests" / "fixtures" / "az" / "command-table.json"
+SECRET_URI = initial_state()["webhook_uri"]
 
-FAKE_AZ = r'''#!/usr/bin/env python3
-import json, os, sys
-args = sys.argv[1:]
-with open(os.environ["FAKE_AZ_LOG"], "a") as log:
-    log.write(json.dumps(args) + "\n")
-words = [a for a in args if not a.startswith("-")]
-cmd = " ".join(words[:4])
-outputs = {
-    "handler": {"type": "String", "value": "runbook"},
-    "storageAccountName": {"type": "String", "value": "amlrst123"},
-    "packagesContainerName": {"type": "String", "value": "packages"},
-    "automationAccountName": {"type": "String", "value": "amlr-aa-123"},
-    "runbookName": {"type": "String", "value": "trigger-ado-pipeline"},
-    "replayRunbookName": {"type": "String", "value": "replay_dead_letters"},
-    "replayScheduleName": {"type": "String", "value": ""},
-    "systemTopicName": {"type": "String", "value": "ws-amlrelay"},
-    "systemTopicResourceGroup": {"type": "String", "value": "rg-ml"},
-    "handlerPrincipalId": {"type": "String", "value": "11111111-1111-1111-1111-111111111111"},
-    "subscriptionNames": {"type": "Array", "value": ["triage-failed-run"]},
-}
-def out(value):
-    print(json.dumps(value) if "tsv" not in args else value)
-if cmd.startswith("bicep build-params"):
-    path = args[args.index("--outfile") + 1]
-    parameters = {"namePrefix": {"value": "amlr"}, **json.loads(os.environ.get("FAKE_BUILD_PARAMS") or "{}")}
-    json.dump({"$schema": "x", "contentVersion": "1.0.0.0", "parameters": parameters}, open(path, "w"))
-    out({})
-elif cmd.startswith("ad signed-in-user show"):
-    out("22222222-2222-2222-2222-222222222222")
-elif cmd.startswith("deployment group what-if"):
-    print("Resource changes: 12 to create.")
-elif cmd.startswith("deployment group create"):
-    params = json.load(open(args[args.index("--parameters") + 1][1:]))
-    with open(os.environ["FAKE_AZ_LOG"] + ".params", "a") as log:
-        log.write(json.dumps(params) + "\n")
-    # Like the template: a replay schedule exists once a name is passed, unless switched off.
-    p = params["parameters"]
-    schedule = p.get("replayScheduleName", {}).get("value", "")
-    if not p.get("replayScheduleEnabled", {}).get("value", True):
-        schedule = ""
-    outputs["replayScheduleName"]["value"] = schedule
-    if schedule:
-        with open(os.environ["FAKE_AZ_LOG"] + ".schedules", "a") as log:
-            log.write(schedule + "\n")
-    out({"name": args[args.index("--name") + 1], "properties": {"provisioningState": "Succeeded",
-         "outputs": outputs}})
-elif cmd.startswith("storage blob upload"):
-    out({"etag": "\"0x1\"", "lastModified": "2026-01-01T00:00:00+00:00"})
-elif cmd.startswith("storage blob generate-sas"):
-    out(os.environ["FAKE_SAS"])
-elif cmd.startswith("automation runbook replace-content") or cmd.startswith("automation runbook publish"):
-    out({})
-elif cmd.startswith("automation account show"):
-    out("/subscriptions/0000/resourceGroups/rg/providers/Microsoft.Automation/automationAccounts/amlr-aa-123")
-elif cmd.startswith("rest"):
-    out(os.environ["FAKE_WEBHOOK"])
-elif cmd.startswith("eventgrid system-topic event-subscription list"):
-    out([{"name": "triage-failed-run", "labels": ["amlrelay"]}, {"name": "old-route", "labels": ["amlrelay"]},
-         {"name": "someone-elses", "labels": []}])
-elif cmd.startswith("automation webhook list"):
-    out([{"name": "amlrelay-eventgrid-20200101000000"}, {"name": "manual-hook"}])
-elif cmd.startswith("automation schedule list"):
-    made = os.environ["FAKE_AZ_LOG"] + ".schedules"
-    current = open(made).read().split() if os.path.exists(made) else []
-    out([{"name": n, "frequency": "Hour", "interval": 1, "isEnabled": True, "timeZone": "UTC"}
-         for n in ["amlrelay-replay-20200101000000", "nightly-report", *current]])
-else:
-    out({})
-'''
+
+class FakeAz:
+    """A bin/ directory whose `az` is fake_az.py run by the infra venv's python, and its world."""
+
+    def __init__(self, tmp_path: Path, **state: Any) -> None:
+        self.tmp = tmp_path
+        self.bin = tmp_path / "bin"
+        self.bin.mkdir(exist_ok=True)
+        python = infra_tool("python")
+        az = self.bin / "az"
+        az.write_text(f'#!/bin/sh\nexec "{python}" "{REPO / "tests" / "infra" / "fake_az.py"}" "$@"\n')
+        az.chmod(0o755)
+        routes = tmp_path / "routes.json"
+        routes.write_text(json.dumps(sdk_routes(site_packages(VENV), "automation")))
+        self.state_path = tmp_path / "world.json"
+        self.state_path.write_text(json.dumps(initial_state(**state)))
+        self.log = tmp_path / "az.log"
+        self.env = {**os.environ, "PATH": f"{self.bin}:{os.environ['PATH']}", "FAKE_AZ_LOG": str(self.log),
+                    "FAKE_AZ_TABLE": str(TABLE), "FAKE_AZ_ROUTES": str(routes), "FAKE_AZ_STATE": str(self.state_path),
+                    "TMPDIR": str(tmp_path), "AMLRELAY_POLL_SECONDS": "0", "AMLRELAY_RETRY_SECONDS": "0"}
+
+    @property
+    def world(self) -> dict[str, Any]:
+        state: dict[str, Any] = json.loads(self.state_path.read_text())
+        return state
+
+    def calls(self) -> list[list[str]]:
+        if not self.log.exists():
+            return []
+        return [json.loads(line) for line in self.log.read_text().splitlines()]
+
+    def az(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(self.bin / "az"), *args], capture_output=True, text=True, check=False,
+                              env=self.env, timeout=60)
+
+    def script(self, name: str, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(REPO / "scripts" / name), *args], capture_output=True, text=True, check=False,
+                              env=self.env, cwd=self.tmp, timeout=120, input=stdin)
 
 
 def test_scripts_are_shellcheck_clean() -> None:
@@ -104,22 +78,55 @@ def test_help(script: str) -> None:
     assert done.stdout.startswith("Usage: scripts/")
 
 
-def _deploy(tmp_path: Path, param_file: Path | None = None,
-            build_params: dict[str, object] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run scripts/deploy against the fake az; build_params is what `az bicep build-params` would emit."""
-    fake = tmp_path / "bin" / "az"
-    fake.parent.mkdir()
-    fake.write_text(FAKE_AZ)
-    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
-    dist = tmp_path / "dist"
-    dist.mkdir()
-    log = tmp_path / "az.log"
+# ------------------------------------------------------------------------------------------ the fake az
+
+def test_the_command_table_comes_from_the_pinned_azure_cli() -> None:
+    table = json.loads(TABLE.read_text())
+    pin = next(line for line in (REPO / "scripts" / "gen-az-command-table").read_text().splitlines()
+               if line.startswith("AZURE_CLI_VERSION="))
+    assert table["azure-cli"] == pin.split('"')[1]
+    assert len(table["commands"]) > 5000
+    # The finding of issue 9: Automation (runbooks, webhooks, schedules, jobs) is an extension, not core az.
+    assert not [c for c in table["commands"] if c.startswith("automation ")]
+    assert "--yes" in table["commands"]["eventgrid system-topic event-subscription delete"]["options"]
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["automation", "webhook", "list", "-g", "rg", "--automation-account-name", "aa"], "not a command"),
+    (["automation", "runbook", "publish", "-g", "rg", "--automation-account-name", "aa", "-n", "x"], "not a command"),
+    (["storage", "blob", "upload", "--account-name", "a", "--bogus", "1"], "unrecognized arguments: --bogus"),
+    (["rest", "--method", "get"], "the following arguments are required: --uri/--url/-u"),
+    (["deployment", "group", "list"], "the following arguments are required: --resource-group/-g"),
+    (["rest", "--method", "fetch", "--url", "/x"], "invalid choice"),
+    (["rest", "--method", "get", "--url", "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Automation/"
+      "automationAccounts/aa/webhooks?api-version=2015-10-31"], "No registered resource provider"),
+    (["rest", "--method", "post", "--url", "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Automation/"
+      "automationAccounts/aa/webhooks/generateUri?api-version=2024-10-23"], ""),
+    (["rest", "--method", "get", "--url", "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Automation/"
+      "automationAccounts/aa/webhookz?api-version=2024-10-23"], "no operation of the management SDK"),
+])
+def test_the_fake_az_refuses_what_the_real_one_refuses(tmp_path: Path, argv: list[str], message: str) -> None:
+    done = FakeAz(tmp_path).az(*argv)
+    if message:
+        assert done.returncode != 0
+        assert message in done.stderr
+    else:
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout).startswith("https://")
+
+
+# ------------------------------------------------------------------------------------------ deploy
+
+def _deploy(fake: FakeAz, *extra: str, param_file: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run scripts/deploy against the fake az, with a fake `python -m build` / `pip` for the wheel step."""
+    dist = fake.tmp / "dist"
+    dist.mkdir(exist_ok=True)
     pip_report = {"install": [
         {"metadata": {"name": "amlrelay", "version": "0.1.0"}, "download_info": {"url": "file:///x"}},
         {"metadata": {"name": "requests", "version": "2.32.3"}, "download_info": {
             "url": "https://example.invalid/requests-2.32.3-py3-none-any.whl",
             "archive_info": {"hashes": {"sha256": "ab" * 32}}}}]}
-    fake_python = tmp_path / "bin" / "python"
+    fake_python = fake.bin / "python"
     fake_python.write_text(
         "#!/usr/bin/env bash\n"
         "if [[ \"$1 $2\" == '-m build' ]]; then touch \"$5/amlrelay-0.1.0-py3-none-any.whl\"; exit 0; fi\n"
@@ -127,83 +134,171 @@ def _deploy(tmp_path: Path, param_file: Path | None = None,
         f"printf '%s' '{json.dumps(pip_report)}' > \"$a\"; prev=$a; done; exit 0; fi\n"
         f"exec {sys.executable} \"$@\"\n")
     fake_python.chmod(0o755)
-    runbook = tmp_path / "runbook.py"
+    runbook = fake.tmp / "runbook.py"
     runbook.write_text("print('hello')\n")
     generated = REPO / "infra" / "generated" / "subscriptions.json"
     before = generated.read_text()
-    env = {**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}", "FAKE_AZ_LOG": str(log),
-           "FAKE_WEBHOOK": SECRET_URI, "FAKE_SAS": SAS_URI, "PYTHON": str(fake_python), "TMPDIR": str(tmp_path),
-           "AMLRELAY_DIST_DIR": str(dist), "FAKE_BUILD_PARAMS": json.dumps(build_params or {})}
+    fake.env.update({"PYTHON": str(fake_python), "AMLRELAY_DIST_DIR": str(dist)})
     where = ["--param-file", str(param_file)] if param_file else ["--env", "dev"]
-    done = subprocess.run(
-        [str(REPO / "scripts" / "deploy"), "-g", "rg-amlrelay", *where, "--yes", "--runbook", str(runbook)],
-        capture_output=True, text=True, check=False, env=env, cwd=tmp_path, timeout=60,
-    )
+    done = fake.script("deploy", "-g", "rg-amlrelay", *where, "--yes", "--runbook", str(runbook), *extra)
     assert generated.read_text() == before
     return done
 
 
-def _calls(tmp_path: Path) -> list[list[str]]:
-    return [json.loads(line) for line in (tmp_path / "az.log").read_text().splitlines()]
+def _value(call: list[str], flag: str) -> str:
+    return call[call.index(flag) + 1]
 
 
-def test_deploy_runs_the_steps_in_order_and_never_prints_secrets(tmp_path: Path) -> None:
-    done = _deploy(tmp_path)
+def _rest(calls: list[list[str]]) -> list[tuple[str, str]]:
+    return [(_value(c, "--method"), _value(c, "--url").split("/automationAccounts/amlr-aa-123/")[-1])
+            for c in calls if c[0] == "rest"]
+
+
+def test_deploy_goes_live_only_after_packages_and_runbooks_and_never_prints_secrets(tmp_path: Path) -> None:
+    fake = FakeAz(tmp_path)
+    done = _deploy(fake)
     assert done.returncode == 0, done.stderr[-3000:]
+    world = fake.world
+    assert world["violations"] == []
     assert "SECRET" not in done.stdout + done.stderr
-    calls = _calls(tmp_path)
+    calls = fake.calls()
     assert all("SECRET" not in " ".join(call) for call in calls), "a secret was passed on a command line"
-    heads = [" ".join(w for w in call if not w.startswith("-"))[:80] for call in calls]
-    order = ["bicep build-params", "ad signed-in-user show", "deployment group what-if",
-             "deployment group create", "storage blob upload", "storage blob generate-sas",
-             "automation runbook replace-content", "automation runbook publish",
-             "automation runbook replace-content", "automation runbook publish", "automation account show",
-             "rest", "deployment group create", "eventgrid system-topic event-subscription list",
-             "eventgrid system-topic event-subscription delete", "automation webhook list",
-             "automation webhook delete", "automation schedule list", "automation schedule delete"]
-    positions = []
-    for step in order:
-        index = next(i for i, h in enumerate(heads) if h.startswith(step) and i not in positions)
-        positions.append(index)
-    assert positions == sorted(positions), heads
-    deletes = [c for c in calls if "delete" in c]
-    assert any("old-route" in c for c in deletes)
-    assert not any("someone-elses" in c or "manual-hook" in c for c in deletes)
+    names = [d["name"].rsplit("-", 1)[0] for d in world["deployments"]]
+    assert names == ["amlrelay-infra", "amlrelay-packages", "amlrelay-handler"]
+    infra, packages, handler = world["params"]
+    assert infra["deployerPrincipalId"]["value"] == "22222222-2222-2222-2222-222222222222"
+    assert infra["deployerPrincipalType"]["value"] == "User"
+    assert "webhookUri" not in infra
+    assert "runbookContentUri" not in infra
+    # The packages pass publishes both runbooks from hashed content links; no webhook yet.
+    assert packages["runbookContentUri"]["value"].endswith("/runbook.py?sv=x&sig=SECRET-SIG")
+    assert packages["replayRunbookContentUri"]["value"].endswith("/replay_dead_letters.py?sv=x&sig=SECRET-SIG")
+    assert len(packages["runbookContentSha256"]["value"]) == 64
+    assert packages["runbookPackages"]["value"][0]["sha256"] == "ab" * 32
+    assert "webhookUri" not in packages
+    # The handler pass goes live: webhook, schedule, subscriptions; it re-PUTs neither packages nor runbooks.
+    assert handler["webhookUri"]["value"] == SECRET_URI
+    assert "runbookContentUri" not in handler
+    assert "amlrelayPackageUri" not in handler
+    assert handler["replayScheduleName"]["value"].startswith("amlrelay-replay-")
+    # Every Automation call is core `az rest` at the Bicep's api-version; packages were polled until done.
+    rest = _rest(calls)
+    polls = [r for r in rest if r[1].startswith("runtimeEnvironments/amlrelay-python310/packages")]
+    assert len(polls) == len(PACKAGE_STEPS)
+    assert "0/2 Succeeded; waiting for amlrelay: Creating, requests: Creating" in done.stderr
+    assert all(url.endswith("api-version=2024-10-23") for _, url in rest)
+    assert ("post", "webhooks/generateUri?api-version=2024-10-23") in rest
+    # Only the older amlrelay webhook/schedule/subscription go, never someone else's.
+    assert world["webhooks"] == ["manual-hook", handler["webhookName"]["value"]]
+    assert world["schedules"] == ["nightly-report", handler["replayScheduleName"]["value"]]
+    assert [s["name"] for s in world["subscriptions"]] == ["someone-elses", "triage-failed-run"]
+    assert "--yes" in next(c for c in calls if c[:4] == ["eventgrid", "system-topic", "event-subscription",
+                                                          "delete"])
+    assert handler["replayScheduleName"]["value"] in done.stdout
+    assert not list(tmp_path.glob("amlrelay.*")) or all(p.stat().st_size == 0 for p in tmp_path.glob("amlrelay.*"))
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("amlrelay.")], "secret parameters file left"
 
-    # Both runbooks are published (draft content, then publish) before the handler pass links the schedule.
-    def value(call: list[str], flag: str) -> str:
-        return call[call.index(flag) + 1]
 
-    content = [(value(c, "--name"), value(c, "--content")) for c in calls if c[:3] == ["automation", "runbook",
-                                                                                       "replace-content"]]
-    assert content == [("trigger-ado-pipeline", f"@{tmp_path / 'runbook.py'}"),
-                       ("replay_dead_letters", f"@{REPO / 'runbooks' / 'replay_dead_letters.py'}")]
-    published = [value(c, "--name") for c in calls if c[:3] == ["automation", "runbook", "publish"]]
-    assert published == ["trigger-ado-pipeline", "replay_dead_letters"]
-    for call in calls:
-        if call[:2] == ["automation", "runbook"]:
-            assert value(call, "--automation-account-name") == "amlr-aa-123"
-            assert value(call, "--resource-group") == "rg-amlrelay"
+def test_deploy_as_a_service_principal_passes_its_type(tmp_path: Path) -> None:
+    app = "33333333-0000-0000-0000-000000000000"
+    fake = FakeAz(tmp_path, account={"id": "00000000-0000-0000-0000-000000000000",
+                                     "user": {"name": app, "type": "servicePrincipal"}},
+                  service_principals={app: {"id": "44444444-4444-4444-4444-444444444444", "appId": app}},
+                  principal_types={"44444444-4444-4444-4444-444444444444": "ServicePrincipal"})
+    done = _deploy(fake)
+    assert done.returncode == 0, done.stderr[-3000:]
+    infra = fake.world["params"][0]
+    assert infra["deployerPrincipalType"]["value"] == "ServicePrincipal"
+    assert infra["deployerPrincipalId"]["value"] == "44444444-4444-4444-4444-444444444444"
 
-    params = [json.loads(line) for line in (tmp_path / "az.log.params").read_text().splitlines()]
-    assert "replayScheduleName" not in params[0]["parameters"], "no job schedule before the runbook is published"
-    schedule = params[1]["parameters"]["replayScheduleName"]["value"]
-    assert schedule.startswith("amlrelay-replay-")
-    assert schedule != "amlrelay-replay-20200101000000"
-    # Only the older amlrelay schedule goes: not the one just made, not someone else's.
-    schedule_deletes = [value(c, "--name") for c in calls if c[:3] == ["automation", "schedule", "delete"]]
-    assert schedule_deletes == ["amlrelay-replay-20200101000000"]
-    assert "--yes" in next(c for c in calls if c[:3] == ["automation", "schedule", "delete"])
-    assert schedule in done.stdout
-    assert ("az automation runbook start --resource-group rg-amlrelay --automation-account-name amlr-aa-123 "
-            "--name replay_dead_letters") in done.stdout
-    assert "webhookUri" not in params[0]["parameters"]
-    assert params[0]["parameters"]["deployerPrincipalId"]["value"] == "22222222-2222-2222-2222-222222222222"
-    second = params[1]["parameters"]
-    assert second["webhookUri"]["value"] == SECRET_URI
-    assert second["amlrelayPackageUri"]["value"] == SAS_URI
-    assert second["runbookPackages"]["value"][0]["sha256"] == "ab" * 32
-    assert not list(tmp_path.glob("amlrelay.*")), "the secret parameters file was left behind"
+
+def test_deploy_with_a_managed_identity_login_asks_for_the_object_id(tmp_path: Path) -> None:
+    fake = FakeAz(tmp_path, account={"id": "0", "user": {"name": "systemAssignedIdentity",
+                                                         "type": "servicePrincipal"}})
+    done = _deploy(fake)
+    assert done.returncode != 0
+    assert "AMLRELAY_DEPLOYER_OBJECT_ID" in done.stderr
+    assert fake.world["deployments"] == []
+
+
+def test_deploy_waits_out_rbac_propagation_on_upload(tmp_path: Path) -> None:
+    fake = FakeAz(tmp_path, upload_403=2)
+    done = _deploy(fake)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stderr.count("waiting 0s for the new role assignment to propagate") == 2
+    uploads = [c for c in fake.calls() if c[:3] == ["storage", "blob", "upload"]]
+    assert len(uploads) == 5  # two refused, then the wheel and both runbooks
+
+
+def test_deploy_gives_up_on_upload_after_the_bounded_retries(tmp_path: Path) -> None:
+    fake = FakeAz(tmp_path, upload_403=50)
+    fake.env["AMLRELAY_RETRY_ATTEMPTS"] = "3"
+    done = _deploy(fake)
+    assert done.returncode != 0
+    assert "AuthorizationPermissionMismatch" in done.stderr
+    assert "could not upload" in done.stderr
+    assert len(fake.world["deployments"]) == 1
+
+
+def test_a_failed_package_import_stops_before_anything_goes_live(tmp_path: Path) -> None:
+    fake = FakeAz(tmp_path, failing_package="requests")
+    done = _deploy(fake)
+    assert done.returncode != 0
+    assert "package import failed: requests" in done.stderr
+    assert "not cp310" in done.stderr
+    world = fake.world
+    assert world["webhooks"] == initial_state()["webhooks"], "a webhook went live"
+    assert [d["name"].rsplit("-", 1)[0] for d in world["deployments"]] == ["amlrelay-infra", "amlrelay-packages"]
+
+
+def test_package_wait_is_bounded(tmp_path: Path) -> None:
+    fake = FakeAz(tmp_path)
+    done = _deploy(fake, "--package-timeout", "0")
+    assert done.returncode != 0
+    assert "still importing after 0s" in done.stderr
+    assert "were NOT changed" in done.stderr
+    assert fake.world["violations"] == []
+    assert len(fake.world["deployments"]) == 2
+
+
+def _pat_params(tmp_path: Path) -> Path:
+    param_file = tmp_path / "pat.bicepparam"
+    dev = (REPO / "infra" / "env" / "dev.bicepparam").read_text()
+    param_file.write_text(dev.replace("using '../main.bicep'", f"using '{REPO / 'infra' / 'main.bicep'}'")
+                          + "param auth = 'pat'\n")
+    return param_file
+
+
+def test_redeploy_after_teardown_recovers_the_soft_deleted_vault(tmp_path: Path) -> None:
+    vault: dict[str, Any] = {
+        "name": "amlr-kv-123", "id": "/subscriptions/0/providers/Microsoft.KeyVault/locations/westeurope/"
+        "deletedVaults/amlr-kv-123", "properties": {
+                 "vaultId": "/subscriptions/0/resourceGroups/rg-amlrelay/providers/Microsoft.KeyVault/vaults/"
+                            "amlr-kv-123",
+                 "tags": {"amlrelay-handler": "runbook"}, "purgeProtectionEnabled": True,
+                 "scheduledPurgeDate": "2027-03-01T00:00:00Z"}}
+    someone_elses = {**vault, "name": "other-kv", "properties": {**vault["properties"], "tags": {}}}
+    # The fake `bicep build-params` does not read the file: tell it what the real one would emit.
+    fake = FakeAz(tmp_path, deleted_vaults=[someone_elses, vault], build_params={"auth": {"value": "pat"}})
+    done = _deploy(fake, param_file=_pat_params(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "recovering it" in done.stderr
+    assert fake.world["recovered_vaults"] == ["amlr-kv-123"]
+    assert fake.world["params"][0]["keyVaultCreateMode"]["value"] == "recover"
+    # A second redeploy finds no deleted vault and creates normally.
+    again = _deploy(fake, param_file=_pat_params(tmp_path))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "keyVaultCreateMode" not in fake.world["params"][3]
+
+
+def test_the_fake_refuses_a_redeploy_that_ignores_the_soft_deleted_vault(tmp_path: Path) -> None:
+    fake = FakeAz(tmp_path, deleted_vaults=[{"name": "amlr-kv-123", "properties": {}}])
+    params = tmp_path / "p.json"
+    params.write_text(json.dumps({"parameters": {"auth": {"value": "pat"}}}))
+    done = fake.az("deployment", "group", "create", "-g", "rg-amlrelay", "-n", "x", "--template-file", "main.bicep",
+                   "--parameters", f"@{params}")
+    assert done.returncode != 0
+    assert "soft deleted vault" in done.stderr
 
 
 def test_deploy_with_the_replay_schedule_off_removes_the_old_one(tmp_path: Path) -> None:
@@ -211,10 +306,9 @@ def test_deploy_with_the_replay_schedule_off_removes_the_old_one(tmp_path: Path)
     dev = (REPO / "infra" / "env" / "dev.bicepparam").read_text()
     param_file.write_text(dev.replace("using '../main.bicep'", f"using '{REPO / 'infra' / 'main.bicep'}'")
                           + "param replayScheduleEnabled = false\n")
-    # The fake `bicep build-params` does not read the file: tell it what the real one would emit.
-    done = _deploy(tmp_path, param_file, {"replayScheduleEnabled": {"value": False}})
+    fake = FakeAz(tmp_path, build_params={"replayScheduleEnabled": {"value": False}})
+    done = _deploy(fake, param_file=param_file)
     assert done.returncode == 0, done.stderr[-3000:]
-    calls = _calls(tmp_path)
-    assert [c[c.index("--name") + 1] for c in calls if c[:3] == ["automation", "schedule", "delete"]] == [
-        "amlrelay-replay-20200101000000"]
+    assert fake.world["schedules"] == ["nightly-report"]
+    assert ("delete", "schedules/amlrelay-replay-20200101000000?api-version=2024-10-23") in _rest(fake.calls())
     assert "by hand only" in done.stdout

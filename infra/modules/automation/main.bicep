@@ -40,6 +40,20 @@ param runbookName string = 'trigger-ado-pipeline'
 @description('Optional. Name of the replay runbook (scripts/deploy publishes runbooks/replay_dead_letters.py under it): `amlrelay replay --stale --failed`.')
 param replayRunbookName string = 'replay_dead_letters'
 
+@description('Optional. Secure. User-delegation SAS URL of the trigger runbook\'s source (scripts/deploy uploads it). Empty: the runbook is not (re-)deployed in this pass.')
+@secure()
+param runbookContentUri string = ''
+
+@description('Optional. SHA-256 (hex) of the trigger runbook\'s source; required with runbookContentUri.')
+param runbookContentSha256 string = ''
+
+@description('Optional. Secure. User-delegation SAS URL of the replay runbook\'s source. Empty: not (re-)deployed in this pass.')
+@secure()
+param replayRunbookContentUri string = ''
+
+@description('Optional. SHA-256 (hex) of the replay runbook\'s source; required with replayRunbookContentUri.')
+param replayRunbookContentSha256 string = ''
+
 @description('Optional. Run the replay runbook on a schedule. false: no schedule (start the runbook by hand).')
 param replayScheduleEnabled bool = true
 
@@ -133,7 +147,11 @@ resource amlrelayPackage 'Microsoft.Automation/automationAccounts/runtimeEnviron
   }
 }
 
-resource runbook 'Microsoft.Automation/automationAccounts/runbooks@2024-10-23' = {
+// A runbook is only ever PUT together with its content (publishContentLink + SHA-256): Automation publishes
+// that content in the same request, so a re-deployment can never leave a runbook without a published
+// version under a live webhook or schedule. Passes without content (the infrastructure pass) leave the
+// runbooks alone (incremental mode); the webhook and the job schedule refer to them by name.
+resource runbook 'Microsoft.Automation/automationAccounts/runbooks@2024-10-23' = if (!empty(runbookContentUri)) {
   parent: account
   name: runbookName
   location: location
@@ -143,11 +161,18 @@ resource runbook 'Microsoft.Automation/automationAccounts/runbooks@2024-10-23' =
     runtimeEnvironment: runtimeEnvironment.name
     logProgress: false
     logVerbose: false
-    description: 'amlrelay: start Azure DevOps pipeline runs from Azure ML events (content published by scripts/deploy).'
+    description: 'amlrelay: start Azure DevOps pipeline runs from Azure ML events (published by scripts/deploy).'
+    publishContentLink: {
+      uri: runbookContentUri
+      contentHash: {
+        algorithm: 'SHA256'
+        value: toUpper(runbookContentSha256)
+      }
+    }
   }
 }
 
-resource replayRunbook 'Microsoft.Automation/automationAccounts/runbooks@2024-10-23' = {
+resource replayRunbook 'Microsoft.Automation/automationAccounts/runbooks@2024-10-23' = if (!empty(replayRunbookContentUri)) {
   parent: account
   name: replayRunbookName
   location: location
@@ -157,7 +182,14 @@ resource replayRunbook 'Microsoft.Automation/automationAccounts/runbooks@2024-10
     runtimeEnvironment: runtimeEnvironment.name
     logProgress: false
     logVerbose: false
-    description: 'amlrelay: replay dead-lettered events, stale claims and retryable failures (content published by scripts/deploy).'
+    description: 'amlrelay: replay dead-lettered events, stale claims and retryable failures (published by scripts/deploy).'
+    publishContentLink: {
+      uri: replayRunbookContentUri
+      contentHash: {
+        algorithm: 'SHA256'
+        value: toUpper(replayRunbookContentSha256)
+      }
+    }
   }
 }
 
@@ -178,10 +210,10 @@ resource replaySchedule 'Microsoft.Automation/automationAccounts/schedules@2024-
 // job schedule id it has seen before, even after the job schedule was deleted.
 resource replayJobSchedule 'Microsoft.Automation/automationAccounts/jobSchedules@2024-10-23' = if (replayScheduled) {
   parent: account
-  name: guid(account.id, replayRunbook.name, replaySchedule.name)
+  name: guid(account.id, replayRunbookName, replaySchedule.name)
   properties: {
     runbook: {
-      name: replayRunbook.name
+      name: replayRunbookName
     }
     schedule: {
       name: replaySchedule.name
@@ -209,7 +241,7 @@ resource webhook 'Microsoft.Automation/automationAccounts/webhooks@2024-10-23' =
     uri: webhookUri
     expiryTime: webhookExpiryTime
     runbook: {
-      name: runbook.name
+      name: runbookName
     }
   }
 }
@@ -224,10 +256,10 @@ output name string = account.name
 output principalId string = account.identity.principalId
 
 @description('The runbook\'s name.')
-output runbookName string = runbook.name
+output runbookName string = runbookName
 
 @description('The replay runbook\'s name.')
-output replayRunbookName string = replayRunbook.name
+output replayRunbookName string = replayRunbookName
 
 @description('The replay schedule\'s name, or empty when there is none (switched off, or before scripts/deploy\'s second pass).')
 output replayScheduleName string = replayScheduled ? replaySchedule.name : ''

@@ -26,6 +26,13 @@ param softDeleteRetentionInDays int = 90
 ])
 param publicNetworkAccess string = 'Enabled'
 
+@description('Optional. \'recover\' brings back a soft-deleted vault of the same name (purge protection keeps the name reserved for softDeleteRetentionInDays after a teardown); \'default\' creates it.')
+@allowed([
+  'default'
+  'recover'
+])
+param createMode string = 'default'
+
 resource vault 'Microsoft.KeyVault/vaults@2026-05-15' = {
   //checkov:skip=CKV_AZURE_109:Automation cloud jobs have no fixed egress IPs and are not a trusted service; access is governed by Entra RBAC instead of network ACLs.
   //checkov:skip=CKV_AZURE_189:Same reason: the runbook reads the PAT over the public endpoint (publicNetworkAccess is a parameter for private deployments).
@@ -38,6 +45,7 @@ resource vault 'Microsoft.KeyVault/vaults@2026-05-15' = {
       family: 'A'
       name: 'standard'
     }
+    createMode: createMode
     enableRbacAuthorization: true
     enableSoftDelete: true
     softDeleteRetentionInDays: softDeleteRetentionInDays
