@@ -394,3 +394,24 @@ def test_a_user_assigned_compute_identity_is_used_from_default_identity_client_i
         [request] = world.stack.ado.run_requests
         assert request.headers["Authorization"] == f"Bearer {compute.token_for(ADO_RESOURCE, user_assigned)}"
         assert output["ado_run_id"] == world.stack.ado.runs[0]["id"]
+
+
+def test_component_arriving_while_event_grid_is_mid_call_waits_for_its_run(world: World) -> None:
+    """Deterministic race: the Event Grid job has claimed the key and its POST is in ADO's hands when the
+    component starts. The component must not send, and must hand on the winner's run id once recorded."""
+    import time
+
+    world.stack.ado.delay(1.5, times=1)
+    runbook = world.start_runbook()
+    deadline = time.monotonic() + 60
+    while not world.stack.ado.run_requests and time.monotonic() < deadline:
+        time.sleep(0.05)  # wait for the runbook's POST to reach ADO: its claim is in the ledger by then
+    assert world.stack.ado.run_requests, "the runbook never reached ADO"
+    code, lines, output = world.run_component(route=ROUTE)
+    runbook_code, runbook_lines, _ = _finish(runbook, None)
+    assert (code, runbook_code) == (0, 0), lines + runbook_lines
+    assert any("another job is starting the same ADO run" in line for line in lines), lines
+    assert output["outcome"] == "duplicate"
+    assert output["ado_run_id"] == world.stack.ado.runs[0]["id"]
+    assert len(world.stack.ado.runs) == 1
+    assert len(world.stack.ado.run_requests) == 1
