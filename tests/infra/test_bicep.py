@@ -382,3 +382,33 @@ def test_handler_reads_dead_letters_on_the_container_only(bicep: dict[str, Any])
         config = _body(resource)
         if resource["type"] == "Microsoft.Authorization/roleAssignments" and config["scope"] == "account":
             assert config["properties"]["principalId"] != "handlerPrincipalId", name
+
+
+# ------------------------------------------------------------------------------------------ naming
+
+# Resource name rules (Learn: azure-resource-manager/management/resource-name-rules):
+# Microsoft.MachineLearningServices/workspaces: 3-33 characters, alphanumerics, hyphens and underscores,
+# starting with an alphanumeric; Microsoft.EventGrid/systemTopics: 3-128 characters, alphanumerics and hyphens.
+WORKSPACE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{2,32}")
+SYSTEM_TOPIC_NAME = re.compile(r"[A-Za-z0-9-]{3,128}")
+
+
+def _default_topic_name(workspace: str) -> str:
+    """Python twin of main.bicep's default: '${replace(workspaceName, '_', '-')}-amlrelay'."""
+    return f"{workspace.replace('_', '-')}-amlrelay"
+
+
+def test_default_system_topic_name_is_the_sanitised_workspace_name(bicep: dict[str, Any]) -> None:
+    default = bicep["files"]["main.bicep"]["parameters"]["systemTopicName"]["default"]
+    # pycep 0.5.1 keeps an interpolated string as written.
+    assert default == "${replace(workspaceName, '_', '-')}-amlrelay"
+
+
+@pytest.mark.parametrize("workspace", ["ml_ws_dev", "abc", "a" * 33, "ML-Prod_2024", "x__y", "9_lives", "ws-_-"])
+def test_every_valid_workspace_name_gives_a_valid_topic_name(workspace: str) -> None:
+    assert WORKSPACE_NAME.fullmatch(workspace)
+    assert SYSTEM_TOPIC_NAME.fullmatch(_default_topic_name(workspace)), _default_topic_name(workspace)
+
+
+def test_the_unsanitised_name_would_be_refused() -> None:
+    assert not SYSTEM_TOPIC_NAME.fullmatch("ml_ws_dev-amlrelay")
