@@ -36,7 +36,7 @@ def key_of(raw: dict[str, Any]) -> str:
 
 
 def changed(schema: str, name: str, change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
-    raw = json.loads(json.dumps(sample(schema, name)))
+    raw: dict[str, Any] = json.loads(json.dumps(sample(schema, name)))
     change(raw)
     return raw
 
