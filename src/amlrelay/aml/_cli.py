@@ -208,7 +208,8 @@ def _fail(exc: AmlError, say: Out, ado: bool) -> int:
 def _pair(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
-        raise AmlError(f"--tag {text!r} is not KEY=VALUE.", status=None, hint="e.g. --tag ado.buildId=1234")
+        raise AmlError(f"--tag {text!r} is not KEY=VALUE.", status=None,
+                       hint="Write it as KEY=VALUE, e.g. --tag ado.buildId=1234.")
     return key.strip(), value
 
 

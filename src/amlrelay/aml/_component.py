@@ -156,7 +156,8 @@ def runbook_argv(ns: argparse.Namespace, env: Mapping[str, str]) -> list[str]:
             argv += ["--tag", f"model_name={ns.model_name}"]
     for tag in ns.tag:
         if "=" not in tag:
-            raise ComponentError(f"Tag {tag!r} is not KEY=VALUE.", hint="e.g. --tag branch=main")
+            raise ComponentError(f"Tag {tag!r} is not KEY=VALUE.",
+                                 hint="Write it as KEY=VALUE, e.g. --tag branch=main.")
         argv += ["--tag", tag]
     for flag in ("route", "pipeline_id", "branch"):
         if getattr(ns, flag) is not None:

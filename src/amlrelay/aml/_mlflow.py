@@ -74,7 +74,7 @@ def tracking_url(workspace_id: str, *, region: str | None = None, base: str = DE
     parts = urlsplit(text)
     if parts.scheme not in ("https", "http") or not parts.netloc:
         raise MlflowError(f"The MLflow base URL {base!r} is not an http(s) URL.", status=None,
-                          hint="e.g. https://{region}.api.azureml.ms")
+                          hint="Use an https URL such as https://{region}.api.azureml.ms.")
     return f"{text}/mlflow/v2.0{ws.arm_path}"
 
 

@@ -83,7 +83,8 @@ def _sdk() -> Any:
         import azure.ai.ml as sdk
     except ImportError:
         raise AmlError("Submitting a job needs the azure-ai-ml SDK, which is not installed.", status=None,
-                       hint="pip install 'amlrelay[aml]' (waiting on existing jobs does not need it).") from None
+                       hint="Install it with pip install 'amlrelay[aml]' (waiting on existing jobs does not "
+                       "need it).") from None
     return sdk
 
 

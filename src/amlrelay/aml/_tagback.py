@@ -140,7 +140,8 @@ class TagBack:
                 self._clients[key] = self._factory(url)
             else:
                 if self._credential is None:
-                    raise AmlRelayError("tag-back has no credential", hint="")
+                    raise AmlRelayError("Tag-back has no credential.",
+                                        hint="Build TagBack with a credential or a client factory.")
                 self._clients[key] = MlflowClient(url, self._credential, timeout=self._timeout,
                                                   arm_url=self._arm_url)
         return self._clients[key]
