@@ -16,6 +16,7 @@ import subprocess
 import sys
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from tests.conftest import ROOT, ROUTES_FILE, sample
 from tests.servers.ado import ADO_RESOURCE
 from tests.servers.aml_identity import AmlComputeIdentityServer
 from tests.servers.mlflow import MlflowServer
-from tests.stack import Stack, local_stack
+from tests.stack import PAT, PAT_SECRET, Stack, local_stack
 from tests.test_webhook import argv_forms
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")  # azure-ai-ml's noise
@@ -251,14 +252,20 @@ def _finish(process: subprocess.Popen[str], out: Path | None) -> tuple[int, list
     return process.returncode, stdout.splitlines(), output
 
 
-@pytest.fixture
-def world(azurite: str, table_name: str, tmp_path: Path) -> Iterator[World]:
-    with local_stack() as stack, AmlComputeIdentityServer() as compute, MlflowServer(WORKSPACE) as mlflow:
+@contextmanager
+def make_world(azurite: str, table_name: str, tmp_path: Path, *, pat: bool = False) -> Iterator[World]:
+    with local_stack(pat=pat) as stack, AmlComputeIdentityServer() as compute, MlflowServer(WORKSPACE) as mlflow:
         stack.ado.add_bearer_token(compute.token_for(ADO_RESOURCE))  # the compute's identity may queue builds
         ledger_env = {"AMLRELAY_LEDGER": "true", "AMLRELAY_LEDGER_CONNECTION_STRING": azurite,
                       "AMLRELAY_LEDGER_TABLE": table_name}
         Ledger.from_connection_string(azurite, table=table_name).ensure_table()
         yield World(stack, compute, mlflow, ledger_env, tmp_path)
+
+
+@pytest.fixture
+def world(azurite: str, table_name: str, tmp_path: Path) -> Iterator[World]:
+    with make_world(azurite, table_name, tmp_path) as built:
+        yield built
 
 
 def test_the_component_starts_the_pipeline_with_the_computes_identity(world: World) -> None:
@@ -415,3 +422,19 @@ def test_component_arriving_while_event_grid_is_mid_call_waits_for_its_run(world
     assert output["ado_run_id"] == world.stack.ado.runs[0]["id"]
     assert len(world.stack.ado.runs) == 1
     assert len(world.stack.ado.run_requests) == 1
+
+
+def test_pat_from_key_vault_read_with_the_computes_identity(azurite: str, table_name: str, tmp_path: Path) -> None:
+    with make_world(azurite, table_name, tmp_path, pat=True) as world:
+        vault = world.stack.vault
+        assert vault is not None
+        given_by_inputs = ("AMLRELAY_AUTH", "AMLRELAY_KEY_VAULT_URL", "AMLRELAY_PAT_SECRET_NAME")
+        env = {k: v for k, v in world.component_env().items() if k not in given_by_inputs}
+        code, lines, output = world.run_component(env, route=ROUTE, auth="pat", key_vault_url=vault.url,
+                                                  pat_secret_name=PAT_SECRET)
+        assert code == 0, lines
+        [request] = world.stack.ado.run_requests
+        assert request.headers["Authorization"].startswith("Basic ")
+        assert vault.requests, "the PAT was not read from Key Vault"
+        assert world.compute.token_requests, "Key Vault was not asked with the compute's identity"
+        assert PAT not in "\n".join(lines) + json.dumps(output)
