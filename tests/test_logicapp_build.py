@@ -69,8 +69,11 @@ def test_no_http_action_retries_by_itself() -> None:
     assert all(a["inputs"]["retryPolicy"] == {"type": "none"} for a in http)
     untils = [a for a in actions_of(definition).values() if a["type"] == "Until"]
     assert [u["expression"] for u in untils] == [
-        "@not(contains(createArray(429, 503), coalesce(outputs('Start')?['statusCode'], 0)))",
-        "@not(contains(createArray(429, 503), coalesce(outputs('Start_again')?['statusCode'], 0)))"]
+        "@not(contains(createArray(429, 503), coalesce(outputs('Start_retry')?['statusCode'], 0)))",
+        "@not(contains(createArray(429, 503), coalesce(outputs('Start_retry_again')?['statusCode'], 0)))"]
+    names = {key.split("#")[0]: action for key, action in actions_of(definition).items()}
+    assert names["After_failure"]["runAfter"] == {"Start": ["Failed", "TimedOut"]}  # no Until on the success path
+    assert "Until_not_throttled" in names["After_failure"]["actions"]
 
 
 def test_the_checked_in_workflows_are_current(capsys: pytest.CaptureFixture[str],

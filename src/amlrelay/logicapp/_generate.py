@@ -238,26 +238,43 @@ class _Builder:
         return actions
 
     def start_and_record(self, suffix: str, after: dict[str, list[str]], etag: str) -> dict[str, Any]:
-        start, until, record = f"Start{suffix}", f"Until_not_throttled{suffix}", f"Record{suffix}"
-        code = f"coalesce(outputs('{start}')?['statusCode'], 0)"
-        answer = f"json(if(startsWith(string(body('{start}')), '{{'), string(body('{start}')), '{{}}'))"
-        run_id = f"{answer}?['id']"
-        ok = call("and", call("equals", code, "200"), f.present(run_id))
-        url = call("coalesce", f"{answer}?['_links']?['web']?['href']", f"{answer}?['url']", "''")
-        ambiguous = call("or", call("contains", "createArray(500, 502, 504)", code), call("equals", code, "0"))
-        reason = call("concat", call("if", ambiguous, q(AMBIGUOUS), "''"), "'ADO answered '",
-                      call("if", call("equals", code, "0"), "'nothing (timeout or reset)'",
-                           call("concat", "'HTTP '", call("string", code))),
-                      call("if", call("equals", code, "200"), "' without a run (a sign-in page?)'", "''"),
-                      "' for '", f"parameters('routes')[{ROUTE}]['path']",
-                      call("if", f.present(f"{answer}?['message']"),
-                           call("concat", "': '", f"string({answer}?['message'])"), "''"))
-        triggered = call("setProperty", call("setProperty", call("setProperty", "json('{\"state\":\"triggered\"}')",
-                                                                 "'ado_run_id'", run_id), "'ado_run_url'", url),
-                         "'updated_at'", "utcNow()")
-        failed = call("setProperty", call("setProperty", "json('{\"state\":\"failed\"}')", "'reason'", reason),
-                      "'updated_at'", "utcNow()")
-        merge = call("setProperty", call("if", ok, triggered, failed), "'updated_at@odata.type'", "'Edm.DateTime'")
+        """Start the run, record the answer on the claim. The success path is two actions (Start, Record);
+        only a failed Start enters ``After_failure``, where 429/503 are retried in an Until loop."""
+        start, record = f"Start{suffix}", f"Record{suffix}"
+        retry, until, record_retry = f"Start_retry{suffix}", f"Until_not_throttled{suffix}", f"Record_retry{suffix}"
+        record_failure = f"Record_failure{suffix}"
+        actions: dict[str, Any] = {
+            start: self.start(after),
+            record: self.record({start: ["Succeeded"]}, start, etag),
+            f"Note_unrecorded{suffix}": self.note({record: ["Failed", "TimedOut"]}, _UNRECORDED),
+        }
+        inner = {
+            retry: self.start({}),
+            f"Wait_for_ADO{suffix}": self.wait({retry: ["Failed", "TimedOut"]}, retry),
+        }
+        throttled_branch: dict[str, Any] = {
+            f"Wait_first{suffix}": self.wait({}, start),
+            until: {"type": "Until", "runAfter": {f"Wait_first{suffix}": ["Succeeded"]},
+                    "expression": "@" + call("not", _throttled(retry)),
+                    "limit": {"count": max(self.retries, 1), "timeout": "PT1H"}, "actions": inner},
+            record_retry: self.record({until: ["Succeeded", "Failed", "TimedOut"]}, retry, etag),
+            f"Note_failed_retry{suffix}": self.note({record_retry: ["Succeeded"], until: ["Failed", "TimedOut"]},
+                                                    "@{" + _reason(retry) + "}"),
+            f"Note_unrecorded_retry{suffix}": self.note({record_retry: ["Failed", "TimedOut"]}, _UNRECORDED),
+        }
+        other_branch: dict[str, Any] = {
+            record_failure: self.record({}, start, etag),
+            f"Note_failed{suffix}": self.note({record_failure: ["Succeeded"]}, "@{" + _reason(start) + "}"),
+            f"Note_unrecorded_failure{suffix}": self.note({record_failure: ["Failed", "TimedOut"]}, _UNRECORDED),
+        }
+        actions[f"After_failure{suffix}"] = {
+            "type": "If", "runAfter": {start: ["Failed", "TimedOut"]},
+            "expression": "@" + (_throttled(start) if self.retries > 0 else "false"),
+            "actions": throttled_branch if self.retries > 0 else {}, "else": {"actions": other_branch},
+        }
+        return actions
+
+    def start(self, after: dict[str, list[str]]) -> dict[str, Any]:
         http: dict[str, Any] = {
             "method": "POST", "uri": f"@{{parameters('adoOrganizationUrl')}}@{{parameters('routes')[{ROUTE}]['path']}}",
             "headers": {"Content-Type": "application/json", "Accept": "application/json"},
@@ -267,29 +284,31 @@ class _Builder:
             http["headers"]["Authorization"] = "@{concat('Basic ', base64(concat(':', body('Get_PAT')?['value'])))}"
         else:
             http["authentication"] = _msi(ADO_AUDIENCE)
-        throttled = call("contains", "createArray(429, 503)", code)
-        wait = call("min", call("int", call("coalesce", f"outputs('{start}')?['headers']?['Retry-After']", "'1'")),
-                    str(self.max_retry_after))
-        inner: dict[str, Any] = {
-            start: {"type": "Http", "runAfter": {}, "inputs": http, "limit": {"timeout": self.timeout},
-                    "operationOptions": "DisableAsyncPattern"},
-            f"Wait_for_ADO{suffix}": {"type": "Wait", "runAfter": {start: ["Failed", "TimedOut"]},
-                                      "inputs": {"interval": {"count": "@" + call("if", throttled, wait, "1"),
-                                                              "unit": "Second"}}},
-        }
+        action: dict[str, Any] = {"type": "Http", "runAfter": after, "inputs": http, "limit": {"timeout": self.timeout},
+                                  "operationOptions": "DisableAsyncPattern"}
         if self.auth == "pat":
-            inner[start]["runtimeConfiguration"] = {"secureData": {"properties": ["inputs"]}}
-        actions: dict[str, Any] = {
-            until: {"type": "Until", "runAfter": after, "expression": "@" + call("not", throttled),
-                    "limit": {"count": self.retries + 1, "timeout": "PT1H"}, "actions": inner},
-            record: {"type": "Http", "runAfter": {until: ["Succeeded", "Failed", "TimedOut"]},
-                     "inputs": self.table("PATCH", self.entity_url(), "@" + merge, etag)},
-            f"Note_failed{suffix}": self.note({record: ["Succeeded"], until: ["Failed", "TimedOut"]},
-                                              "@{" + reason + "}"),
-            f"Note_unrecorded{suffix}": self.note({record: ["Failed", "TimedOut"]},
-                                                  "the ledger could not record the outcome (the claim was lost?)"),
-        }
-        return actions
+            action["runtimeConfiguration"] = {"secureData": {"properties": ["inputs"]}}
+        return action
+
+    def wait(self, after: dict[str, list[str]], start: str) -> dict[str, Any]:
+        """Wait what ADO's Retry-After asks (capped), after a 429/503 of ``start``."""
+        seconds = call("min", call("int", call("coalesce", f"outputs('{start}')?['headers']?['Retry-After']", "'1'")),
+                       str(self.max_retry_after))
+        return {"type": "Wait", "runAfter": after,
+                "inputs": {"interval": {"count": "@" + call("if", _throttled(start), seconds, "1"), "unit": "Second"}}}
+
+    def record(self, after: dict[str, list[str]], start: str, etag: str) -> dict[str, Any]:
+        """Merge ADO's answer into the claim (If-Match its ETag): triggered with the run, or failed."""
+        answer = _answer(start)
+        run_id = f"{answer}?['id']"
+        ok = call("and", call("equals", _code(start), "200"), f.present(run_id))
+        url = call("coalesce", f"{answer}?['_links']?['web']?['href']", f"{answer}?['url']", "''")
+        triggered = call("setProperty", call("setProperty", "json('{\"state\":\"triggered\"}')", "'ado_run_id'",
+                                             run_id), "'ado_run_url'", url)
+        failed = call("setProperty", "json('{\"state\":\"failed\"}')", "'reason'", _reason(start))
+        merge = call("setProperty", call("setProperty", call("if", ok, triggered, failed), "'updated_at'", "utcNow()"),
+                     "'updated_at@odata.type'", "'Edm.DateTime'")
+        return {"type": "Http", "runAfter": after, "inputs": self.table("PATCH", self.entity_url(), "@" + merge, etag)}
 
     def bodies(self) -> str:
         """Every route's RunPipelineParameters for the current event, indexed by the route being handled."""
@@ -297,6 +316,35 @@ class _Builder:
         for route in self.routes.routes:
             out = call("setProperty", out, q(route.name), _body(route))
         return f"{out}[{ROUTE}]"
+
+
+_UNRECORDED = "the ledger could not record the outcome (the claim was lost?)"
+
+
+def _code(start: str) -> str:
+    return f"coalesce(outputs('{start}')?['statusCode'], 0)"
+
+
+def _answer(start: str) -> str:
+    """ADO's answer as an object, or {} (a 502 page is HTML: ``?[`` on a string would fail the action)."""
+    return f"json(if(startsWith(string(body('{start}')), '{{'), string(body('{start}')), '{{}}'))"
+
+
+def _throttled(start: str) -> str:
+    return call("contains", "createArray(429, 503)", _code(start))
+
+
+def _reason(start: str) -> str:
+    """The failure reason; ``[ambiguous]`` exactly when relay.py would (ADO may have queued the run)."""
+    code, answer = _code(start), _answer(start)
+    ambiguous = call("or", call("contains", "createArray(500, 502, 504)", code), call("equals", code, "0"))
+    return call("concat", call("if", ambiguous, q(AMBIGUOUS), "''"), "'ADO answered '",
+                call("if", call("equals", code, "0"), "'nothing (timeout or reset)'",
+                     call("concat", "'HTTP '", call("string", code))),
+                call("if", call("equals", code, "200"), "' without a run (a sign-in page?)'", "''"),
+                "' for '", f"parameters('routes')[{ROUTE}]['path']",
+                call("if", f.present(f"{answer}?['message']"),
+                     call("concat", "': '", f"string({answer}?['message'])"), "''"))
 
 
 def _obj(pairs: list[tuple[str, str]]) -> str:
