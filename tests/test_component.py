@@ -364,16 +364,28 @@ def test_component_tags_the_training_run_and_survives_a_tag_outage(world: World)
                                              "amlrelay.ado_run_url": output["ado_run_url"]}
 
 
-def test_component_tag_back_writes_the_tags_once(world: World) -> None:
+def test_component_tag_back_writes_the_tags_once_and_tags_the_pipeline_too(world: World) -> None:
     world.mlflow.add_run(RUN_ID)
-    env = world.component_env(AMLRELAY_MLFLOW_URL=world.mlflow.url)
+    world.mlflow.add_run("pipeline_root_1")
+    env = world.component_env(AMLRELAY_MLFLOW_URL=world.mlflow.url, AZUREML_ROOT_RUN_ID="pipeline_root_1")
     code, lines, output = world.run_component(env, route=ROUTE, tag_back=True)
     assert code == 0, lines
-    assert world.mlflow.run_tags(RUN_ID)["amlrelay.ado_run_id"] == str(output["ado_run_id"])
+    expected = {"amlrelay.ado_run_id": str(output["ado_run_id"]), "amlrelay.ado_run_url": output["ado_run_url"]}
+    assert world.mlflow.run_tags(RUN_ID) == expected
+    assert world.mlflow.run_tags("pipeline_root_1") == expected  # the studio shows a pipeline's tags on its root
     code, _, _ = world.run_component(env, route=ROUTE, tag_back=True)  # a rerun of the step: a duplicate
     assert code == 0
-    assert len(world.mlflow.tag_requests) == 2
+    training = [r for r in world.mlflow.tag_requests if r.json and r.json.get("run_id") == RUN_ID]
+    assert len(training) == 2  # the relay tags the training run once, not on the duplicate
     assert len(world.stack.ado.runs) == 1
+
+
+def test_pipeline_root_tag_failure_is_only_a_warning(world: World) -> None:
+    world.mlflow.add_run(RUN_ID)  # the root run is unknown to MLflow: 404 for its tags
+    env = world.component_env(AMLRELAY_MLFLOW_URL=world.mlflow.url, AZUREML_ROOT_RUN_ID="pipeline_root_1")
+    code, lines, _ = world.run_component(env, route=ROUTE, tag_back=True)
+    assert code == 0, lines
+    assert any(line.startswith("WARNING: pipeline run:") and "404" in line for line in lines), lines
 
 
 def _compute_credential(world: World) -> Any:

@@ -198,6 +198,7 @@ def main(argv: Sequence[str] | None = None, *, env: Mapping[str, str] | None = N
     for line in lines:
         emit(line)
     summary = summarize(outcomes)
+    _tag_pipeline_root(relay_argv, environ, summary, emit)
     if ns.output:
         try:
             write_output(Path(ns.output), summary)
@@ -211,6 +212,37 @@ def main(argv: Sequence[str] | None = None, *, env: Mapping[str, str] | None = N
         emit("ERROR: What to do: name the route (route input), or check the routes' filters against this run.")
         return 1
     return code
+
+
+def _tag_pipeline_root(relay_argv: list[str], env: Mapping[str, str], summary: Mapping[str, Any],
+                       emit: Printer) -> None:
+    """With tag-back on, also tag the pipeline's root run (``AZUREML_ROOT_RUN_ID``): the relay tags the
+    training run the event names, but the studio shows a pipeline's tags on its root job. Best effort: a
+    failure is a warning (the ledger only owes the training run's tag)."""
+    import dataclasses
+
+    from ..runbook import parse_manual
+    from ..settings import Settings, resolve
+    from ._tagback import TagTarget, tag_back_from_settings
+
+    root = env.get("AZUREML_ROOT_RUN_ID")
+    run_id = summary.get("ado_run_id")
+    if not root or run_id is None or summary.get("event_type") != "RunCompleted":
+        return
+    try:
+        ns = parse_manual(relay_argv)
+        params = {f.name: getattr(ns, f.name) for f in dataclasses.fields(Settings)
+                  if f.name != "dry_run" and getattr(ns, f.name, None) is not None}
+        tag_back = tag_back_from_settings(resolve(params))
+    except AmlRelayError as exc:
+        emit(f"WARNING: the pipeline run {root!r} was not tagged: {exc.message}")
+        return
+    if tag_back is None or root == ns.run_id:
+        return
+    warning = tag_back.apply(TagTarget(ns.workspace, "run", root).to_json(), int(run_id), summary.get("ado_run_url"))
+    if warning is not None:
+        emit(f"WARNING: pipeline run: {warning.split(' (the tag is retried')[0]} (not retried: tag it by hand if "
+             "needed)")
 
 
 def _relay_until_recorded(relay_argv: list[str], busy_wait: float, emit: Printer,
