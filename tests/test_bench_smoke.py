@@ -33,3 +33,15 @@ def test_exactly_once_bench_quick_passes(request: pytest.FixtureRequest) -> None
         assert figure in done.stdout, output[-4000:]
     assert done.returncode == 0, done.stdout[-6000:]
     assert "\nPASS (" in done.stdout
+
+
+@pytest.mark.slow
+def test_waiter_bench_quick_prints_every_figure(request: pytest.FixtureRequest) -> None:
+    """bench/waiter.py --quick (about 10 s, no az needed: the baseline rows are then left out)."""
+    if "slow" not in (request.config.option.markexpr or ""):
+        pytest.skip("slow figure suite: run with -m slow (scripts/test -m slow)")
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "waiter.py"), "--quick"], capture_output=True,
+                          text=True, timeout=300, check=False)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    for figure in ("amlrelay poll (long-lived waiter)", "detection latency, real clock", "3 h job, poll 5 s"):
+        assert figure in done.stdout, done.stdout
