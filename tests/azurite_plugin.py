@@ -1,4 +1,4 @@
-"""pytest plugin: a real Azurite for every test that touches Table or Blob storage (no in-memory fake).
+"""pytest plugin: a real Azurite for every test that touches Table, Blob or Queue storage (no in-memory fake).
 
 tests/conftest.py loads it (``pytest_plugins = ["tests.azurite_plugin"]``).
 
@@ -11,6 +11,7 @@ tests/conftest.py loads it (``pytest_plugins = ["tests.azurite_plugin"]``).
    in-memory data, stopped at the end of the session. Private, so parallel test sessions in one tree
    never stop each other's emulator.
 
+The connection string names the queue endpoint too (``scripts/azurite env``), for the journal tests.
 ``table_name`` yields a fresh table name per test, so tests are independent of order and of each other.
 """
 

@@ -32,7 +32,7 @@ def _post(url: str, events: list[dict[str, object]] | bytes) -> requests.Respons
 def test_the_webhook_answers_202_when_the_job_is_queued_and_then_runs_it(stack: Stack) -> None:
     with AutomationServer(RUNBOOK, stack.env) as automation:
         answer = _post(automation.webhook_url, [sample("event-grid-schema", "model_registered")])
-        assert answer.status_code == 202
+        assert answer.status_code == CONTRACT["accepted"]["status"]
         [job_id] = answer.json()["JobIds"]
         automation.wait()
         [job] = automation.jobs
@@ -41,17 +41,23 @@ def test_the_webhook_answers_202_when_the_job_is_queued_and_then_runs_it(stack: 
     assert len(stack.ado.runs) == 1
 
 
+CONTRACT = json.loads((ROOT / "tests" / "fixtures" / "automation" / "webhook-responses.json").read_text())
+
+
 def test_the_webhook_refuses_as_automation_does(stack: Stack) -> None:
+    refused, assumed = CONTRACT["refused"], CONTRACT["_assumed"]
     with AutomationServer(RUNBOOK, stack.env) as automation:
         body = [sample("event-grid-schema", "model_registered")]
-        assert _post(automation.webhook_url.replace(automation.token, "forged"), body).status_code == 400
-        assert _post(automation.webhook_url, b"[" + b" " * (512 * 1024) + b"]").status_code == 400
+        forged = automation.webhook_url.replace(automation.token, "forged")
+        assert _post(forged, body).status_code == refused["invalid-token"]
+        too_big = b"[" + b" " * CONTRACT["maxPayloadBytes"] + b"]"
+        assert _post(automation.webhook_url, too_big).status_code == assumed["payload-too-large"]
         automation.throttle(1)
-        assert _post(automation.webhook_url, body).status_code == 429
+        assert _post(automation.webhook_url, body).status_code == assumed["throttled"]
         automation.expired = True
-        assert _post(automation.webhook_url, body).status_code == 400
+        assert _post(automation.webhook_url, body).status_code == refused["expired"]
         automation.deleted = True
-        assert _post(automation.webhook_url, body).status_code == 404
+        assert _post(automation.webhook_url, body).status_code == refused["webhook-not-found"]
         assert automation.jobs == []  # nothing refused was queued
     assert stack.ado.run_requests == []
 
