@@ -21,6 +21,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from . import ado_spec
+from ._ado_permissions import Permissions
 from ._ado_rules import (
     ADO_RESOURCE,
     TFS,
@@ -79,6 +80,8 @@ class AdoServer(LoopbackServer):
         self.clock_offset = timedelta(0)
         """How far ADO's clock is ahead of the client's (negative: behind); run times and token checks use it."""
         self._entra_tokens = False
+        self.permissions = Permissions(self)
+        """ADO's permission rules (issue 9): identities registered there get only what was granted."""
 
     # -- configuration -----------------------------------------------------------------
     @property
@@ -257,6 +260,9 @@ class AdoServer(LoopbackServer):
         if forbidden:
             raise AdoError(403, "TF215106: Access denied. The caller needs Queue builds permissions for the "
                            "build pipeline to perform the action.", "AccessDeniedException", TFS)
+        admin = self.permissions.handle_admin(request, credential)
+        if admin is not None:
+            return admin
         parts = route(request)
         if parts is None:
             raise AdoError(404, f"API resource location was not found for {request.path}.",
@@ -276,6 +282,8 @@ class AdoServer(LoopbackServer):
                            "VssResourceNotFoundException", VSS)
         pid = int(pid_text)
         project_name, pdef = self._lookup(org, project, pid)
+        self.permissions.check_run(credential, self.project_id(project_name), pid, pdef, request.method,
+                                   request.json if request.method == "POST" else None)
         if request.method == "GET":
             return self._get_runs(project_name, pid, run_text)
         revision = pdef.revision if version is None else int(version)

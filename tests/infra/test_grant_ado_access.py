@@ -1,0 +1,179 @@
+"""scripts/grant-ado-access against the ADO stand-in, which enforces ADO's permission rules
+(tests/servers/_ado_permissions.py): the script's REST calls go through the fake `az rest` (checked against
+the real CLI's command table) to the stand-in (checked against the vendored REST spec excerpt), and the
+handler's identity can then do exactly what the runbook does -- and nothing works when the grant is short."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from tests.servers import AdoServer
+from tests.servers._ado_permissions import BUILD_NAMESPACE, token_path
+from tests.servers._ado_rules import PipelineDef
+
+from .test_scripts import FakeAz
+
+HANDLER = "11111111-1111-1111-1111-111111111111"
+MI_TOKEN, ADMIN_TOKEN = "handler-mi-token", "pca-admin-token"
+TRAIN = PipelineDef(name="train", folder="\\ml\\train", variables_settable_at_queue_time=frozenset(
+    {"AML_RUN_ID", "AML_EXPERIMENT", "AML_WORKSPACE", "AML_EVENT_ID"}),
+    template_parameters=frozenset({"runId", "experimentName"}))
+TRIAGE = PipelineDef(name="triage", variables_settable_at_queue_time=frozenset({"AML_RUN_ID"}))
+QUIET = PipelineDef(name="quiet", template_parameters=frozenset({"mode"}), parameter_values={"mode": frozenset({"a"})})
+ROUTES = {"version": 1, "defaults": {"project": "mlops"}, "routes": [
+    {"name": "evaluate", "events": ["RunCompleted"], "pipeline": {"id": 12, "variables": {"AML_RUN_ID": "x"},
+                                                                  "templateParameters": {"runId": "x"}}},
+    {"name": "quiet", "events": ["RunCompleted"], "pipeline": {"id": 14}}]}
+
+
+@pytest.fixture
+def ado() -> Any:
+    with AdoServer("contoso", pipelines={("mlops", 12): TRAIN, ("mlops", 13): TRIAGE, ("mlops", 14): QUIET},
+                   bearer_tokens={MI_TOKEN, ADMIN_TOKEN}) as server:
+        server.permissions.register_identity(MI_TOKEN, HANDLER)
+        server.permissions.add_admin(ADMIN_TOKEN)
+        yield server
+
+
+def _fake(tmp_path: Path, ado: AdoServer) -> FakeAz:
+    fake = FakeAz(tmp_path, ado_token=ADMIN_TOKEN)
+    params = tmp_path / "p.json"
+    params.write_text(json.dumps({"parameters": {}}))
+    done = fake.az("deployment", "group", "create", "-g", "rg-amlrelay", "-n", "amlrelay-infra-1",
+                   "--template-file", "main.bicep", "--parameters", f"@{params}")
+    assert done.returncode == 0, done.stderr
+    (tmp_path / "routes.json").write_text(json.dumps(ROUTES))
+    return fake
+
+
+def _grant(fake: FakeAz, ado: AdoServer, *pipelines: str) -> Any:
+    ids = [a for p in pipelines for a in ("--pipeline-id", p)]
+    return fake.script("grant-ado-access", "-g", "rg-amlrelay", "--project", "mlops", *ids, "--organization",
+                       "contoso", "--ado-base-url", ado.url, "--routes", str(fake.tmp / "routes.json"))
+
+
+def _run(ado: AdoServer, pid: int, body: dict[str, Any] | None = None) -> requests.Response:
+    return requests.post(f"{ado.org_url}/mlops/_apis/pipelines/{pid}/runs?api-version=7.1", json=body or {},
+                         headers={"Authorization": f"Bearer {MI_TOKEN}"}, timeout=10)
+
+
+def _runs(ado: AdoServer, pid: int) -> requests.Response:
+    return requests.get(f"{ado.org_url}/mlops/_apis/pipelines/{pid}/runs?api-version=7.1",
+                        headers={"Authorization": f"Bearer {MI_TOKEN}"}, timeout=10)
+
+
+WITH_VARIABLES = {"variables": {"AML_RUN_ID": {"value": "r1", "isSecret": False}},
+                  "templateParameters": {"runId": "r1"}}
+
+
+def test_the_grant_lets_the_handler_do_exactly_what_the_runbook_does(tmp_path: Path, ado: AdoServer) -> None:
+    # Before the grant the identity is not in the organization.
+    assert _run(ado, 12, WITH_VARIABLES).status_code == 401
+    done = _grant(_fake(tmp_path, ado), ado, "12", "14")
+    assert done.returncode == 0, done.stderr[-3000:]
+    project_id = ado.project_id("mlops")
+    # Folder-aware token; the bits the routes need, and the summary says so.
+    assert f"token {project_id}/ml/train/12" in done.stdout
+    assert "Edit queue build configuration (routes evaluate" in done.stdout
+    assert f"token {project_id}/14): View builds, Queue builds\n" in done.stdout
+    assert "member of Readers" in done.stdout
+    ident = ado.permissions.identity(HANDLER)
+    assert ident.project_groups == {project_id: "projectReader"}
+    assert ado.permissions.acl[f"{project_id}/ml/train/12"][ident.descriptor] == 1 | 128 | 65536
+    assert ado.permissions.acl[f"{project_id}/14"][ident.descriptor] == 1 | 128
+    assert _run(ado, 12, WITH_VARIABLES).status_code == 200
+    assert _runs(ado, 12).status_code == 200
+    # A pipeline the routes do not name stays closed; the Readers group lets it be seen, not queued.
+    closed = _run(ado, 13, {"variables": {"AML_RUN_ID": {"value": "r1"}}})
+    assert closed.status_code == 403
+    assert "Queue builds" in closed.json()["message"]
+    # Idempotent: a second run changes nothing and still succeeds.
+    (tmp_path / "again").mkdir()
+    assert _grant(_fake(tmp_path / "again", ado), ado, "12", "14").returncode == 0
+    assert ado.permissions.acl[f"{project_id}/ml/train/12"][ident.descriptor] == 1 | 128 | 65536
+
+
+def _entitle_only(ado: AdoServer, group: bool = True) -> tuple[str, str]:
+    """Entitle the identity as the grant does, but set ACEs by hand (a short grant)."""
+    project_id = ado.project_id("mlops")
+    body: dict[str, Any] = {"accessLevel": {"accountLicenseType": "express"}, "servicePrincipal": {
+        "origin": "aad", "originId": HANDLER, "subjectKind": "servicePrincipal"}}
+    if group:
+        body["projectEntitlements"] = [{"group": {"groupType": "projectReader"}, "projectRef": {"id": project_id}}]
+    answer = requests.post(f"{ado.org_url}/_apis/serviceprincipalentitlements?api-version=7.1-preview.1",
+                           json=body, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=10)
+    assert answer.status_code == 200, answer.text
+    return project_id, ado.permissions.identity(HANDLER).descriptor
+
+
+def _ace(ado: AdoServer, token: str, descriptor: str, allow: int) -> None:
+    answer = requests.post(f"{ado.org_url}/_apis/accesscontrolentries/{BUILD_NAMESPACE}?api-version=7.1",
+                           json={"token": token, "merge": True, "accessControlEntries": [
+                               {"descriptor": descriptor, "allow": allow, "deny": 0}]},
+                           headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=10)
+    assert answer.status_code == 200, answer.text
+
+
+def test_queue_builds_alone_refuses_variables(ado: AdoServer) -> None:
+    project_id, descriptor = _entitle_only(ado)
+    _ace(ado, f"{project_id}/ml/train/12", descriptor, 128)  # the old grant: Queue builds only
+    refused = _run(ado, 12, WITH_VARIABLES)
+    assert refused.status_code == 403
+    assert "Edit queue build configuration" in refused.json()["message"]
+    assert _run(ado, 12).status_code == 200  # no variables, no free-text parameters: Queue builds is enough
+
+
+def test_a_root_token_gives_nothing_on_a_pipeline_in_a_folder(ado: AdoServer) -> None:
+    project_id, descriptor = _entitle_only(ado)
+    _ace(ado, f"{project_id}/12", descriptor, 1 | 128 | 65536)  # the old, folder-blind token
+    refused = _run(ado, 12, WITH_VARIABLES)
+    assert refused.status_code == 403
+    assert "Queue builds" in refused.json()["message"]
+
+
+def test_reading_runs_needs_view_builds(ado: AdoServer) -> None:
+    project_id, descriptor = _entitle_only(ado, group=False)
+    ado.permissions.identity(HANDLER).project_groups[project_id] = "custom"  # project read without Readers' bits
+    _ace(ado, f"{project_id}/ml/train/12", descriptor, 128)
+    assert _runs(ado, 12).status_code == 404
+    _ace(ado, f"{project_id}/ml", descriptor, 1)  # inherited from the folder
+    assert _runs(ado, 12).status_code == 200
+
+
+def test_without_project_read_ado_answers_vs800075(ado: AdoServer) -> None:
+    project_id, descriptor = _entitle_only(ado, group=False)
+    _ace(ado, project_id, descriptor, 1 | 128 | 65536)
+    refused = _run(ado, 12)
+    assert refused.status_code == 401
+    assert refused.json()["message"].startswith("VS800075")
+
+
+def test_free_text_parameters_need_edit_but_listed_values_do_not(ado: AdoServer) -> None:
+    project_id, descriptor = _entitle_only(ado)
+    _ace(ado, project_id, descriptor, 128)
+    assert _run(ado, 14, {"templateParameters": {"mode": "a"}}).status_code == 200
+    assert _run(ado, 12, {"templateParameters": {"runId": "r"}}).status_code == 403
+
+
+def test_the_admin_calls_are_checked_against_the_spec(ado: AdoServer) -> None:
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    wrong_version = requests.post(f"{ado.org_url}/_apis/serviceprincipalentitlements?api-version=7.1", json={},
+                                  headers=headers, timeout=10)
+    assert wrong_version.status_code == 400
+    bad_body = requests.post(f"{ado.org_url}/_apis/serviceprincipalentitlements?api-version=7.1-preview.1",
+                             json={"accessLevel": {"accountLicenseType": "basic"}}, headers=headers, timeout=10)
+    assert bad_body.status_code == 400
+    assert "accountLicenseType" in bad_body.json()["message"]
+    not_admin = requests.get(f"{ado.org_url}/_apis/projects/mlops?api-version=7.1",
+                             headers={"Authorization": f"Bearer {MI_TOKEN}"}, timeout=10)
+    assert not_admin.status_code == 403
+
+
+def test_token_path_is_folder_aware() -> None:
+    assert token_path("p", "\\", 7) == ["p", "p/7"]
+    assert token_path("p", "\\a\\b", 7) == ["p", "p/a", "p/a/b", "p/a/b/7"]
