@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from amlrelay.aml import JobsClient, JobStatus
 from amlrelay.aml._ado import escape_property, log_issue, set_output
@@ -525,6 +526,7 @@ def test_the_relay_routes_the_handed_off_run_when_it_completes(aml_server: AmlSe
     from amlrelay.runbook import build_relay
     from amlrelay.settings import resolve
     from tests.conftest import sample
+    from tests.servers.ado import PipelineDef
     from tests.stack import local_stack
 
     aml_server.add_job("train-7", "Running", experiment_name="build-validation")
@@ -543,6 +545,11 @@ def test_the_relay_routes_the_handed_off_run_when_it_completes(aml_server: AmlSe
     untagged = json.loads(json.dumps(event))
     untagged["id"], untagged["data"]["runId"], untagged["data"]["runTags"] = "other", "other-run", {}
     with local_stack(routes) as stack:
+        # pipeline 41 is pipelines/relay-triggered.yml: ADO accepts only the parameters its YAML declares
+        declared = yaml.safe_load((ROOT / "pipelines" / "relay-triggered.yml").read_text(encoding="utf-8"))
+        stack.ado.add_pipeline("mlops", 41, PipelineDef(
+            name="relay-triggered", template_parameters=frozenset(p["name"] for p in declared["parameters"]),
+            parameter_types={p["name"]: p["type"] for p in declared["parameters"]}))
         env = stack.env()
         for name, value in env.items():
             monkeypatch.setenv(name, value)
