@@ -1,0 +1,164 @@
+"""Credentials: which token or PAT reaches ADO, how the identity is named in errors, and what to do about it."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+
+from amlrelay.auth import (
+    ADO_RESOURCE,
+    EntraCredential,
+    KeyVaultPatCredential,
+    _claims,
+    identity_error,
+    managed_identity,
+)
+from amlrelay.errors import AuthError
+from tests.servers._jwt import DEFAULT_CLIENT_ID, DEFAULT_OBJECT_ID
+from tests.servers.identity import IdentityServer
+from tests.servers.keyvault import KeyVaultServer
+
+UA = "33333333-3333-3333-3333-333333333333"
+
+
+def jwt(claims: object) -> str:
+    payload = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    return f"e30.{payload}.sig"
+
+
+def test_claims_name_the_identity_and_nothing_else() -> None:
+    assert _claims(jwt({"oid": "o", "appid": "a", "azp": "z", "upn": "someone", "exp": 1})) == {
+        "oid": "o", "appid": "a", "azp": "z"}
+    assert _claims(jwt({"oid": 5})) == {}
+    assert _claims(jwt(["not", "an", "object"])) == {}
+    assert _claims("no-dots") == {}
+    assert _claims("a.!!!.c") == {}
+
+
+def test_the_token_for_the_ado_resource_is_sent_and_the_identity_described(identity_server: IdentityServer,
+                                                                          azure_env: dict[str, str]) -> None:
+    credential = EntraCredential(managed_identity(None))
+    assert credential.describe() == "the handler's managed identity"  # before any token: words only
+    assert credential.authorization() == f"Bearer {identity_server.token_for(ADO_RESOURCE)}"
+    assert [r.query["resource"] for r in identity_server.token_requests] == [ADO_RESOURCE]
+    assert credential.describe() == (f"the handler's managed identity (object id {DEFAULT_OBJECT_ID}, "
+                                     f"application id {DEFAULT_CLIENT_ID})")
+
+
+def test_a_user_assigned_identity_is_asked_for_and_named(azure_env: dict[str, str],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    with IdentityServer(user_assigned={UA: "44444444-4444-4444-4444-444444444444"}) as identity:
+        for name, value in identity.env().items():
+            monkeypatch.setenv(name, value)
+        credential = EntraCredential(managed_identity(UA), client_id=UA, resource="https://vault.azure.net")
+        assert credential.authorization() == f"Bearer {identity.token_for('https://vault.azure.net', UA)}"
+        assert [r.query.get("client_id") for r in identity.token_requests] == [UA]
+        assert credential.describe().startswith(f"the user-assigned managed identity {UA} (object id 4444")
+
+
+def test_describe_falls_back_to_azp_and_to_what_is_known() -> None:
+    class Fixed:
+        def __init__(self, token: str) -> None:
+            self.token = token
+
+        def get_token(self, *scopes: str, **kw: object) -> object:
+            return self
+
+    only_azp = EntraCredential(Fixed(jwt({"azp": "z"})))  # type: ignore[arg-type]
+    only_azp.authorization()
+    assert only_azp.describe() == "the handler's managed identity (application id z)"
+    only_oid = EntraCredential(Fixed(jwt({"oid": "o"})))  # type: ignore[arg-type]
+    only_oid.authorization()
+    assert only_oid.describe() == "the handler's managed identity (object id o)"
+
+
+def test_remedies_for_401_and_403() -> None:
+    entra = EntraCredential(managed_identity(None))
+    assert entra.remedy(401) == ("Add this identity to the ADO organization as a user with Basic access "
+                                 "(scripts/grant-ado-access does it, or Organization settings > Users > Add).")
+    assert entra.remedy(403) == ("Give this identity 'Queue builds' on the pipeline (Pipelines > ... > Manage "
+                                 "security), or add it to the project's Contributors group.")
+    pat = KeyVaultPatCredential("https://kv.vault.azure.net", "ado-pat", managed_identity(None))
+    assert pat.describe() == "the PAT stored in Key Vault secret 'ado-pat'"
+    assert pat.remedy(401) == ("The PAT is expired or revoked: create a new one with scope 'Build (Read & execute)' "
+                               "and store it in the secret.")
+    assert pat.remedy(403) == ("The PAT's owner may not queue this pipeline, or the PAT lacks scope 'Build (Read & "
+                               "execute)'.")
+
+
+@pytest.mark.parametrize(("status", "client_id", "message", "hint"), [
+    (500, None, "the managed identity endpoint failed with HTTP 500.", "start the job again in a few minutes"),
+    (503, UA, "the managed identity endpoint failed with HTTP 503.", "start the job again in a few minutes"),
+])
+def test_identity_endpoint_failures_are_explained(identity_server: IdentityServer, azure_env: dict[str, str],
+                                                 status: int, client_id: str | None, message: str,
+                                                 hint: str) -> None:
+    identity_server.fail(status, times=20)
+    with pytest.raises(AuthError) as caught:
+        EntraCredential(managed_identity(client_id), client_id=client_id).authorization()
+    who = f"the user-assigned managed identity {client_id}" if client_id else "the handler's managed identity"
+    assert caught.value.message == f"No Entra token for ADO from {who}: {message}"
+    assert hint in (caught.value.hint or "")
+
+
+def test_a_wrong_identity_header_and_an_unknown_identity_are_told_apart(identity_server: IdentityServer,
+                                                                       azure_env: dict[str, str],
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(AuthError) as unknown:
+        EntraCredential(managed_identity(UA), client_id=UA).authorization()
+    assert unknown.value.message == (f"No Entra token for ADO from the user-assigned managed identity {UA}: the "
+                                     f"managed identity endpoint does not know the user-assigned identity {UA} "
+                                     "(HTTP 400).")
+    assert unknown.value.hint == ("Attach that identity to the Automation account, or fix "
+                                  "AMLRELAY_MANAGED_IDENTITY_CLIENT_ID.")
+    monkeypatch.setenv("IDENTITY_HEADER", "not-the-sandbox-value")
+    with pytest.raises(AuthError) as wrong_header:
+        EntraCredential(managed_identity(None)).authorization()
+    assert "refused the request with HTTP 401, because the IDENTITY_HEADER value" in wrong_header.value.message
+    assert "Do not set IDENTITY_HEADER yourself" in (wrong_header.value.hint or "")
+
+
+def test_an_unexplained_failure_keeps_its_first_line_and_the_setup_hint() -> None:
+    error = identity_error(RuntimeError("something odd\nmore"), "No token")
+    assert error.message == "No token: something odd"
+    assert error.hint == ("Turn on the Automation account's system-assigned identity (Account Settings > Identity), "
+                          "or set AMLRELAY_MANAGED_IDENTITY_CLIENT_ID to a user-assigned identity attached to it.")
+    assert identity_error(RuntimeError(""), "No token").message == "No token: RuntimeError"
+
+
+def test_the_default_credential_is_for_workstations_only() -> None:
+    from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
+
+    assert isinstance(managed_identity(None), ManagedIdentityCredential)
+    assert isinstance(managed_identity(UA), ManagedIdentityCredential)
+    assert isinstance(managed_identity(None, kind="default"), DefaultAzureCredential)
+
+
+def test_the_pat_goes_as_basic_with_an_empty_user_and_is_read_once(keyvault_server: KeyVaultServer,
+                                                                    azure_env: dict[str, str]) -> None:
+    keyvault_server.set_secret("ado-pat", "pat-from-vault")
+    credential = KeyVaultPatCredential(keyvault_server.url, "ado-pat", managed_identity(None))
+    header = credential.authorization()
+    assert header == "Basic " + base64.b64encode(b":pat-from-vault").decode()
+    assert credential.authorization() == header
+    assert len([r for r in keyvault_server.requests if "Authorization" in r.headers]) == 1
+
+
+def test_an_empty_or_unreadable_pat_is_explained(keyvault_server: KeyVaultServer, azure_env: dict[str, str]) -> None:
+    keyvault_server.set_secret("empty", "")
+    with pytest.raises(AuthError) as empty:
+        KeyVaultPatCredential(keyvault_server.url, "empty", managed_identity(None)).authorization()
+    assert empty.value.message == f"The secret 'empty' in Key Vault {keyvault_server.url} is empty."
+    assert empty.value.hint == "Store the ADO PAT as the secret's value."
+    keyvault_server.set_secret("ado-pat", "x")
+    keyvault_server.forbid()
+    with pytest.raises(AuthError) as forbidden:
+        KeyVaultPatCredential(keyvault_server.url, "ado-pat", managed_identity(None)).authorization()
+    assert forbidden.value.message == (f"Key Vault refused to give the secret 'ado-pat' in Key Vault "
+                                       f"{keyvault_server.url} to the handler's identity (HTTP 403).")
+    keyvault_server.allow()
+    with pytest.raises(AuthError) as missing:
+        KeyVaultPatCredential(keyvault_server.url, "nope", managed_identity(None)).authorization()
+    assert missing.value.hint == "Store the ADO PAT there (az keyvault secret set) or fix AMLRELAY_PAT_SECRET_NAME."
