@@ -260,3 +260,19 @@ def test_the_scheduled_replay_runbook_sweeps_the_journal_first(env: Stack) -> No
     assert done.returncode == 0, done.stdout + done.stderr
     assert len(env.ado.runs) == 1
     assert left() == 0
+
+
+def test_the_replay_runbook_shows_a_sweep_error_where_automation_can_see_it(env: Stack) -> None:
+    import subprocess
+    import sys
+
+    from tests.stack import ROOT
+
+    done = subprocess.run([sys.executable, str(ROOT / "runbooks" / "replay_dead_letters.py")],
+                          env={**os.environ, "AMLRELAY_JOURNAL_QUEUE": "no-such-queue",
+                               "AMLRELAY_DEADLETTER_CONTAINER": "no-such-container"},
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2
+    assert done.stderr == ""  # Automation's Python sandbox drops stderr
+    assert "ERROR: error: Cannot receive from journal queue 'no-such-queue'" in done.stdout
+    assert "ERROR: what to do:" in done.stdout
