@@ -16,7 +16,7 @@ import sys
 from amlrelay.cli import main
 
 
-def run(args):
+def run(args: list[str]) -> int:
     errors = io.StringIO()
     with contextlib.redirect_stderr(errors):
         code = main(args)
