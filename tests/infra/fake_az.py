@@ -419,6 +419,7 @@ def initial_state(**overrides: Any) -> dict[str, Any]:
     """A world with an empty resource group next to an AML workspace, signed in as a user."""
     state: dict[str, Any] = {
         "rg": "rg-amlrelay", "account": {"id": "00000000-0000-0000-0000-000000000000",
+                                         "tenantId": "00000000-0000-0000-0000-0000000000aa",
                                          "user": {"name": "deployer@contoso.example", "type": "user"}},
         "signed_in_user": "22222222-2222-2222-2222-222222222222", "service_principals": {},
         "principal_types": {"22222222-2222-2222-2222-222222222222": "User"},

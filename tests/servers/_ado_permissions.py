@@ -161,24 +161,33 @@ class Permissions:
     def handle_admin(self, request: RecordedRequest, credential: str) -> Reply | None:
         """Answer an admin call (None: not one, the Runs routes take it). Checked against the spec excerpt."""
         path = "/" + request.path.strip("/")
+        path_known = False
         for op in _excerpt()["operations"]:
             pattern = re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/]+)", re.escape(op["path"]))
             match = re.fullmatch(pattern, path, flags=re.IGNORECASE)
             if match is None:
                 continue
+            path_known = True
             if request.method != op["method"]:
-                raise AdoError(405, f"The requested resource does not support http method '{request.method}'.",
-                               "VssResourceNotFoundException", VSS)
+                continue
             version = {k.lower(): v for k, v in request.query.items()}.get("api-version")
             if version != op["api_version"]:
                 raise AdoError(400, f"The requested REST API version of {version} is not the one of "
                                f"{op['operationId']} ({op['api_version']}).", "VssVersionOutOfRangeException", VSS)
+            allowed = {p["name"].lower() for p in op["parameters"] if p.get("in") == "query"}
+            unknown = sorted(k for k in request.query if k.lower() not in allowed)
+            if unknown:
+                raise AdoError(400, f"{op['operationId']} has no query parameter {', '.join(unknown)}.",
+                               "ArgumentException", "System")
             with self._lock:
                 admin = credential in self._admins
             if not admin:
                 raise AdoError(403, "TF400813: The caller is not a Project Collection Administrator.",
                                "AccessDeniedException", TFS)
             return self._admin(op["operationId"], match.groupdict(), request)
+        if path_known:
+            raise AdoError(405, f"The requested resource does not support http method '{request.method}'.",
+                           "VssResourceNotFoundException", VSS)
         return None
 
     def _admin(self, operation: str, where: dict[str, str], request: RecordedRequest) -> Reply:
@@ -207,8 +216,11 @@ class Permissions:
                 raise AdoError(404, "Subject not found.", "GraphSubjectNotFoundException", VSS)
             return ok({"value": ident.storage_key})
         if operation == "Identities_Read Identities":
-            wanted = {k.lower(): v for k, v in request.query.items()}.get("subjectdescriptors", "").split(",")
-            idents = [i for i in self._all() if i.subject_descriptor in wanted and i.entitled]
+            query = {k.lower(): v for k, v in request.query.items()}
+            subjects = query.get("subjectdescriptors", "").split(",")
+            descriptors = {d.lower() for d in query.get("descriptors", "").split(",")}
+            idents = [i for i in self._all() if i.entitled and (i.subject_descriptor in subjects
+                                                                  or i.descriptor.lower() in descriptors)]
             return ok({"count": len(idents), "value": [
                 {"id": i.storage_key, "descriptor": i.descriptor, "subjectDescriptor": i.subject_descriptor,
                  "providerDisplayName": i.display_name, "isActive": True} for i in idents]})
