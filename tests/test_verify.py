@@ -253,9 +253,22 @@ def test_one_throttled_answer_is_retried_and_then_confirms(aml_server: AmlServer
     assert len(aml_server.job_gets()) == 2
 
 
-def test_a_token_for_the_wrong_audience_is_refused_by_arm_and_fails(aml_server: AmlServer, credential: Any) -> None:
+def test_a_token_for_an_unknown_audience_fails_with_the_setting_named(aml_server: AmlServer,
+                                                                      credential: Any) -> None:
     hold_samples(aml_server)
     wrong = AmlVerifier(credential, arm_url=aml_server.arm_url, backoff=0)  # audience = the loopback URL
+    refusal = wrong.check(event_in(aml_server.workspace_id, "run_completed"))
+    assert refusal is not None
+    assert refusal.outcome == "failed"
+    assert "AADSTS500011" in refusal.reason
+    assert "AMLRELAY_ARM_AUDIENCE" in refusal.reason
+    assert aml_server.requests == []  # Entra refused the audience: ARM was never asked
+
+
+def test_a_token_for_another_real_resource_is_refused_by_arm_and_fails(aml_server: AmlServer,
+                                                                       credential: Any) -> None:
+    hold_samples(aml_server)
+    wrong = AmlVerifier(credential, arm_url=aml_server.arm_url, audience="https://vault.azure.net", backoff=0)
     refusal = wrong.check(event_in(aml_server.workspace_id, "run_completed"))
     assert refusal is not None
     assert refusal.outcome == "failed"

@@ -67,6 +67,12 @@ def identity_error(exc: BaseException, what: str, client_id: str | None = None) 
             hint="Do not set IDENTITY_HEADER yourself (as a variable, in the runbook or on a Hybrid Worker): "
             "Automation sets it for each job. Start the job again without overriding it.",
         )
+    if status == 400 and "AADSTS500011" in text:
+        return AuthError(
+            f"{what}: Entra ID knows no resource by the name the token was asked for (AADSTS500011).",
+            hint="Check the setting the token's audience comes from: AMLRELAY_ARM_URL / AMLRELAY_ARM_AUDIENCE "
+            "(your cloud's ARM endpoint) or AMLRELAY_ADO_RESOURCE.",
+        )
     if status == 400 and client_id:
         return AuthError(
             f"{what}: the managed identity endpoint does not know the user-assigned identity {client_id} "
