@@ -276,3 +276,16 @@ def test_the_replay_runbook_shows_a_sweep_error_where_automation_can_see_it(env:
     assert done.stderr == ""  # Automation's Python sandbox drops stderr
     assert "ERROR: error: Cannot receive from journal queue 'no-such-queue'" in done.stdout
     assert "ERROR: what to do:" in done.stdout
+
+
+def test_a_message_that_cannot_be_moved_aside_stays_in_the_journal(env: Stack,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    journal().send_message("hello")
+    journal(poison=True).delete_queue()  # the poison queue is gone: nothing may be deleted unseen
+    try:
+        code, _, out = run_sweep(capsys)
+        assert code == 1
+        assert "could not be moved aside" in out
+        assert left() == 1
+    finally:
+        journal(poison=True).create_queue()

@@ -178,7 +178,11 @@ def _move_aside(queue: QueueClient, poison: QueueClient | None, message: QueueMe
         reason=reason[:2000], queue=queue.queue_name, messageId=message.id, dequeueCount=count,
         insertedOn=message.inserted_on.isoformat() if message.inserted_on else None,
         movedAt=datetime.now(timezone.utc).isoformat())
-    _call(poison, "write to", lambda: poison.send_message(wrapped, time_to_live=-1))
+    try:
+        _call(poison, "write to", lambda: poison.send_message(wrapped, time_to_live=-1))
+    except JournalError as exc:  # e.g. the wrapper is over the 64 KB a message may hold: keep the original
+        return MessageResult(message.id, message.inserted_on, count, "kept", (),
+                             f"{reason} (and it could not be moved aside: {exc.message})")
     result = _delete(queue, message, [])
     if result.action != "deleted":
         return result
