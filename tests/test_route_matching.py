@@ -61,7 +61,7 @@ def test_an_absent_field_fails_every_condition_but_the_negated_ones(operator: st
 
 
 def test_the_event_type_is_checked_first_and_named() -> None:
-    matched, reasons = select(route({"eventId": {"in": ["nope"]}}, events=("ModelRegistered",)), drift())
+    matched, reasons = select(route({"modelName": {"in": ["nope"]}}, events=("ModelRegistered",)), drift())
     assert (matched, reasons) == ([], ["r: not for DatasetDriftDetected"])
 
 
