@@ -5,7 +5,9 @@
 * ``amlrelay subscriptions FILE`` generate the Event Grid subscriptions (see infra/);
 * ``amlrelay status``             recent ledger records: event → route → ADO run, or why not;
 * ``amlrelay replay``             deliver Event Grid's dead letters (and stale claims) again, idempotently;
-* ``amlrelay purge``              delete finished ledger records older than a horizon (30 days by default).
+* ``amlrelay purge``              delete finished ledger records older than a horizon (30 days by default);
+* ``amlrelay sweep``              drain the journal queue: recover events whose webhook job died
+  (:mod:`amlrelay.journal`, registered through ``COMMAND_GROUPS`` like the other subpackages' commands).
 
 Settings are the runbook's (``AMLRELAY_*``); from a laptop add ``AMLRELAY_CREDENTIAL=default`` to use
 ``az login`` instead of a managed identity.
