@@ -595,3 +595,39 @@ def test_a_job_finishing_during_the_handoff_is_reported(aml_server: AmlServer, c
     assert result.code == 5  # the tag is written: the relay may well continue, so the step does not redo it
     warnings = [line for _, line in result.lines if line.startswith("##vso[task.logissue type=warning]")]
     assert any("became Completed while it was being handed off" in w for w in warnings)
+
+
+def test_submit_and_wait_through_the_real_sdk(tmp_path: Path, loopback_tls: Any,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """azure-ai-ml's own ``create_or_update`` PUTs the job to the stand-in (HTTPS: azure-core sends bearer
+    tokens only over TLS), as a custom cloud whose ARM endpoint is the stand-in; then amlrelay waits for it."""
+    pytest.importorskip("azure.ai.ml")
+    from tests.servers.identity import KNOWN_RESOURCES
+
+    job_file = tmp_path / "job.yml"  # no local code: uploading it needs a datastore the stand-in lacks
+    job_file.write_text("type: command\ncommand: python -c 'print(1)'\n"
+                        "environment: azureml:AzureML-sklearn-1.0-ubuntu20.04-py38-cpu:1\n"
+                        "compute: azureml:cpu-cluster\ntags:\n  purpose: build-validation\n")
+    with AmlServer(tls=loopback_tls, own_audience=True) as aml, \
+            IdentityServer(resources={*KNOWN_RESOURCES, aml.url}) as identity:
+        for name in CONFLICTING_ENV:
+            monkeypatch.delenv(name, raising=False)
+        ca = str(loopback_tls.cert_file)
+        env = {**identity.env(), "REQUESTS_CA_BUNDLE": ca, "SSL_CERT_FILE": ca, "AZUREML_CURRENT_CLOUD": "AzureCloud"}
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)  # setenv also restores what the SDK changes (AZUREML_CURRENT_CLOUD)
+        clock = FakeClock()
+        clock.at(600, lambda: [aml.set_status(n, "Completed") for n in aml.job_names()])
+        ns = _parser().parse_args(["aml", "submit-and-wait", str(job_file), "--workspace", aml.workspace_id,
+                                   "--arm-url", aml.url, "--credential", "managed-identity", "--ado", "on",
+                                   "--experiment", "pr-7", "--tag", "ado.buildId=9"])
+        lines: list[str] = []
+        code = run(ns, clock=clock, out=lines.append)
+        (put,) = [r for r in aml.requests if r.method == "PUT"]
+    assert code == 0, "\n".join(lines)
+    body = put.json["properties"]
+    assert (body["jobType"], body["experimentName"]) == ("Command", "pr-7")
+    assert body["tags"] == {"purpose": "build-validation", "ado.buildId": "9"}
+    name = put.path.rsplit("/", 1)[1]
+    assert any(line == f"##vso[task.setvariable variable=amlJobName;isOutput=true;isSecret=false]{name}"
+               for line in lines)

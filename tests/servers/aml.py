@@ -27,7 +27,8 @@ from typing import Any
 from urllib.parse import unquote
 
 from ._base import Fault, LoopbackServer, RecordedRequest, Reply
-from ._jwt import ZERO_GUID, decode_claims
+from ._jwt import decode_claims
+from .tls import TlsMaterial
 
 __all__ = ["ARM_AUDIENCES", "ARM_RESOURCE", "AmlServer", "spec_job_statuses"]
 
@@ -37,9 +38,10 @@ ARM_AUDIENCES = ("https://management.core.windows.net/", "https://management.cor
                  "https://management.azure.com/", "https://management.azure.com")
 """The audiences ARM lists in its InvalidAuthenticationTokenAudience message."""
 API_VERSIONS = frozenset({"2023-04-01", "2023-04-01-preview", "2023-10-01", "2024-01-01-preview", "2024-04-01",
-                          "2024-10-01", "2025-04-01", "2025-06-01", "2025-09-01", "2025-10-01-preview",
-                          "2025-12-01"})
-"""The versions AML-JOBS.md lists as existing (stable and the previews the SDK calls)."""
+                          "2024-10-01", "2025-01-01-preview", "2025-04-01", "2025-06-01", "2025-09-01",
+                          "2025-10-01-preview", "2025-12-01"})
+"""The versions AML-JOBS.md lists as existing, plus 2025-01-01-preview, which azure-ai-ml 1.35.2 sends for
+``jobs.create_or_update`` (seen in tests/test_aml_wait.py's SDK submission test)."""
 _FINAL = frozenset({"Completed", "Failed", "Canceled"})
 _PREFIX = re.compile(
     r"^/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)/providers/"
@@ -70,6 +72,8 @@ class _Job:
     studio: bool
     cancel_countdown: int | None = None
     created: str = "2026-01-01T00:00:00.000Z"
+    submitted: dict[str, Any] = field(default_factory=dict)
+    """The properties a PUT sent (command, environmentId, inputs...), echoed back as AML does."""
 
 
 @dataclass
@@ -87,8 +91,14 @@ class AmlServer(LoopbackServer):
                  resource_group: str = "rg-contoso-ml", workspace: str = "mlw-contoso",
                  bearer_tokens: set[str] | None = None, api_versions: frozenset[str] = API_VERSIONS,
                  cancel_polls: int = 1, studio_host: str = "https://ml.azure.com",
-                 tracking_uri: str | None = None) -> None:
-        super().__init__()
+                 tracking_uri: str | None = None, tls: TlsMaterial | None = None,
+                 own_audience: bool = False) -> None:
+        """``tls`` serves HTTPS (azure-core refuses bearer tokens over http); ``own_audience`` also accepts
+        tokens for this server's own URL, as a sovereign or custom cloud's ARM accepts its endpoint."""
+        super().__init__(ssl_context=tls.server_context() if tls is not None else None)
+        if tls is not None:
+            self.scheme = "https"
+        self.own_audience = own_audience
         self.subscription, self.resource_group, self.workspace = subscription, resource_group, workspace
         self.api_versions = api_versions
         self.cancel_polls = cancel_polls
@@ -129,6 +139,10 @@ class AmlServer(LoopbackServer):
     def status(self, name: str) -> str:
         with self._lock:
             return self._jobs[name].status
+
+    def job_names(self) -> list[str]:
+        with self._lock:
+            return list(self._jobs)
 
     def job_tags(self, name: str) -> dict[str, str]:
         with self._lock:
@@ -206,6 +220,8 @@ class AmlServer(LoopbackServer):
         if not parts:
             return self._workspace_body() if method == "GET" else _method_not_allowed(method)
         if parts[0].lower() == "jobs" and len(parts) == 2:
+            if method == "PUT":
+                return self._put_job(parts[1], request.json)
             return self._get_job(parts[1]) if method == "GET" else _method_not_allowed(method)
         if parts[0].lower() == "jobs" and len(parts) == 3 and parts[2].lower() == "cancel":
             return self._cancel(parts[1]) if method == "POST" else _method_not_allowed(method)
@@ -224,7 +240,8 @@ class AmlServer(LoopbackServer):
         claims = decode_claims(token)
         if claims is None:
             return _error(401, "InvalidAuthenticationToken", "The access token is invalid.")
-        if claims.get("aud") not in ARM_AUDIENCES:
+        own = {self.url, f"{self.url}/"} if self.own_audience else set()
+        if claims.get("aud") not in (*ARM_AUDIENCES, *own):
             return _error(401, "InvalidAuthenticationTokenAudience",
                           f"The access token has been obtained for wrong audience or resource '{claims.get('aud')}'."
                           " It should exactly match with one of the allowed audiences "
@@ -264,6 +281,31 @@ class AmlServer(LoopbackServer):
                     job.cancel_countdown -= 1
             return Reply.json(200, self._job_body(job))
 
+    def _put_job(self, name: str, body: Any) -> Reply:
+        """``Jobs_CreateOrUpdate``: the id pattern and the required ``properties.jobType`` of the spec; tags
+        of an update *replace* the old ones (spec summary). 201 on create, 200 on update."""
+        if not self._job_id.match(name):
+            return _error(400, "UserError", f"The job name '{name}' is invalid: it must match "
+                          f"{self._job_id.pattern}.", inner="ValidationError")
+        props = body.get("properties") if isinstance(body, dict) else None
+        if not isinstance(props, dict) or not isinstance(props.get("jobType"), str):
+            return _error(400, "UserError", "The request body must be a JobBaseResource with properties.jobType.",
+                          inner="ValidationError")
+        tags = props.get("tags") or {}
+        if not isinstance(tags, dict) or not all(isinstance(v, str) for v in tags.values()):
+            return _error(400, "UserError", "properties.tags must map strings to strings.", inner="ValidationError")
+        with self._lock:
+            existing = self._jobs.get(name)
+            if existing is not None:
+                existing.tags = dict(tags)
+                job = existing
+            else:
+                job = _Job(name, "NotStarted", str(props.get("experimentName") or "Default"), dict(tags),
+                           {k: str(v) for k, v in (props.get("properties") or {}).items()}, props["jobType"],
+                           str(props.get("displayName") or name), True, submitted=dict(props))
+                self._jobs[name] = job
+            return Reply.json(200 if existing is not None else 201, self._job_body(job))
+
     def _cancel(self, name: str) -> Reply:
         job = self._find(name)
         if isinstance(job, Reply):
@@ -280,10 +322,11 @@ class AmlServer(LoopbackServer):
         services: dict[str, Any] = {}
         if job.studio:
             services["Studio"] = {"jobServiceType": "Studio", "endpoint":
-                                  f"{self.studio_host}/runs/{job.name}?wsid={self.workspace_id}&tid={ZERO_GUID}"}
+                                  f"{self.studio_host}/runs/{job.name}?wsid={self.workspace_id}"}
             services["Tracking"] = {"jobServiceType": "Tracking", "endpoint": self.tracking_uri}
         return {"id": job_id, "name": job.name, "type": "Microsoft.MachineLearningServices/workspaces/jobs",
-                "properties": {"jobType": job.job_type, "status": job.status, "experimentName": job.experiment_name,
+                "properties": {**job.submitted, "jobType": job.job_type, "status": job.status,
+                               "experimentName": job.experiment_name,
                                "displayName": job.display_name, "tags": dict(job.tags),
                                "properties": dict(job.properties), "services": services,
                                "computeId": f"{self.workspace_id}/computes/cpu-cluster", "isArchived": False},

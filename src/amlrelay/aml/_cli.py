@@ -134,7 +134,7 @@ def run(ns: argparse.Namespace, *, credential: TokenCredential | None = None, su
 def _submit(ns: argparse.Namespace, client: JobsClient, credential: TokenCredential, submitter: Submitter | None,
             say: Out, ado: bool) -> list[str]:
     tags = dict(_pair(t) for t in ns.tag)
-    submit = submitter or sdk_submitter(client.workspace, credential)
+    submit = submitter or sdk_submitter(client.workspace, credential, arm_url=client.arm_url)
     names = []
     for path in ns.job_files:
         done = submit(Submission(path, ns.experiment, tags, ns.display_name))

@@ -54,18 +54,35 @@ def load_job_file(path: Path) -> Any:
             from None
 
 
-def sdk_submitter(workspace: Workspace, credential: TokenCredential, *, ml_client: Any = None) -> Submitter:
-    """A submitter over ``MLClient.jobs.create_or_update``; ``ml_client`` replaces the real client in tests."""
+_CLOUDS = {"https://management.azure.com": "AzureCloud", "https://management.chinacloudapi.cn": "AzureChinaCloud",
+           "https://management.usgovcloudapi.net": "AzureUSGovernment"}
+
+
+def sdk_submitter(workspace: Workspace, credential: TokenCredential, *, arm_url: str = "https://management.azure.com",
+                  ml_client: Any = None) -> Submitter:
+    """A submitter over ``MLClient.jobs.create_or_update``; ``ml_client`` replaces the real client in tests.
+    ``arm_url`` picks the SDK's cloud; an ARM endpoint it does not know is passed as custom cloud metadata
+    (the SDK then asks for tokens for that endpoint, as it does in any cloud)."""
+
+    def client() -> Any:
+        sdk = _sdk()
+        cloud = _CLOUDS.get(arm_url.rstrip("/"))
+        kwargs: dict[str, Any] = {"cloud": cloud} if cloud else {
+            "cloud": f"amlrelay {arm_url.rstrip('/')}", "cloud_metadata": {  # one name per endpoint: the SDK
+            # keeps the first metadata registered under a name for the whole process
+                "azure_portal": "https://portal.azure.com", "resource_manager": arm_url.rstrip("/") + "/",
+                "active_directory": "https://login.microsoftonline.com", "aml_resource_id": "https://ml.azure.com/",
+                "storage_endpoint": "core.windows.net", "registry_discovery_endpoint": "https://eastus.api.azureml.ms/"}}
+        return sdk.MLClient(credential, workspace.subscription, workspace.resource_group, workspace.name, **kwargs)
 
     def submit(request: Submission) -> Submitted:
         job = load_job_file(request.job_file)
-        client = ml_client or _sdk().MLClient(credential, workspace.subscription, workspace.resource_group,
-                                              workspace.name)
+        ml = ml_client or client()
         if request.display_name:
             job.display_name = request.display_name
         tags = {**(getattr(job, "tags", None) or {}), **request.tags}
         try:
-            created = client.jobs.create_or_update(job, experiment_name=request.experiment_name, tags=tags)
+            created = ml.jobs.create_or_update(job, experiment_name=request.experiment_name, tags=tags)
         except Exception as exc:  # HttpResponseError, ValidationException, upload errors...
             raise AmlError(f"AML refused to create the job from {str(request.job_file)!r}: {_first_line(exc)}",
                            status=getattr(exc, "status_code", None), code="SubmitRefused",
@@ -73,7 +90,8 @@ def sdk_submitter(workspace: Workspace, credential: TokenCredential, *, ml_clien
                            "(AzureML Data Scientist) on the workspace.") from None
         name = str(created.name)
         studio = getattr(created, "studio_url", None) or workspace.studio_url(name)
-        return Submitted(name, str(studio), str(getattr(created, "status", "") or "NotStarted"))
+        status = getattr(created, "status", None) or "NotStarted"
+        return Submitted(name, str(studio), str(getattr(status, "value", status)))
 
     return submit
 
