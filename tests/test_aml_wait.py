@@ -617,7 +617,12 @@ def test_submit_and_wait_through_the_real_sdk(tmp_path: Path, loopback_tls: Any,
         for name, value in env.items():
             monkeypatch.setenv(name, value)  # setenv also restores what the SDK changes (AZUREML_CURRENT_CLOUD)
         clock = FakeClock()
-        clock.at(600, lambda: [aml.set_status(n, "Completed") for n in aml.job_names()])
+
+        def finish_all() -> None:
+            for job in aml.job_names():
+                aml.set_status(job, "Completed")
+
+        clock.at(600, finish_all)
         ns = _parser().parse_args(["aml", "submit-and-wait", str(job_file), "--workspace", aml.workspace_id,
                                    "--arm-url", aml.url, "--credential", "managed-identity", "--ado", "on",
                                    "--experiment", "pr-7", "--tag", "ado.buildId=9"])
