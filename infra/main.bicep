@@ -262,6 +262,7 @@ module logicApp 'modules/logic-app/main.bicep' = if (handler == 'logicapp') {
     keyVaultUri: auth == 'pat' ? keyVault.outputs.uri : ''
     patSecretName: patSecretName
     diagnosticWorkspaceId: logicAppDiagnosticWorkspaceId
+    verifyEvents: verifyEvents
   }
 }
 

@@ -30,6 +30,7 @@ from amlrelay.routes import Routes, load_routes
 from amlrelay.runbook import build_relay
 from amlrelay.settings import resolve
 from tests.conftest import ROUTES_FILE, SAMPLE_WORKSPACE
+from tests.servers.aml import ARM_RESOURCE
 from tests.servers.table_gateway import STORAGE_AUDIENCE, TableGateway
 from tests.stack import PAT_SECRET, Stack, local_stack
 
@@ -107,18 +108,23 @@ class Pair:
         self.last_run = result
         return self.logicapp.observe(result.response.status, before)
 
+    def emitted(self, events: list[Any]) -> None:
+        """AML holds what these events report, on both sides (see Stack.emitted)."""
+        self.runbook.stack.emitted(events)
+        self.logicapp.stack.emitted(events)
+
     def deliver(self, body: bytes) -> tuple[Observed, Observed]:
         return self.deliver_runbook(body), self.deliver_logicapp(body)
 
 
 @contextmanager
-def pair(azurite: str, table: str, *, routes_path: Path = ROUTES_FILE, pat: bool = False,
+def pair(azurite: str, table: str, *, routes_path: Path = ROUTES_FILE, pat: bool = False, verify: bool = False,
          **options: Any) -> Iterator[Pair]:
     routes = load_routes(routes_path)
     service = TableServiceClient.from_connection_string(azurite)
     with ExitStack() as stack:
-        runbook_stack = stack.enter_context(local_stack(routes_path, pat=pat))
-        la_stack = stack.enter_context(local_stack(routes_path, pat=pat))
+        runbook_stack = stack.enter_context(local_stack(routes_path, pat=pat, verify=verify))
+        la_stack = stack.enter_context(local_stack(routes_path, pat=pat, verify=verify))
         tables = []
         for suffix in ("rb", "la"):
             service.create_table(table + suffix)
@@ -127,14 +133,16 @@ def pair(azurite: str, table: str, *, routes_path: Path = ROUTES_FILE, pat: bool
         gateway = stack.enter_context(TableGateway(
             azurite, accepted_tokens={la_stack.identity.token_for(STORAGE_AUDIENCE)}))
         definition = generate(routes, ado_timeout=options.pop("ado_timeout", "PT2S"),
-                              auth="pat" if pat else "managed-identity", **options)
+                              auth="pat" if pat else "managed-identity", verify=verify, **options)
         parameters = {"adoOrganizationUrl": la_stack.ado.org_url, "allowedWorkspaces": SAMPLE_WORKSPACE + "/",
                       "ledgerTableUrl": gateway.url, "ledgerTable": table + "la"}
-        verify: bool | str = True
+        if la_stack.aml is not None:
+            parameters |= {"armUrl": la_stack.aml.arm_url, "armAudience": ARM_RESOURCE}
+        trust: bool | str = True
         if la_stack.vault is not None:
             parameters |= {"keyVaultUrl": la_stack.vault.url, "patSecretName": PAT_SECRET}
-            verify = la_stack.vault.ca_file
-        workflow = Workflow(definition, parameters, managed_identity(la_stack), verify=verify)
+            trust = la_stack.vault.ca_file
+        workflow = Workflow(definition, parameters, managed_identity(la_stack), verify=trust)
         env = {**runbook_stack.env(), "AMLRELAY_LEDGER": "true", "AMLRELAY_LEDGER_CONNECTION_STRING": azurite,
                "AMLRELAY_LEDGER_TABLE": table + "rb", "AMLRELAY_TIMEOUT": "2"}
         yield Pair(Side(runbook_stack, tables[0]), Side(la_stack, tables[1], gateway, workflow), routes, env)

@@ -28,12 +28,16 @@ def test_the_module_deploys_the_generated_definitions(bicep: dict[str, Any]) -> 
     doc = bicep["files"]["modules/logic-app/main.bicep"]
     loaded = {f["parameters"]["file_path"] for f in _functions(doc["variables"]["definitions"])
               if f["type"] == "load_json_content"}
-    assert loaded == {"../../../logicapps/workflow.json", "../../../logicapps/workflow-pat.json"}
+    assert loaded == {f"../../../logicapps/workflow{variant}.json"
+                      for variant in ("", "-pat", "-unverified", "-pat-unverified")}
     for path in loaded:
         definition = json.loads((INFRA / "modules" / "logic-app" / path).resolve().read_text(encoding="utf-8"))
         assert list(definition["triggers"]) == [TRIGGER]
-        assert set(definition["parameters"]) - {"keyVaultUrl", "patSecretName"} == {
+        optional = {"keyVaultUrl", "patSecretName", "armUrl", "armAudience", "jobStatusRanks"}
+        assert set(definition["parameters"]) - optional == {
             "adoOrganizationUrl", "allowedWorkspaces", "ledgerTableUrl", "ledgerTable", "routes"}
+        assert ("pat" in path) == ("keyVaultUrl" in definition["parameters"])
+        assert ("unverified" in path) != ("armUrl" in definition["parameters"])
     body = doc["resources"]["workflow"]["config"]
     assert body["identity"] == {"type": "SystemAssigned"}
     assert doc["outputs"]["triggerName"]["value"] == TRIGGER
@@ -56,6 +60,7 @@ def test_main_wires_the_workflow_like_the_runbook(bicep: dict[str, Any]) -> None
     assert params["auth"] == "auth"
     assert params["adoOrganizationUrl"] == "${adoBaseUrl}/${adoOrganization}"
     assert params["ledgerTableName"] == "ledgerTableName"
+    assert params["verifyEvents"] == "verifyEvents"  # the same switch as the runbook's AMLRELAY_VERIFY
     callback = [f for f in _functions(main["modules"]["eventGrid"])
                 if f["type"] == "list_func" and f["parameters"]["func_name"] == "listCallbackUrl"]
     assert callback, "the subscriptions must point at the trigger's callback URL"

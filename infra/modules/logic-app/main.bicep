@@ -44,13 +44,22 @@ param keyVaultUri string = ''
 @description('Optional. Name of the Key Vault secret holding the PAT (PAT mode only).')
 param patSecretName string = 'ado-pat'
 
+@description('Optional. Read each event\'s run or model version back from AML before acting on it (the handler needs Reader on the workspace).')
+param verifyEvents bool = true
+
+@description('Optional. ARM endpoint the workflow reads AML from (verification).')
+param armUrl string = environment().resourceManager
+
 @description('Optional. Resource id of a Log Analytics workspace for the workflow\'s run and action history (failed runs); empty: no diagnostic settings.')
 param diagnosticWorkspaceId string = ''
 
 var definitions = {
   'managed-identity': loadJsonContent('../../../logicapps/workflow.json')
   pat: loadJsonContent('../../../logicapps/workflow-pat.json')
+  'managed-identity-unverified': loadJsonContent('../../../logicapps/workflow-unverified.json')
+  'pat-unverified': loadJsonContent('../../../logicapps/workflow-pat-unverified.json')
 }
+var trimmedArmUrl = endsWith(armUrl, '/') ? substring(armUrl, 0, length(armUrl) - 1) : armUrl
 var trimmedLedgerUrl = endsWith(ledgerTableUrl, '/') ? substring(ledgerTableUrl, 0, length(ledgerTableUrl) - 1) : ledgerTableUrl
 var trimmedVaultUri = endsWith(keyVaultUri, '/') ? substring(keyVaultUri, 0, length(keyVaultUri) - 1) : keyVaultUri
 var baseParameters = {
@@ -68,6 +77,14 @@ var baseParameters = {
     value: ledgerTableName
   }
 }
+var verifyParameters = verifyEvents ? {
+  armUrl: {
+    value: trimmedArmUrl
+  }
+  armAudience: {
+    value: '${trimmedArmUrl}/'
+  }
+} : {}
 var patParameters = auth == 'pat' ? {
   keyVaultUrl: {
     value: trimmedVaultUri
@@ -86,8 +103,8 @@ resource workflow 'Microsoft.Logic/workflows@2019-05-01' = {
   }
   properties: {
     state: 'Enabled'
-    definition: definitions[auth]
-    parameters: union(baseParameters, patParameters)
+    definition: definitions[verifyEvents ? auth : '${auth}-unverified']
+    parameters: union(baseParameters, verifyParameters, patParameters)
   }
 }
 

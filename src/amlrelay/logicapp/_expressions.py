@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any, Protocol
+from urllib.parse import quote
 
 from ._wdl import Access, Call, ExpressionError, Literal, Node, Template, parse_template
 
@@ -362,6 +363,7 @@ _FUNCTIONS: dict[str, Callable[..., Any]] = {
     "removeproperty": _remove_property,
     "union": _union,
     "base64": _base64,
+    "uricomponent": lambda _, v: quote(_text(v), safe=""),
     "utcnow": lambda ctx, fmt="o": _format(ctx.now(), fmt),
     "addseconds": _add_seconds,
     "ticks": _ticks,

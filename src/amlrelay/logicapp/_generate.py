@@ -29,6 +29,7 @@ from ..relay import AMBIGUOUS
 from ..router import API_VERSION
 from ..routes import NEGATED, Route, Routes
 from . import _fields as f
+from . import _verify
 from ._fields import EVENT, ROUTE, call, q
 
 SCHEMA = "https://schema.management.azure.com/providers/Microsoft.Logic/schemas/2016-06-01/workflowdefinition.json#"
@@ -42,8 +43,10 @@ _VALIDATION = "microsoft.eventgrid.subscriptionvalidationevent"
 
 
 def generate(routes: Routes, *, auth: str = "managed-identity", throttle_retries: int = 4,
-             max_retry_after: int = 60, ado_timeout: str = "PT30S", stale_after: int = 1800) -> dict[str, Any]:
-    """The workflow definition for ``routes``. Raises RoutesError for a route the workflow cannot render."""
+             max_retry_after: int = 60, ado_timeout: str = "PT30S", stale_after: int = 1800,
+             verify: bool = False) -> dict[str, Any]:
+    """The workflow definition for ``routes``. Raises RoutesError for a route the workflow cannot render.
+    ``verify``: read the run or model version back from AML before claiming (see :mod:`._verify`)."""
     if auth not in ("managed-identity", "pat"):
         raise ValueError("auth must be 'managed-identity' or 'pat'")
     _check_renderable(routes)
@@ -70,6 +73,10 @@ def generate(routes: Routes, *, auth: str = "managed-identity", throttle_retries
             "runtimeConfiguration": {"secureData": {"properties": ["inputs", "outputs"]}},
         }
         first = "Get_PAT"
+    if verify:
+        params["armUrl"] = {"type": "String", "defaultValue": "https://management.azure.com"}
+        params["armAudience"] = {"type": "String", "defaultValue": "https://management.azure.com/"}
+        params["jobStatusRanks"] = {"type": "Object", "defaultValue": _verify.RANKS}
     ctx = _Builder(routes, auth, throttle_retries, max_retry_after, ado_timeout, stale_after)
     actions["For_each_event"] = {
         "type": "Foreach", "runAfter": {first: ["Succeeded"]}, "operationOptions": "Sequential",
@@ -78,7 +85,7 @@ def generate(routes: Routes, *, auth: str = "managed-identity", throttle_retries
         "actions": {"For_each_route": {
             "type": "Foreach", "runAfter": {}, "operationOptions": "Sequential",
             "foreach": "@" + f.matched_routes(routes.routes),
-            "actions": ctx.route_actions(),
+            "actions": _verified(ctx.route_actions()) if verify else ctx.route_actions(),
         }},
     }
     batch = call("if", _IS_ARRAY, "triggerBody()", call("createArray"))
@@ -112,6 +119,28 @@ _IS_ARRAY = call("and", call("startsWith", call("string", _B), "'['"),
                  call("not", call("equals", call("string", _B), _B)))
 _IS_OBJECT = call("and", call("startsWith", call("string", _B), "'{'"),
                   call("not", call("equals", call("string", _B), _B)))
+
+
+def _verified(claim_graph: dict[str, Any]) -> dict[str, Any]:
+    """Read the event's run or model version from AML first; only a confirmed event reaches the claim."""
+    note = _Builder.note_for
+    return {
+        "Verify": {"type": "Http", "runAfter": {},
+                   "inputs": {"method": "GET", "uri": _verify.uri(),
+                              "authentication": {"type": "ManagedServiceIdentity",
+                                                 "audience": "@parameters('armAudience')"}}},
+        "Not_verified": {"type": "If", "runAfter": {"Verify": ["Failed", "TimedOut"]},
+                         "expression": "@not(equals(outputs('Verify')?['statusCode'], 404))",
+                         "actions": {"Note_not_verified": note({}, "@{concat('not verified: AML answered ', "
+                                                                   "string(coalesce(outputs('Verify')?['statusCode'], "
+                                                                   "'nothing')))}")}},
+        "Confirmed": {"type": "If", "runAfter": {"Verify": ["Succeeded"]}, "expression": "@" + _verify.confirmed(),
+                      "actions": claim_graph,
+                      "else": {"actions": {"Not_yet": {
+                          "type": "If", "runAfter": {}, "expression": "@" + call("not", _verify.refuted()),
+                          "actions": {"Note_not_yet": note({}, "AML does not show the event's status yet: tried "
+                                                               "again later")}}}}},
+    }
 
 
 def _msi(audience: str) -> dict[str, str]:
@@ -191,6 +220,10 @@ class _Builder:
         }
 
     def note(self, after: dict[str, list[str]], reason: str) -> dict[str, Any]:
+        return self.note_for(after, reason)
+
+    @staticmethod
+    def note_for(after: dict[str, list[str]], reason: str) -> dict[str, Any]:
         return {"type": "AppendToArrayVariable", "runAfter": after,
                 "inputs": {"name": "failures", "value": {"event_id": f"@{{{EVENT}?['id']}}", "route": f"@{{{ROUTE}}}",
                                                          "reason": reason}}}
