@@ -45,6 +45,12 @@ param additionalAllowedWorkspaceIds array = []
 @description('Optional. Verify each event against AML before acting on it (AMLRELAY_VERIFY): the handler reads the run or model version back with its identity, so it gets Reader on each allowed workspace.')
 param verifyEvents bool = true
 
+@description('Optional. Tag-back (AMLRELAY_TAG_BACK): tag each AML run or model version with the ADO run it started, through the workspace\'s MLflow endpoint; the runbook handler then gets AzureML Data Scientist on each allowed workspace. The Logic App handler does not tag back.')
+param tagBack bool = false
+
+@description('Optional. Region of the AML workspaces, for their MLflow endpoint (AMLRELAY_AML_REGION); used when tagBack is on.')
+param amlRegion string = location
+
 // ---------------------------------------------------------------- Azure DevOps
 @description('Required. Azure DevOps organization name, e.g. \'contoso\' (AMLRELAY_ADO_ORGANIZATION).')
 param adoOrganization string
@@ -184,6 +190,8 @@ var baseSettings = {
     workspaceId
   ], additionalAllowedWorkspaceIds), ',')
   AMLRELAY_VERIFY: verifyEvents ? 'true' : 'false'
+  AMLRELAY_TAG_BACK: tagBack ? 'true' : 'false'
+  AMLRELAY_AML_REGION: amlRegion
   AMLRELAY_AUTH: auth
   AMLRELAY_LEDGER_TABLE_URL: storage.outputs.tableEndpoint
   AMLRELAY_LEDGER_TABLE: ledgerTableName
@@ -316,6 +324,20 @@ var verifiedWorkspaceIds = verifyEvents ? concat([
 
 module workspaceReaders 'modules/role-assignments/workspace-reader.bicep' = [for (id, i) in verifiedWorkspaceIds: {
   name: 'amlrelay-workspace-reader-${i}'
+  scope: resourceGroup(split(id, '/')[2], split(id, '/')[4])
+  params: {
+    workspaceName: last(split(id, '/'))
+    handlerPrincipalId: handler == 'runbook' ? automation.outputs.principalId : logicApp.outputs.principalId
+  }
+}]
+
+// Tag-back writes tags on the runs and model versions of every allowed workspace (runbook handler only).
+var taggedWorkspaceIds = tagBack && handler == 'runbook' ? concat([
+  workspaceId
+], additionalAllowedWorkspaceIds) : []
+
+module workspaceTaggers 'modules/role-assignments/workspace-tagger.bicep' = [for (id, i) in taggedWorkspaceIds: {
+  name: 'amlrelay-workspace-tagger-${i}'
   scope: resourceGroup(split(id, '/')[2], split(id, '/')[4])
   params: {
     workspaceName: last(split(id, '/'))
