@@ -7,6 +7,8 @@ events of stale ledger claims (a job that died after claiming) and of failed rec
 through the same routes and ledger as live deliveries, so nothing is started twice. The job's exit code is
 the worse of the two (see README, "Across the webhook boundary" and "Dead letters and replay"). Automation's
 Python sandbox drops stderr, so the command line's error lines are printed to stdout as ERROR: lines.
+Last, with AMLRELAY_TAG_BACK on, writes the tag-back tags still owed (`amlrelay retag`); an owed tag is a
+warning, never a failed job.
 """
 
 import contextlib
@@ -28,4 +30,5 @@ def run(args: list[str]) -> int:
 if __name__ == "__main__":
     swept = run(["sweep", *sys.argv[1:]])
     replayed = run(["replay", "--stale", "--failed", *sys.argv[1:]])
+    run(["retag"])  # its exit code says whether tags are still owed: warnings, not a failed job
     sys.exit(max(swept, replayed))
