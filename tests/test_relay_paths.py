@@ -1,0 +1,171 @@
+"""The relay's paths, each with the exact outcome a user sees: dry-run previews, skips with every reason,
+rejected items of a batch, template failures that claim nothing, a claim held by another job, the original
+delivery kept for replay, and the ledger-less (at least once) path."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from amlrelay.events import parse_events
+from amlrelay.ledger import Ledger
+from amlrelay.relay import AMBIGUOUS, Relay
+from amlrelay.routes import parse_routes
+from amlrelay.runbook import build_relay
+from amlrelay.settings import resolve
+from tests.conftest import sample
+from tests.servers.ado import PipelineDef
+from tests.stack import Stack, local_stack
+
+ROUTES = {"version": 1, "routes": [
+    {"name": "Deploy", "events": ["ModelRegistered"], "filters": {"modelTags.area": {"in": ["diabetes"]}},
+     "pipeline": {"project": "ml ops", "id": 70, "variables": {"M": "{{ modelName }}", "V": "{{ modelVersion }}"}}},
+    {"name": "staged", "events": ["ModelRegistered"],
+     "pipeline": {"project": "ml ops", "id": 71, "variables": {"S": "{{ modelTags.stage }}",
+                                                               "M": "{{ modelName }}", "V": "{{ modelVersion }}"}}},
+    {"name": "other", "events": ["RunCompleted"], "pipeline": {"project": "ml ops", "id": 72}}]}
+PIPELINES = {("ml ops", 70): PipelineDef("deploy", variables_settable_at_queue_time=frozenset({"M", "V"})),
+             ("ml ops", 71): PipelineDef("staged", variables_settable_at_queue_time=frozenset({"S", "M", "V"})),
+             ("ml ops", 72): PipelineDef("other")}
+
+
+@pytest.fixture
+def stack(monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
+    with local_stack(pipelines=PIPELINES) as s:
+        for name, value in s.env().items():
+            monkeypatch.setenv(name, value)
+        yield s
+
+
+def relay(stack: Stack, **env: str) -> Relay:
+    built = build_relay(resolve({}, env=stack.env(**env)), parse_routes(json.dumps(ROUTES)))
+    if built.ledger is not None:
+        built.ledger.ensure_table()
+    return built
+
+
+def registered(**data: Any) -> dict[str, Any]:
+    raw = sample("event-grid-schema", "model_registered")
+    raw["data"].update(data)
+    return raw
+
+
+def ledger_env(azurite: str, table_name: str) -> dict[str, str]:
+    return {"AMLRELAY_LEDGER": "true", "AMLRELAY_LEDGER_CONNECTION_STRING": azurite,
+            "AMLRELAY_LEDGER_TABLE": table_name}
+
+
+def test_a_dry_run_previews_the_exact_request_of_each_route(stack: Stack) -> None:
+    r = relay(stack, AMLRELAY_DRY_RUN="true")
+    assert r.trigger is None
+    [deploy, staged] = r.handle(parse_events([registered(modelTags={"area": "diabetes", "stage": "prod"})]))
+    assert (deploy.outcome, deploy.route, staged.route) == ("dry-run", "Deploy", "staged")
+    assert deploy.request == {
+        "method": "POST", "url": f"{stack.ado.org_url}/ml%20ops/_apis/pipelines/70/runs",
+        "query": {"api-version": "7.1"},
+        "body": {"variables": {"M": {"value": "sklearn_regression_model", "isSecret": False},
+                               "V": {"value": "20", "isSecret": False}}}}
+    assert stack.ado.requests == []
+
+
+def test_an_event_no_route_takes_is_skipped_with_every_reason(stack: Stack) -> None:
+    r = relay(stack, AMLRELAY_DRY_RUN="true")
+    raw = sample("event-grid-schema", "model_deployed")
+    [skipped] = r.handle(parse_events([raw]))
+    assert skipped.outcome == "skipped"
+    assert skipped.reason == ("no route matches (Deploy: not for ModelDeployed; staged: not for ModelDeployed; "
+                              "other: not for ModelDeployed)")
+    assert (skipped.event_id, skipped.event_type, skipped.subject) == (raw["id"], "ModelDeployed", raw["subject"])
+
+
+def test_a_named_route_is_used_without_its_filters(stack: Stack) -> None:
+    r = relay(stack, AMLRELAY_DRY_RUN="true")
+    r.only_route = "deploy"  # route names ignore case
+    [outcome] = r.handle(parse_events([registered(modelTags={"area": "other"})]))
+    assert (outcome.outcome, outcome.route) == ("dry-run", "Deploy")
+
+
+def test_invalid_and_skipped_items_keep_their_short_type_and_place(stack: Stack) -> None:
+    r = relay(stack, AMLRELAY_DRY_RUN="true")
+    broken = registered()
+    broken["data"] = {"modelName": "m"}
+    unknown = {**sample("event-grid-schema", "model_registered"), "eventType": "Microsoft.Storage.BlobCreated",
+               "id": "blob"}
+    outcomes = r.handle(parse_events([broken, unknown, registered(modelTags={"area": "diabetes"})]))
+    assert [(o.event_type, o.outcome) for o in outcomes] == [
+        ("ModelRegistered", "rejected"), ("BlobCreated", "skipped"), ("ModelRegistered", "dry-run"),
+        ("ModelRegistered", "failed")]  # the second route needs a tag this event lacks
+    assert "modelVersion" in (outcomes[0].reason or "")
+
+
+def test_a_template_failure_fails_that_route_only_and_claims_nothing(stack: Stack, azurite: str,
+                                                                     table_name: str) -> None:
+    r = relay(stack, **ledger_env(azurite, table_name))
+    [deploy, staged] = r.handle(parse_events([registered(modelTags={"area": "diabetes"})]))
+    assert (deploy.outcome, staged.outcome) == ("triggered", "failed")
+    assert (staged.reason or "").startswith("route 'staged': the event has no modelTags.stage Add a fallback")
+    assert r.ledger is not None
+    assert [rec.route for rec in r.ledger.recent()] == ["Deploy"]
+
+
+def test_the_delivery_is_kept_with_its_claim_for_replay(stack: Stack, azurite: str, table_name: str) -> None:
+    r = relay(stack, **ledger_env(azurite, table_name))
+    first, second = registered(modelTags={"area": "diabetes"}), registered(modelTags={"area": "diabetes"})
+    second["id"], second["data"]["ModelVersion"] = "second-delivery", "21"
+    outcomes = r.handle(parse_events([first, second]), raw=[first, second])
+    assert [o.outcome for o in outcomes] == ["triggered", "failed", "triggered", "failed"]
+    assert r.ledger is not None
+    kept = {rec.event_id: json.loads(rec.event_json or "null") for rec in r.ledger.recent()}
+    assert kept == {first["id"]: first, "second-delivery": second}
+
+
+def test_a_claim_held_by_a_live_job_is_a_duplicate_that_says_when(stack: Stack, azurite: str,
+                                                                   table_name: str) -> None:
+    r = relay(stack, **ledger_env(azurite, table_name))
+    raw = registered(modelTags={"area": "diabetes"})
+    [event] = parse_events([raw])
+    assert r.ledger is not None
+    held = r.ledger.claim(f"{event.outcome_key()}|deploy", route="Deploy", event_id="x",  # type: ignore[union-attr]
+                          event_type="ModelRegistered", event_json=None)
+    [outcome, _] = r.handle(parse_events([raw]))
+    assert outcome.outcome == "duplicate"
+    assert outcome.reason == f"another job is starting it (claimed {held.record.claimed_at:%Y-%m-%d %H:%M:%S} UTC)"
+    assert outcome.ado_run_id is None
+    assert stack.ado.run_requests == [] or all("/70/" not in q.path for q in stack.ado.run_requests)
+
+
+def test_without_a_ledger_runs_start_at_least_once_and_failures_say_why(stack: Stack) -> None:
+    r = relay(stack)
+    assert r.ledger is None
+    [first, _] = r.handle(parse_events([registered(modelTags={"area": "diabetes"})]))
+    [again, _] = r.handle(parse_events([registered(modelTags={"area": "diabetes"})]))
+    assert (first.outcome, again.outcome) == ("triggered", "triggered")
+    assert first.ado_run_id != again.ado_run_id
+    stack.ado.fail(502)  # another outcome (a new version): no earlier run of it to find
+    [lost, _] = r.handle(parse_events([registered(modelTags={"area": "diabetes"}, ModelVersion="21")]))
+    assert lost.outcome == "failed"
+    assert (lost.reason or "").startswith(AMBIGUOUS + "ADO failed pipeline 70")
+    stack.ado.fail(400)
+    [refused, _] = r.handle(parse_events([registered(modelTags={"area": "diabetes"}, ModelVersion="22")]))
+    assert (refused.reason or "").startswith("ADO rejected the request")
+
+
+def test_a_ledger_that_cannot_record_the_failure_says_so(stack: Stack, azurite: str, table_name: str) -> None:
+    """Fault injection: the ledger's table answers the claim, then refuses the failure record (a real Azurite
+    behind it; only ``mark_failed`` is made to fail, as a throttled or unreachable table would)."""
+    from amlrelay.errors import LedgerError
+
+    class Unrecordable(Ledger):
+        def mark_failed(self, *args: Any, **kw: Any) -> Any:
+            raise LedgerError("the table went away")
+
+    r = relay(stack, **ledger_env(azurite, table_name))
+    r.ledger = Unrecordable.from_connection_string(azurite, table=table_name)
+    stack.ado.fail(400)
+    [outcome, _] = r.handle(parse_events([registered(modelTags={"area": "diabetes"})]))
+    assert outcome.outcome == "failed"
+    assert (outcome.reason or "").startswith("ADO rejected the request")
+    assert (outcome.reason or "").endswith("(and the ledger could not record the failure: the table went away)")
