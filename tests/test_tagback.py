@@ -247,3 +247,28 @@ def test_amlrelay_retag_writes_owed_tags_and_never_calls_ado(stack: Stack, azuri
     assert main(["retag"]) == 0
     assert "0 tagged, 0 still owed" in capsys.readouterr().out
     assert len(stack.ado.requests) == ado_requests
+
+
+def test_the_scheduled_replay_runbook_retags(stack: Stack, azurite: str, table_name: str,
+                                             mlflow_server: MlflowServer) -> None:
+    """runbooks/replay_dead_letters.py (hourly in Automation) ends with `amlrelay retag`."""
+    import subprocess
+    import sys
+
+    from tests import secret_guard
+    from tests.stack import ROOT
+
+    relay = relay_for(stack, azurite, table_name, mlflow_server)
+    mlflow_server.down()
+    [outcome] = deliver(relay, event("run_completed"))
+    assert outcome.warning is not None
+    mlflow_server.up()
+    env = {**stack.env(), "AMLRELAY_LEDGER": "true", "AMLRELAY_LEDGER_CONNECTION_STRING": azurite,
+           "AMLRELAY_LEDGER_TABLE": table_name, "AMLRELAY_ALLOWED_WORKSPACES": WORKSPACE, "AMLRELAY_JOURNAL": "false",
+           "AMLRELAY_TAG_BACK": "true", "AMLRELAY_MLFLOW_URL": mlflow_server.url}
+    done = subprocess.run([sys.executable, str(ROOT / "runbooks" / "replay_dead_letters.py")], env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+    secret_guard.record("replay runbook stdout", done.stdout)
+    assert "tag-back: 1 tagged, 0 still owed" in done.stdout, done.stdout + done.stderr
+    assert mlflow_server.run_tags(RUN_ID)[RUN_ID_TAG] == str(outcome.ado_run_id)
+    assert len(stack.ado.runs) == 1
