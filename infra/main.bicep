@@ -149,6 +149,16 @@ param replayIntervalHours int = 1
 @description('Optional. Replay schedule name; scripts/deploy sets a new one per deployment in its second pass (after publishing the runbook) and deletes the old ones. Empty: no schedule yet.')
 param replayScheduleName string = ''
 
+// ---------------------------------------------------------------- monitoring
+@description('Optional. Resource id of a Log Analytics workspace for diagnostic settings (Automation job logs, Event Grid delivery failures, storage, Key Vault). Empty: none.')
+param logAnalyticsWorkspaceId string = ''
+
+@description('Optional. Metric alerts for dead-lettered events, delivery failures and failed handler jobs/runs.')
+param alertsEnabled bool = true
+
+@description('Optional. Resource id of the action group the alerts notify. Empty: alerts show in Azure Monitor only.')
+param alertActionGroupId string = ''
+
 // ---------------------------------------------------------------- deployer
 @description('Optional. Object id of whoever runs scripts/deploy, granted upload rights on the packages container (and secret rights in PAT mode). Empty: grant nothing.')
 param deployerPrincipalId string = ''
@@ -359,6 +369,30 @@ module roleAssignmentsForTopic 'modules/role-assignments/main.bicep' = {
     keyVaultName: auth == 'pat' ? keyVault.outputs.name : ''
     deployerPrincipalId: deployerPrincipalId
     deployerPrincipalType: deployerPrincipalType
+  }
+}
+
+module monitoring 'modules/monitoring/main.bicep' = {
+  name: 'amlrelay-monitoring'
+  params: {
+    logAnalyticsWorkspaceId: logAnalyticsWorkspaceId
+    alertsEnabled: alertsEnabled
+    actionGroupId: alertActionGroupId
+    tags: allTags
+    storageAccountName: storage.outputs.name
+    automationAccountName: handler == 'runbook' ? automation.outputs.name : ''
+    logicAppName: handler == 'logicapp' ? logicApp.outputs.name : ''
+    keyVaultName: auth == 'pat' ? keyVault.outputs.name : ''
+    systemTopicId: eventGridTopic.outputs.systemTopicId
+  }
+}
+
+module topicDiagnostics 'modules/monitoring/topic.bicep' = if (!empty(logAnalyticsWorkspaceId)) {
+  name: 'amlrelay-topic-diagnostics'
+  scope: resourceGroup(workspaceResourceGroupName)
+  params: {
+    systemTopicName: eventGridTopic.outputs.systemTopicName
+    logAnalyticsWorkspaceId: logAnalyticsWorkspaceId
   }
 }
 

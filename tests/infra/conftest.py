@@ -63,6 +63,7 @@ SDK_MODELS = {
     "Microsoft.Logic/workflows": "azure.mgmt.logic.models:Workflow",
     "Microsoft.Insights/diagnosticSettings":
         "azure.mgmt.monitor.v2021_05_01_preview.models:DiagnosticSettingsResource",
+    "Microsoft.Insights/metricAlerts": "azure.mgmt.monitor.v2018_03_01.models:MetricAlertResource",
     "Microsoft.Storage/storageAccounts": "azure.mgmt.storage.models:StorageAccountCreateParameters",
     "Microsoft.Storage/storageAccounts/blobServices": "azure.mgmt.storage.models:BlobServiceProperties",
     "Microsoft.Storage/storageAccounts/blobServices/containers": "azure.mgmt.storage.models:BlobContainer",

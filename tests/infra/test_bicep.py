@@ -118,8 +118,9 @@ def _check(node: Any, model: str | None, sdk: dict[str, Any], where: str, proble
            top: bool = True) -> None:
     if model is None or not isinstance(node, dict) or _is_expression(node):
         return
+    node = {k.strip("'"): v for k, v in node.items()}  # quoted Bicep keys ('odata.type') come with quotes
     schema = sdk["models"][model]
-    discriminator = schema.get("discriminator")
+    discriminator = (schema.get("discriminator") or "").replace("\\.", ".")  # msrest escapes dots in keys
     if discriminator and isinstance(node.get(discriminator), str) and node[discriminator] in schema["subtypes"]:
         schema = sdk["models"][schema["subtypes"][node[discriminator]]]
     for key, value in node.items():
@@ -412,3 +413,15 @@ def test_every_valid_workspace_name_gives_a_valid_topic_name(workspace: str) -> 
 
 def test_the_unsanitised_name_would_be_refused() -> None:
     assert not SYSTEM_TOPIC_NAME.fullmatch("ml_ws_dev-amlrelay")
+
+
+def test_fidelity_check_reaches_metric_alert_criteria(sdk: dict[str, Any]) -> None:
+    problems: list[str] = []
+    root = sdk["roots"][SDK_MODELS["Microsoft.Insights/metricAlerts"]]
+    body = {"location": "global", "properties": {"criteria": {
+        "'odata.type'": "Microsoft.Azure.Monitor.SingleResourceMultipleMetricCriteria",
+        "allOf": [{"criterionType": "StaticThresholdCriterion", "metricName": "DeadLetteredCount",
+                   "treshold": 0}]}}}
+    _check(body, root, sdk, "probe", problems)
+    assert len(problems) == 1
+    assert "treshold" in problems[0]
