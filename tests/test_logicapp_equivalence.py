@@ -107,11 +107,12 @@ VALIDATION: dict[str, Any] = {"id": "2d1781af-3a4c-4d7c-bd0c-e34b19da4e66", "top
     (body(VALIDATION), 200),
     (body(), 200),
     (body(foreign(), sample("event-grid-schema", "model_deployed")), 200),
+    (body(42, "text", [1], sample("event-grid-schema", "model_deployed")), 200),
     (b"[{not json", 400),
     (b'"a string"', 400),
     (b"42", 400),
 ], ids=["foreign-topic", "no-runId", "no-runType", "no-eventTime", "no-topic", "mixed-schemas", "not-aml",
-        "null-data", "validation", "empty-batch", "foreign-beside-good", "not-json", "string", "number"])
+        "null-data", "validation", "empty-batch", "foreign-beside-good", "non-objects-beside-good", "not-json", "string", "number"])
 def test_refused_and_skipped_input_triggers_nothing_it_should_not(both: Pair, delivery: bytes, status: int) -> None:
     runbook, logicapp = both.deliver(delivery)
     same(logicapp, runbook)

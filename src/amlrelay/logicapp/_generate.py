@@ -89,7 +89,10 @@ def generate(routes: Routes, *, auth: str = "managed-identity", throttle_retries
         }},
     }
     batch = call("if", _IS_ARRAY, "triggerBody()", call("createArray"))
-    head = f"first({batch})"
+    lead = f"first({batch})"  # an object, or {} (``?[`` on a number or string would fail the Response itself)
+    is_object = call("and", call("startsWith", call("string", lead), "'{'"),
+                     call("not", call("equals", call("string", lead), lead)))
+    head = call("json", call("if", is_object, call("string", lead), "'{}'"))
     validation = call("equals", call("toLower", call("string", f"{head}?['eventType']")), q(_VALIDATION))
     actions["Respond"] = {
         "type": "Response", "kind": "Http",
