@@ -63,7 +63,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
     events = [json.loads(SAMPLE.read_text())]
-    with local_stack(pat=True) as stack:
+    with local_stack(pat=True, verify=True) as stack:
+        stack.emitted(events)  # the AML stand-in holds the sample's model version (verification variant)
         ado = TimedAdo("contoso", pipelines=_pipelines(stack), bearer_tokens={stack.token}, pats={PAT}).start()
         try:
             stack.ado = ado
@@ -96,12 +97,16 @@ def _variants(stack: Stack, events: list[dict[str, Any]]) -> dict[str, tuple[lis
     body = json.dumps(events)
     webhook = f"{{WebhookName:bench,RequestBody:{body},RequestHeader:{{Connection:Keep-Alive}}}}".split()
     assert stack.vault is not None
-    baseline_env = {**stack.env(), "KV_URL": stack.vault.url, "ADO_ORG_URL": stack.ado.org_url}
-    mi_env = {k: v for k, v in stack.env().items() if not k.startswith(("AMLRELAY_AUTH", "AMLRELAY_KEY_VAULT"))}
+    off = {"AMLRELAY_VERIFY": "false"}  # verification is a variant of its own (one ARM token + one read)
+    baseline_env = {**stack.env(**off), "KV_URL": stack.vault.url, "ADO_ORG_URL": stack.ado.org_url}
+    mi_env = {k: v for k, v in stack.env(**off).items()
+              if not k.startswith(("AMLRELAY_AUTH", "AMLRELAY_KEY_VAULT"))}
     variants = {
         "baseline": ([sys.executable, str(ROOT / "bench/baseline_runbook.py"), body], baseline_env),
-        "amlrelay (PAT from Key Vault)": (stack.runbook_command(*webhook), stack.env()),
+        "amlrelay (PAT from Key Vault)": (stack.runbook_command(*webhook), stack.env(**off)),
         "amlrelay (managed identity)": (stack.runbook_command(*webhook), mi_env),
+        "amlrelay (managed identity + verification)": (stack.runbook_command(*webhook),
+                                                       {**mi_env, "AMLRELAY_VERIFY": "true"}),
     }
     if os.environ.get("AMLRELAY_LEDGER_CONNECTION_STRING"):
         variants["amlrelay (managed identity + ledger)"] = (stack.runbook_command(*webhook), mi_env)
