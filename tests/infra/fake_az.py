@@ -166,7 +166,9 @@ def _outputs(state: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
         "handlerPrincipalId": state["handler_principal"], "systemAssignedMIPrincipalId": state["handler_principal"],
         "keyVaultName": state["vault_name"] if auth == "pat" else "",
         "subscriptionNames": list(state["generated_subscriptions"]),
-        "settings": {"AMLRELAY_ADO_ORGANIZATION": "contoso"},
+        "settings": {"AMLRELAY_ADO_ORGANIZATION": "contoso", "AMLRELAY_ALLOWED_WORKSPACES": (
+            "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg-ml/providers/"
+            "Microsoft.MachineLearningServices/workspaces/ws")},
     }
     return {k: {"type": "String", "value": v} for k, v in out.items()}
 
@@ -277,7 +279,8 @@ def arm(state: dict[str, Any], operation: str, where: dict[str, str], body: Any)
         return None
     if operation == "job_create":
         props = body["properties"]
-        assert set(props) <= {"runbook", "parameters", "runOn"}, props
+        if not set(props) <= {"runbook", "parameters", "runOn"}:  # JobCreateProperties of the SDK
+            raise AzError(f"Bad Request: unknown job properties {sorted(set(props) - {'runbook', 'parameters', 'runOn'})}")
         state["jobs"].append({"name": where["jobName"], "runbook": props["runbook"]["name"]})
         return {"name": where["jobName"], "properties": {"status": "New"}}
     if operation == "job_get":

@@ -425,3 +425,22 @@ def test_fidelity_check_reaches_metric_alert_criteria(sdk: dict[str, Any]) -> No
     _check(body, root, sdk, "probe", problems)
     assert len(problems) == 1
     assert "treshold" in problems[0]
+
+
+# ------------------------------------------------------------------------------------------ azd
+
+def test_azd_parameters_map_the_environment_onto_declared_parameters(bicep: dict[str, Any]) -> None:
+    declared = bicep["files"]["main.bicep"]["parameters"]
+    doc = json.loads((INFRA / "main.parameters.json").read_text(encoding="utf-8"))
+    params = doc["parameters"]
+    assert set(params) <= set(declared), set(params) - set(declared)
+    required = {n for n, p in declared.items() if p.get("default") is None}
+    assert required <= set(params), required - set(params)
+    assert params["deployerPrincipalId"]["value"] == "${AZURE_PRINCIPAL_ID}"
+    assert params["location"]["value"] == "${AZURE_LOCATION}"
+    for name, item in params.items():
+        text = json.dumps(item["value"])
+        assert re.search(r"\$\{[A-Z_]+(=[^}]*)?\}", text), f"{name} is not taken from the azd environment"
+    # Defaults given to azd must satisfy the parameter's own rules.
+    assert "${AMLRELAY_NAME_PREFIX=amlr}" == params["namePrefix"]["value"]
+    assert "${AZURE_PRINCIPAL_TYPE=User}" == params["deployerPrincipalType"]["value"]

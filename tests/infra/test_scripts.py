@@ -312,3 +312,29 @@ def test_deploy_with_the_replay_schedule_off_removes_the_old_one(tmp_path: Path)
     assert fake.world["schedules"] == ["nightly-report"]
     assert ("delete", "schedules/amlrelay-replay-20200101000000?api-version=2024-10-23") in _rest(fake.calls())
     assert "by hand only" in done.stdout
+
+
+# ------------------------------------------------------------------------------------------ send-test-event
+
+def test_send_test_event_finds_an_azd_deployment_and_starts_a_job_through_az_rest(tmp_path: Path) -> None:
+    fake = FakeAz(tmp_path)
+    params = tmp_path / "p.json"
+    params.write_text(json.dumps({"parameters": {}}))
+    # azd names the deployment after its environment, not amlrelay-infra-*.
+    made = fake.az("deployment", "group", "create", "-g", "rg-amlrelay", "-n", "dev-1767225600",
+                   "--template-file", "main.bicep", "--parameters", f"@{params}")
+    assert made.returncode == 0, made.stderr
+    done = fake.script("send-test-event", "-g", "rg-amlrelay", "--event", "RunCompleted")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "started run 7" in done.stdout
+    jobs = fake.world["jobs"]
+    assert [j["runbook"] for j in jobs] == ["trigger-ado-pipeline"]
+    put = next(c for c in fake.calls() if c[:3] == ["rest", "--method", "put"])
+    assert "/jobs/" in _value(put, "--url")
+    assert _value(put, "--url").endswith("?api-version=2024-10-23")
+
+
+def test_scripts_without_a_deployment_say_what_to_do(tmp_path: Path) -> None:
+    done = FakeAz(tmp_path).script("send-test-event", "-g", "rg-amlrelay")
+    assert done.returncode != 0
+    assert "run scripts/deploy (or azd provision) first" in done.stderr
