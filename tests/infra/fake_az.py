@@ -279,8 +279,9 @@ def arm(state: dict[str, Any], operation: str, where: dict[str, str], body: Any)
         return None
     if operation == "job_create":
         props = body["properties"]
-        if not set(props) <= {"runbook", "parameters", "runOn"}:  # JobCreateProperties of the SDK
-            raise AzError(f"Bad Request: unknown job properties {sorted(set(props) - {'runbook', 'parameters', 'runOn'})}")
+        unknown = sorted(set(props) - {"runbook", "parameters", "runOn"})  # JobCreateProperties of the SDK
+        if unknown:
+            raise AzError(f"Bad Request: unknown job properties {unknown}")
         state["jobs"].append({"name": where["jobName"], "runbook": props["runbook"]["name"]})
         return {"name": where["jobName"], "properties": {"status": "New"}}
     if operation == "job_get":

@@ -442,5 +442,5 @@ def test_azd_parameters_map_the_environment_onto_declared_parameters(bicep: dict
         text = json.dumps(item["value"])
         assert re.search(r"\$\{[A-Z_]+(=[^}]*)?\}", text), f"{name} is not taken from the azd environment"
     # Defaults given to azd must satisfy the parameter's own rules.
-    assert "${AMLRELAY_NAME_PREFIX=amlr}" == params["namePrefix"]["value"]
-    assert "${AZURE_PRINCIPAL_TYPE=User}" == params["deployerPrincipalType"]["value"]
+    assert params["namePrefix"]["value"] == "${AMLRELAY_NAME_PREFIX=amlr}"
+    assert params["deployerPrincipalType"]["value"] == "${AZURE_PRINCIPAL_TYPE=User}"
