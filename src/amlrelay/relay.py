@@ -1,4 +1,4 @@
-"""The relay: event in → validate → route → trigger → record, for every event of a delivery.
+"""The relay: event in → validate → route → verify → trigger → record, for every event of a delivery.
 
 This is the one place the steps meet; each step lives in its own module and knows nothing of the others.
 Handlers (the runbook, later the AML component) build a :class:`Relay` and feed it parsed events.
@@ -6,6 +6,10 @@ Handlers (the runbook, later the AML component) build a :class:`Relay` and feed 
 Exactly-once: before ADO is called, the (workspace, AML outcome, route) key is claimed in the ledger;
 a duplicate delivery finds the claim and reports the original ADO run instead of starting another.
 Nothing is triggered without a claim, so a ledger that cannot be reached fails the event, loudly.
+
+Verification (``amlrelay.verify``, AMLRELAY_VERIFY) comes after routing, so an event no route takes costs
+no AML read, and before the claim, so an event AML refutes leaves no trace in the ledger and an event AML
+could not be asked about is retried whole (journal, replay), verification included.
 """
 
 from __future__ import annotations
