@@ -289,3 +289,13 @@ def test_a_message_that_cannot_be_moved_aside_stays_in_the_journal(env: Stack,
         assert left() == 1
     finally:
         journal(poison=True).create_queue()
+
+
+def test_the_sweep_refuses_to_run_without_the_ledger(env: Stack, monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    journal().send_message(json.dumps(sample("event-grid-schema", "model_registered")))
+    monkeypatch.setenv("AMLRELAY_LEDGER", "false")
+    assert cli(["sweep"]) == 2
+    assert "amlrelay sweep needs the ledger" in capsys.readouterr().err
+    assert env.ado.run_requests == []
+    assert left() == 1

@@ -39,6 +39,11 @@ def run(ns: argparse.Namespace) -> int:
         print("WARNING: AMLRELAY_JOURNAL is false: no journal to sweep; events whose webhook job died are not "
               "recovered.")
         return 0
+    if not settings.ledger and not settings.dry_run:
+        from ..errors import SettingsError
+
+        raise SettingsError(["AMLRELAY_LEDGER is false, and amlrelay sweep needs the ledger: without it every "
+                             "journaled event the webhook job already handled would start its pipeline again"])
     relay = build_relay(settings, load_routes(settings.routes))
     name = poison_name(settings.journal_queue) if ns.poison else settings.journal_queue
     queue = open_queue(settings, name)
