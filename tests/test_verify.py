@@ -93,7 +93,10 @@ def test_run_completed_claims_completed_and_status_changed_claims_its_status() -
     assert claimed_status(event_in(WS, "run_completed")) == "Completed"
     assert claimed_status(event_in(WS, "run_status_changed", runStatus="cancelrequested")) == "CancelRequested"
     refusal = plan(event_in(WS, "run_status_changed", runStatus="Exploded")).refusal
-    assert refusal == Refusal("rejected", "runStatus 'Exploded' is not an AML job status")
+    assert refusal == Refusal("rejected", "runStatus 'Exploded' is not an AML job status a run can be confirmed in")
+    unknown = plan(event_in(WS, "run_status_changed", runStatus="Unknown")).refusal  # the spec's catch-all
+    assert unknown is not None
+    assert unknown.outcome == "rejected"
 
 
 def test_another_experiment_or_another_workspace_refutes_a_run() -> None:

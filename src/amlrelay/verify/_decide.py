@@ -110,7 +110,8 @@ def plan(event: AmlEvent) -> Plan:
     if isinstance(data, RunEventData):
         claimed = claimed_status(event)
         if claimed is None:
-            return _reject(f"runStatus {data.run_status[:60]!r} is not an AML job status")
+            return _reject(f"runStatus {data.run_status[:60]!r} is not an AML job status a run can be confirmed "
+                           "in")
         return _job(data.run_id)
     if isinstance(data, ModelRegisteredData):
         return _model(data.model_name, data.model_version)
