@@ -444,3 +444,28 @@ def test_azd_parameters_map_the_environment_onto_declared_parameters(bicep: dict
     # Defaults given to azd must satisfy the parameter's own rules.
     assert params["namePrefix"]["value"] == "${AMLRELAY_NAME_PREFIX=amlr}"
     assert params["deployerPrincipalType"]["value"] == "${AZURE_PRINCIPAL_TYPE=User}"
+
+
+# ------------------------------------------------------------------------------------------ hygiene
+
+def test_every_tracked_resource_is_tagged(bicep: dict[str, Any]) -> None:
+    """scripts/teardown deletes (and lets a resource group go) by the amlrelay-handler tag: every resource
+    with a location must carry the tags (which always include amlrelay-handler, see main.bicep allTags)."""
+    untagged = [where for where, _name, resource in _resources(bicep)
+                if not resource.get("existing") and "location" in _body(resource) and "tags" not in _body(resource)]
+    assert untagged == []
+    all_tags = bicep["files"]["main.bicep"]["variables"]["allTags"]["value"]
+    assert "amlrelay-handler" in json.dumps(all_tags)
+
+
+def test_no_unused_parameters_variables_or_existing_resources() -> None:
+    unused = []
+    for path in INFRA.rglob("*.bicep"):
+        text = re.sub(r"(?m)^\s*//.*$", "", path.read_text(encoding="utf-8"))
+        declared = [(m.group(1), m.group(2)) for m in re.finditer(r"(?m)^(param|var|resource) (\w+)", text)]
+        for kind, name in declared:
+            if kind == "resource" and not re.search(rf"(?m)^resource {name} '[^']+' existing", text):
+                continue  # a deployed resource needs no reference
+            if len(re.findall(rf"(?<![\w.']){name}(?![\w'])", text)) < 2:
+                unused.append(f"{path.relative_to(INFRA)}: {kind} {name}")
+    assert unused == []
