@@ -206,6 +206,27 @@ def test_a_wrong_identity_header_in_pat_mode_names_key_vault_and_the_401() -> No
         assert "HTTP 401" in records[0]["reason"]
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("App Service managed identity configuration not found in environment. Token request error: "
+         "(invalid_scope) 401, The X-IDENTITY-HEADER header does not match.", "HTTP 401"),
+        ("Unexpected response 401 Unauthorized: Invalid secret token header: .", "HTTP 401"),
+        ("Token request error: (invalid_scope) 400, AADSTS500011: The resource principal named x was not found.",
+         "AADSTS500011"),
+        ("Token request error: (invalid_scope) 503, busy", "failed with HTTP 503"),
+        ("ManagedIdentityCredential authentication unavailable, no response from the IMDS endpoint.",
+         "system-assigned identity"),
+    ],
+)
+def test_identity_endpoint_failures_are_told_apart(text: str, expected: str) -> None:
+    from amlrelay.auth import identity_error
+
+    error = identity_error(RuntimeError(text), "No token")
+    assert expected in str(error)
+    assert error.hint.endswith(".")
+
+
 def test_no_identity_at_all_still_says_to_turn_the_identity_on(stack: Stack) -> None:
     env = dict.fromkeys(("IDENTITY_ENDPOINT", "IDENTITY_HEADER"), "")
     code, records, _ = run(stack, hashtable_form(json.dumps([sample("event-grid-schema", "model_deployed")]))

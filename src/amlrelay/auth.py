@@ -50,6 +50,7 @@ def managed_identity(client_id: str | None, *, kind: str = "managed-identity") -
 _NOT_CONFIGURED_HINT = ("Turn on the Automation account's system-assigned identity (Account Settings > Identity), "
                         "or set AMLRELAY_MANAGED_IDENTITY_CLIENT_ID to a user-assigned identity attached to it.")
 _ENDPOINT_STATUS = re.compile(r"\(\w+\) (\d{3}), ")  # MSAL's App Service error: "(invalid_scope) 401, message"
+_BARE_401 = re.compile(r"\b(401)\b.*(?:Unauthorized|IDENTITY-HEADER|secret token header)", re.IGNORECASE)
 
 
 def identity_error(exc: BaseException, what: str, client_id: str | None = None) -> AuthError:
@@ -58,7 +59,7 @@ def identity_error(exc: BaseException, what: str, client_id: str | None = None) 
     answered; the status MSAL keeps in the message tells the cases apart: a 401 is a wrong
     ``IDENTITY_HEADER``, a 400 an identity the account does not have, a 5xx the endpoint's own trouble."""
     text = _first_line(exc)
-    found = _ENDPOINT_STATUS.search(text)
+    found = _ENDPOINT_STATUS.search(text) or _BARE_401.search(text)  # a non-JSON 401 body reads differently
     status = int(found.group(1)) if found else None
     if status == 401:
         return AuthError(
