@@ -217,6 +217,7 @@ def test_what_aml_does_not_hold_is_rejected(aml_server: AmlServer, verifier: Aml
     assert refusal is not None
     assert refusal.outcome == "rejected"
     assert reason in refusal.reason
+    assert not any(leak in refusal.reason for leak in ("None", "<class", "NoneType"))
 
 
 def test_a_workspace_arm_does_not_know_is_a_failure_not_a_rejection(aml_server: AmlServer,
@@ -247,6 +248,7 @@ def test_aml_trouble_is_a_failure_never_a_rejection(aml_server: AmlServer, ident
     assert refusal.outcome == "failed"
     assert reason in refusal.reason
     assert refusal.reason.startswith("not verified: ")
+    assert not any(leak in refusal.reason for leak in ("None", "<class", "NoneType", "Traceback"))
 
 
 def test_one_throttled_answer_is_retried_and_then_confirms(aml_server: AmlServer, verifier: AmlVerifier) -> None:
