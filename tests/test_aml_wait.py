@@ -435,6 +435,7 @@ def test_submit_and_wait_with_an_injected_submitter(aml_server: AmlServer, crede
     assert result.outputs()["amlJobName"] == "toy-train-1"
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")  # azure-ai-ml's noise
 def test_sdk_submitter_loads_the_yaml_and_calls_create_or_update(aml_server: AmlServer, credential: Any) -> None:
     pytest.importorskip("azure.ai.ml")  # the [aml] extra; installed by the dev extra, so CI runs this
 
@@ -461,6 +462,7 @@ def test_sdk_submitter_loads_the_yaml_and_calls_create_or_update(aml_server: Aml
     assert done.name == "toy-train-abc"
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")  # azure-ai-ml's noise
 def test_submit_refuses_a_missing_or_invalid_job_file(aml_server: AmlServer, credential: Any, tmp_path: Path,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("azure.ai.ml")
@@ -597,6 +599,7 @@ def test_a_job_finishing_during_the_handoff_is_reported(aml_server: AmlServer, c
     assert any("became Completed while it was being handed off" in w for w in warnings)
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")  # azure-ai-ml's noise
 def test_submit_and_wait_through_the_real_sdk(tmp_path: Path, loopback_tls: Any,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """azure-ai-ml's own ``create_or_update`` PUTs the job to the stand-in (HTTPS: azure-core sends bearer
