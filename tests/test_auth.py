@@ -78,8 +78,10 @@ def test_remedies_for_401_and_403() -> None:
     entra = EntraCredential(managed_identity(None))
     assert entra.remedy(401) == ("Add this identity to the ADO organization as a user with Basic access "
                                  "(scripts/grant-ado-access does it, or Organization settings > Users > Add).")
-    assert entra.remedy(403) == ("Give this identity 'Queue builds' on the pipeline (Pipelines > ... > Manage "
-                                 "security), or add it to the project's Contributors group.")
+    assert entra.remedy(403) == ("Give this identity 'Queue builds' on the pipeline, and 'Edit queue build "
+                                 "configuration' if the route sends variables or templateParameters "
+                                 "(scripts/grant-ado-access grants exactly these; or Pipelines > ... > Manage "
+                                 "security).")
     pat = KeyVaultPatCredential("https://kv.vault.azure.net", "ado-pat", managed_identity(None))
     assert pat.describe() == "the PAT stored in Key Vault secret 'ado-pat'"
     assert pat.remedy(401) == ("The PAT is expired or revoked: create a new one with scope 'Build (Read & execute)' "

@@ -72,7 +72,7 @@ CASES = [
      "11111111-1111-1111-1111-111111111111, application id 22222222-2222-2222-2222-222222222222) for {where} "
      "(HTTP 401). VS30063", "Add this identity to the ADO organization as a user with Basic access"),
     (403, 1, False, False, False, "ADO refused the handler's managed identity", "Give this identity 'Queue builds' "
-     "on the pipeline (Pipelines > ... > Manage security), or add it to the project's Contributors group."),
+     "on the pipeline, and 'Edit queue build configuration' if the route sends variables or templateParameters"),
 ]
 
 

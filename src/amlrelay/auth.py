@@ -123,8 +123,11 @@ class EntraCredential:
         if status == 401:
             return ("Add this identity to the ADO organization as a user with Basic access "
                     "(scripts/grant-ado-access does it, or Organization settings > Users > Add).")
-        return ("Give this identity 'Queue builds' on the pipeline (Pipelines > ... > Manage security), "
-                "or add it to the project's Contributors group.")
+        # What ADO checks (scripts/grant-ado-access grants exactly this): Queue builds, plus Edit queue build
+        # configuration for queue-time variables or free-text templateParameters.
+        return ("Give this identity 'Queue builds' on the pipeline, and 'Edit queue build configuration' if the "
+                "route sends variables or templateParameters (scripts/grant-ado-access grants exactly these; or "
+                "Pipelines > ... > Manage security).")
 
 
 class KeyVaultPatCredential:
