@@ -140,6 +140,7 @@ def run_script(tmp_path: Path, params: dict[str, Any], exit_code: int) -> tuple[
                     f"sys.exit({exit_code})\n")
     fake.chmod(0o755)
     env = {"PATH": f"{fake.parent}:/usr/bin:/bin", "BUILD_BUILDID": "4242", "BUILD_DEFINITIONNAME": "ci",
+           "SYSTEM_COLLECTIONURI": "https://dev.azure.com/contoso/", "SYSTEM_TEAMPROJECTID": "p-1",
            **render_env(params)}
     done = subprocess.run([bash, "-c", script], env=env, capture_output=True, text=True, timeout=30, check=False)
     return done.returncode, json.loads(argv_file.read_text())
@@ -160,7 +161,8 @@ def test_template_script_passes_arguments_the_cli_accepts(tmp_path: Path, use: t
         assert ns.handoff_after == (None if not params.get("handoffAfter") else _minutes(params["handoffAfter"]) * 60)
     if params.get("jobFile"):
         assert ns.job_files == [Path(params["jobFile"])]
-        assert "ado.buildId=4242" in ns.tag
+        assert "ado.buildId=4242" in ns.tag  # the AML run links back to the ADO run
+        assert "ado.runUrl=https://dev.azure.com/contoso/p-1/_build/results?buildId=4242" in ns.tag
     if params.get("resumeToken"):
         assert ns.resume == "TOKEN"
 
