@@ -380,3 +380,27 @@ def test_a_delivery_aml_cannot_be_asked_about_fails_the_job_with_exit_1(stack: S
     assert records[0]["outcome"] == "failed"
     assert records[0]["reason"].startswith("not verified: ")
     assert stack.ado.requests == []
+
+
+def test_with_the_ledger_a_refused_event_leaves_no_record_and_a_genuine_one_stays_exactly_once(
+        stack: Stack, monkeypatch: pytest.MonkeyPatch, azurite: str, table_name: str) -> None:
+    from amlrelay.ledger import Ledger
+
+    env = {**relay_env(stack, monkeypatch), "AMLRELAY_LEDGER": "true", "AMLRELAY_LEDGER_CONNECTION_STRING": azurite,
+           "AMLRELAY_LEDGER_TABLE": table_name}
+    ledger = Ledger.from_connection_string(azurite, table=table_name)
+    ledger.ensure_table()
+    relay = build_relay(resolve({}, env=env), load_routes(ROUTES_FILE))
+    genuine = sample("event-grid-schema", "run_completed")
+    forged = sample("cloud-events-schema", "model_registered")  # AML holds no such model version
+    stack.emitted([genuine])
+    assert stack.aml is not None
+    stack.aml.fail(503, times=10, method="GET")  # AML unreachable for the first delivery
+    first = relay.handle(parse_events([genuine, forged]), raw=[genuine, forged])
+    assert [o.outcome for o in first] == ["failed", "failed"]
+    assert ledger.recent() == []  # nothing claimed: the journal or a replay retries the whole event
+    second = relay.handle(parse_events([genuine, forged]), raw=[genuine, forged])
+    third = relay.handle(parse_events([genuine]), raw=[genuine])  # a redelivery, verified again
+    assert [o.outcome for o in second + third] == ["triggered", "rejected", "duplicate"]
+    assert [r.state for r in ledger.recent()] == ["triggered"]
+    assert len(stack.ado.run_requests) == 1
