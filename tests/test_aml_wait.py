@@ -84,6 +84,13 @@ class Run:
         return "\n".join(line for _, line in self.lines)
 
 
+@pytest.fixture(autouse=True)
+def agent_temp(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """Where ADO agents let steps write files (the run summary goes there), per test."""
+    monkeypatch.setenv("AGENT_TEMPDIRECTORY", str(tmp_path))
+    return tmp_path
+
+
 @pytest.fixture
 def mlflow_for(aml_server: AmlServer) -> Any:
     """AML's MLflow endpoint for the stand-in workspace; the workspace GET advertises it as mlFlowTrackingUri."""
@@ -125,6 +132,9 @@ def test_completed_job_sets_outputs_and_exits_0(aml_server: AmlServer, credentia
         "train-1", "Completed", "completed", "0")
     assert out["amlStudioUrl"].startswith("https://ml.azure.com/runs/train-1")
     assert set(out) == set(OUTPUT_VARIABLES)
+    summary = next(line for _, line in result.lines if line.startswith("##vso[task.uploadsummary]"))
+    text = Path(summary.split("]", 1)[1]).read_text(encoding="utf-8")
+    assert f"| train-1 | Completed | completed | [studio]({out['amlStudioUrl']}) |" in text
     assert 3 * 3600 <= clock.elapsed <= 3 * 3600 + 30  # noticed within one capped poll interval
     assert len(aml_server.job_gets("train-1")) <= 3 * 3600 / 30 + 10  # one GET per 30 s cap; a 15 s loop: 720
 

@@ -37,3 +37,8 @@ def log_issue(kind: str, message: str) -> str:
 def link(url: str, title: str) -> str:
     """A formatted log line that ADO renders clickable (no logging command needed)."""
     return f"{escape_data(title)}: {escape_data(url)}"
+
+
+def upload_summary(path: str) -> str:
+    """``##vso[task.uploadsummary]``: a Markdown file shown on the run's summary page (the studio links)."""
+    return f"##vso[task.uploadsummary]{escape_data(path)}"

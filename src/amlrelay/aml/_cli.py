@@ -178,6 +178,7 @@ def _finish(ns: argparse.Namespace, client: JobsClient, credential: TokenCredent
                    "amlOutcome": str(result.outcome), "amlWaitToken": result.token, "amlExitCode": str(code)}
         for name, value in outputs.items():
             say(_ado.set_output(name, value))
+        say(_ado.upload_summary(_summary_file(result, ns.handoff_route)))
         for job in result.jobs:
             if job.outcome in (Outcome.FAILED, Outcome.CANCELED, Outcome.TIMED_OUT):
                 say(_ado.log_issue("error", f"AML job {job.name} {job.outcome}: {job.reason} - {job.studio_url}"))
@@ -185,6 +186,22 @@ def _finish(ns: argparse.Namespace, client: JobsClient, credential: TokenCredent
                 say(_ado.log_issue("warning", f"AML job {job.name} handed off to the relay ({ns.handoff_route}): "
                                    f"{job.reason} - {job.studio_url}"))
     return code
+
+
+def _summary_file(result: WaitResult, route: str) -> str:
+    """The run-summary tab of ADO: one row per AML job with its studio link."""
+    import tempfile
+
+    lines = ["### AML jobs", "", "| job | status | outcome | |", "|---|---|---|---|"]
+    lines += [f"| {j.name} | {j.status_text or j.status} | {j.outcome or 'still waiting'} | [studio]({j.studio_url}) |"
+              for j in result.jobs]
+    if result.outcome is Outcome.HANDED_OFF and route:
+        lines += ["", f"Handed off: the relay route for `amlrelay-handoff={route}` continues when the jobs end."]
+    folder = os.environ.get("AGENT_TEMPDIRECTORY") or tempfile.gettempdir()
+    with tempfile.NamedTemporaryFile("w", suffix=".md", prefix="aml-jobs-", dir=folder, delete=False,
+                                     encoding="utf-8") as handle:
+        handle.write("\n".join(lines) + "\n")
+    return handle.name
 
 
 def _line(kind: str, message: str, job: JobResult | None, ado: bool) -> str:
