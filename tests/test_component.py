@@ -233,9 +233,9 @@ class World:
                              runTags={"model_name": "contoso-churn"})
         return event
 
-    def start_runbook(self) -> subprocess.Popen[str]:
+    def start_runbook(self, **overrides: str) -> subprocess.Popen[str]:
         argv = argv_forms([self.event_grid_event()])["hashtable-split"]
-        env = self.stack.env(**self.ledger_env, AMLRELAY_ALLOWED_WORKSPACES=WORKSPACE)
+        env = self.stack.env(**self.ledger_env, AMLRELAY_ALLOWED_WORKSPACES=WORKSPACE, **overrides)
         return subprocess.Popen(self.stack.runbook_command(*argv), env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
 
@@ -420,8 +420,8 @@ def test_component_arriving_while_event_grid_is_mid_call_waits_for_its_run(world
     component starts. The component must not send, and must hand on the winner's run id once recorded."""
     import time
 
-    world.stack.ado.delay(1.5, times=1)
-    runbook = world.start_runbook()
+    world.stack.ado.delay(6.0, times=1)  # longer than the component's start, even on a loaded machine
+    runbook = world.start_runbook(AMLRELAY_TIMEOUT="30")  # a slow answer, not a timeout
     deadline = time.monotonic() + 60
     while not world.stack.ado.run_requests and time.monotonic() < deadline:
         time.sleep(0.05)  # wait for the runbook's POST to reach ADO: its claim is in the ledger by then
