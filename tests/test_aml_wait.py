@@ -1,7 +1,5 @@
-"""``amlrelay aml submit | wait | submit-and-wait`` against the AML stand-in, with a fake clock (no real waiting).
-
-The clock drives the stand-in: ``clock.at(seconds, action)`` flips a job's status at that fake time, and every
-sleep of the waiter advances the clock. Real azure-identity credentials talk to the identity stand-in.
+"""``amlrelay aml wait``: every status, both deadlines, cancel, backoff, heartbeat, several jobs, resume from a
+token, errors, exit codes, logging commands and credentials, against the AML stand-in with a fake clock.
 """
 
 from __future__ import annotations
@@ -12,77 +10,25 @@ import json
 import os
 import stat
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from amlrelay.aml import JobsClient, JobStatus
 from amlrelay.aml._ado import escape_property, log_issue, set_output
-from amlrelay.aml._cli import OUTPUT_VARIABLES, duration, run
-from amlrelay.aml._submit import Submission, Submitted, sdk_submitter
+from amlrelay.aml._cli import OUTPUT_VARIABLES, duration
+from amlrelay.aml._submit import Submission, Submitted
 from amlrelay.aml._wait import Outcome, WaitOptions, begin_wait
 from amlrelay.cli import _parser
+from tests.aml_waiting import FakeClock, cli, managed_identity, mlflow_for
 from tests.servers.aml import ARM_RESOURCE, AmlServer
-from tests.servers.identity import CONFLICTING_ENV, IdentityServer
+from tests.servers.identity import IdentityServer
 from tests.servers.mlflow import MlflowServer
 
-ROOT = Path(__file__).resolve().parent.parent
-TOY_JOB = ROOT / "pipelines" / "aml" / "toy-train.yml"
-T0 = 1_900_000_000.0
 QUEUED_STATES = ["NotStarted", "Starting", "Provisioning", "Preparing", "Queued"]
 RUNNING_STATES = ["Running", "Finalizing", "CancelRequested", "NotResponding", "Paused", "Unknown"]
-
-
-class FakeClock:
-    def __init__(self, start: float = T0) -> None:
-        self.now = start
-        self.start = start
-        self._plan: list[tuple[float, Callable[[], None]]] = []
-        self.slept = 0.0
-
-    def at(self, offset: float, action: Callable[[], None]) -> None:
-        self._plan.append((self.start + offset, action))
-        self._plan.sort(key=lambda item: item[0])
-
-    def time(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        assert seconds >= 0
-        self.slept += seconds
-        target = self.now + seconds
-        while self._plan and self._plan[0][0] <= target:
-            when, action = self._plan.pop(0)
-            self.now = max(self.now, when)
-            action()
-        self.now = target
-
-    @property
-    def elapsed(self) -> float:
-        return self.now - self.start
-
-
-@dataclass
-class Run:
-    code: int
-    lines: list[tuple[float, str]] = field(default_factory=list)
-
-    def outputs(self) -> dict[str, str]:
-        out = {}
-        for _, line in self.lines:
-            if line.startswith("##vso[task.setvariable variable="):
-                name = line.split("variable=", 1)[1].split(";", 1)[0]
-                assert ";isOutput=true;" in line
-                out[name] = line.split("]", 1)[1]
-        return out
-
-    def text(self) -> str:
-        return "\n".join(line for _, line in self.lines)
-
 
 @pytest.fixture(autouse=True)
 def agent_temp(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
@@ -92,31 +38,14 @@ def agent_temp(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def mlflow_for(aml_server: AmlServer) -> Any:
-    """AML's MLflow endpoint for the stand-in workspace; the workspace GET advertises it as mlFlowTrackingUri."""
-    with MlflowServer(aml_server.workspace_id) as server:
-        aml_server.tracking_uri = server.tracking_url
-        yield server
+def credential(monkeypatch: pytest.MonkeyPatch, identity_server: IdentityServer) -> Any:
+    return managed_identity(monkeypatch, identity_server)
 
 
 @pytest.fixture
-def credential(monkeypatch: pytest.MonkeyPatch, identity_server: IdentityServer) -> Any:
-    for name in CONFLICTING_ENV:
-        monkeypatch.delenv(name, raising=False)
-    for name, value in identity_server.env().items():
-        monkeypatch.setenv(name, value)
-    from azure.identity import ManagedIdentityCredential
-
-    return ManagedIdentityCredential()
-
-
-def cli(server: AmlServer, clock: FakeClock, *args: str, credential: Any = None, submitter: Any = None) -> Run:
-    ns = _parser().parse_args(["aml", *args[:1], "--workspace", server.workspace_id, "--arm-url", server.arm_url,
-                               "--audience", ARM_RESOURCE, "--ado", "on", *args[1:]])
-    result = Run(0)
-    result.code = run(ns, credential=credential, submitter=submitter, clock=clock,
-                      out=lambda line: result.lines.append((clock.now, line)))
-    return result
+def mlflow_server(aml_server: AmlServer) -> Iterator[MlflowServer]:
+    with mlflow_for(aml_server) as server:
+        yield server
 
 
 # -- the happy path, the outputs, no real waiting -------------------------------------------------------------
@@ -290,10 +219,10 @@ def test_fail_fast(aml_server: AmlServer, credential: Any, fail_fast: bool) -> N
 
 
 # -- resume -------------------------------------------------------------------------------------------------------
-def test_resume_keeps_the_deadlines_counting(aml_server: AmlServer, mlflow_for: MlflowServer,
+def test_resume_keeps_the_deadlines_counting(aml_server: AmlServer, mlflow_server: MlflowServer,
                                              credential: Any) -> None:
     aml_server.add_job("long", "Running")
-    mlflow_for.add_run("long")
+    mlflow_server.add_run("long")
     clock = FakeClock()
     first = cli(aml_server, clock, "wait", "long", "--handoff-after", "50m", "--run-timeout", "3h",
                 credential=credential)
@@ -425,227 +354,3 @@ print(json.dumps({{"accessToken": "{token}", "expiresOn": "2100-01-01 00:00:00.0
     result = cli(aml_server, FakeClock(), "wait", "j", "--credential", "cli")
     assert result.code == 0
     assert aml_server.job_gets("j")[0].headers["Authorization"] == f"Bearer {token}"
-
-
-# -- submit --------------------------------------------------------------------------------------------------------
-def test_submit_and_wait_with_an_injected_submitter(aml_server: AmlServer, credential: Any) -> None:
-    calls: list[Submission] = []
-
-    def submitter(request: Submission) -> Submitted:
-        calls.append(request)
-        aml_server.add_job("toy-train-1", "NotStarted", tags=request.tags)
-        return Submitted("toy-train-1", "https://ml.azure.com/runs/toy-train-1", "NotStarted")
-
-    clock = FakeClock()
-    clock.at(300, lambda: aml_server.set_status("toy-train-1", "Completed"))
-    result = cli(aml_server, clock, "submit-and-wait", str(TOY_JOB), "--experiment", "pr-42", "--tag",
-                 "ado.buildId=1234", credential=credential, submitter=submitter)
-    assert result.code == 0
-    assert calls == [Submission(TOY_JOB, "pr-42", {"ado.buildId": "1234"}, None)]
-    assert result.outputs()["amlJobName"] == "toy-train-1"
-
-
-@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")  # azure-ai-ml's noise
-def test_sdk_submitter_loads_the_yaml_and_calls_create_or_update(aml_server: AmlServer, credential: Any) -> None:
-    pytest.importorskip("azure.ai.ml")  # the [aml] extra; installed by the dev extra, so CI runs this
-
-    class Jobs:
-        def __init__(self) -> None:
-            self.calls: list[tuple[Any, dict[str, Any]]] = []
-
-        def create_or_update(self, job: Any, **kwargs: Any) -> Any:
-            self.calls.append((job, kwargs))
-            job.name = "toy-train-abc"
-            return job
-
-    class FakeMLClient:
-        jobs = Jobs()
-
-    from amlrelay.aml import Workspace
-
-    submit = sdk_submitter(Workspace.parse(aml_server.workspace_id), credential, ml_client=FakeMLClient())
-    done = submit(Submission(TOY_JOB, "pr-42", {"ado.buildId": "7"}))
-    ((job, kwargs),) = FakeMLClient.jobs.calls
-    assert type(job).__name__ == "Command"
-    assert job.compute == "cpu-cluster"
-    assert kwargs == {"experiment_name": "pr-42", "tags": {"purpose": "build-validation", "ado.buildId": "7"}}
-    assert done.name == "toy-train-abc"
-
-
-@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")  # azure-ai-ml's noise
-def test_submit_refuses_a_missing_or_invalid_job_file(aml_server: AmlServer, credential: Any, tmp_path: Path,
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
-    pytest.importorskip("azure.ai.ml")
-    assert cli(aml_server, FakeClock(), "submit", str(tmp_path / "none.yml"), credential=credential).code == 2
-    bad = tmp_path / "bad.yml"
-    bad.write_text("type: command\ncommand: [unclosed\n")
-    assert cli(aml_server, FakeClock(), "submit", str(bad), credential=credential).code == 2
-    assert "could not load job file" in capsys.readouterr().err
-
-
-def test_submit_without_the_sdk_says_how_to_install_it(aml_server: AmlServer, credential: Any,
-                                                       monkeypatch: pytest.MonkeyPatch,
-                                                       capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setitem(sys.modules, "azure.ai.ml", None)
-    assert cli(aml_server, FakeClock(), "submit", str(TOY_JOB), credential=credential).code == 2
-    assert "amlrelay[aml]" in capsys.readouterr().err
-
-
-# -- hand-off -------------------------------------------------------------------------------------------------------
-def test_handoff_tags_the_job_and_exits_5(aml_server: AmlServer, mlflow_for: MlflowServer, credential: Any) -> None:
-    aml_server.add_job("long", "Running", tags={"purpose": "build-validation"})
-    mlflow_for.add_run("long", {"purpose": "build-validation"})
-    clock = FakeClock()
-    result = cli(aml_server, clock, "wait", "long", "--handoff-after", "50m", "--handoff-route", "evaluate-after-ci",
-                 credential=credential)
-    assert result.code == 5
-    assert 3000 <= clock.elapsed <= 3001
-    assert mlflow_for.run_tags("long") == {"purpose": "build-validation", "amlrelay-handoff": "evaluate-after-ci"}
-    assert result.outputs()["amlOutcome"] == "handed-off"
-    assert any(line.startswith("##vso[task.logissue type=warning]AML job long handed off")
-               for _, line in result.lines)
-    assert aml_server.cancels() == []  # the job keeps running
-
-
-def test_a_job_that_finishes_at_the_handoff_point_is_not_handed_off(aml_server: AmlServer,
-                                                                    mlflow_for: MlflowServer,
-                                                                    credential: Any) -> None:
-    aml_server.add_job("j", "Running")
-    mlflow_for.add_run("j")
-    clock = FakeClock()
-    clock.at(3000, lambda: aml_server.set_status("j", "Completed"))
-    result = cli(aml_server, clock, "wait", "j", "--handoff-after", "50m", credential=credential)
-    assert result.code == 0
-    assert mlflow_for.tag_requests == []
-
-
-def test_handoff_that_cannot_tag_fails_the_step(aml_server: AmlServer, mlflow_for: MlflowServer,
-                                                credential: Any, capsys: pytest.CaptureFixture[str]) -> None:
-    aml_server.add_job("long", "Running")  # no MLflow run: the tag is refused with RESOURCE_DOES_NOT_EXIST
-    result = cli(aml_server, FakeClock(), "wait", "long", "--handoff-after", "10m", credential=credential)
-    assert result.code == 6
-    assert "NOT handed off" in result.text()
-    assert "RESOURCE_DOES_NOT_EXIST" in capsys.readouterr().err
-
-
-def test_the_relay_routes_the_handed_off_run_when_it_completes(aml_server: AmlServer, mlflow_for: MlflowServer,
-                                                               credential: Any, tmp_path: Path,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    """End to end: hand-off tags the run; AML's RunCompleted then carries the tag in data.runTags; a route that
-    filters on runTags.amlrelay-handoff starts the continuation pipeline with the run's identity."""
-    from amlrelay.events import parse_events
-    from amlrelay.routes import load_routes
-    from amlrelay.runbook import build_relay
-    from amlrelay.settings import resolve
-    from tests.conftest import sample
-    from tests.servers.ado import PipelineDef
-    from tests.stack import local_stack
-
-    aml_server.add_job("train-7", "Running", experiment_name="build-validation")
-    mlflow_for.add_run("train-7")
-    assert cli(aml_server, FakeClock(), "wait", "train-7", "--handoff-after", "5m", "--handoff-route",
-               "ci-handoff", credential=credential).code == 5
-    routes = tmp_path / "routes.json"
-    routes.write_text(json.dumps({"version": 1, "defaults": {"project": "mlops"}, "routes": [
-        {"name": "continue-handed-off-run", "events": ["RunCompleted", "RunStatusChanged"],
-         "filters": {"runStatus": {"in": ["Completed"]}, "runTags.amlrelay-handoff": {"in": ["ci-handoff"]}},
-         "pipeline": {"id": 41, "templateParameters": {"runId": "{{ runId }}",
-                                                         "experimentName": "{{ experimentName }}"}}}]}))
-    event = sample("event-grid-schema", "run_completed")
-    event["data"].update({"runId": "train-7", "experimentName": "build-validation",
-                          "runTags": mlflow_for.run_tags("train-7")})
-    untagged = json.loads(json.dumps(event))
-    untagged["id"], untagged["data"]["runId"], untagged["data"]["runTags"] = "other", "other-run", {}
-    with local_stack(routes) as stack:
-        # pipeline 41 is pipelines/relay-triggered.yml: ADO accepts only the parameters its YAML declares
-        declared = yaml.safe_load((ROOT / "pipelines" / "relay-triggered.yml").read_text(encoding="utf-8"))
-        stack.ado.add_pipeline("mlops", 41, PipelineDef(
-            name="relay-triggered", template_parameters=frozenset(p["name"] for p in declared["parameters"]),
-            parameter_types={p["name"]: p["type"] for p in declared["parameters"]}))
-        env = stack.env()
-        for name, value in env.items():
-            monkeypatch.setenv(name, value)
-        relay = build_relay(resolve({}, env=env), load_routes(routes))
-        outcomes = relay.handle(parse_events([event, untagged]), raw=[event, untagged])
-        runs = stack.ado.runs
-    assert [(o.outcome, o.route) for o in outcomes] == [("triggered", "continue-handed-off-run"), ("skipped", None)]
-    assert len(runs) == 1
-    assert runs[0]["templateParameters"] == {"runId": "train-7", "experimentName": "build-validation"}
-
-
-def test_handoff_without_a_route_only_ends_this_agent_job(aml_server: AmlServer, mlflow_for: MlflowServer,
-                                                          credential: Any) -> None:
-    aml_server.add_job("long", "Running")
-    mlflow_for.add_run("long")
-    result = cli(aml_server, FakeClock(), "wait", "long", "--handoff-after", "55m", "--handoff-route", "",
-                 credential=credential)
-    assert result.code == 5
-    assert mlflow_for.tag_requests == []
-    assert result.outputs()["amlWaitToken"]
-
-
-class FinishingMlflow(MlflowServer):
-    """AML's MLflow endpoint, plus the job finishing right as the tag lands (the hand-off race)."""
-
-    def __init__(self, workspace_id: str, aml: AmlServer) -> None:
-        super().__init__(workspace_id)
-        self.aml = aml
-
-    def handle(self, request: Any) -> Any:
-        reply = super().handle(request)
-        if request.path.endswith("/runs/set-tag"):
-            self.aml.set_status(request.json["run_id"], "Completed")
-        return reply
-
-
-def test_a_job_finishing_during_the_handoff_is_reported(aml_server: AmlServer, credential: Any) -> None:
-    with FinishingMlflow(aml_server.workspace_id, aml_server) as mlflow:
-        aml_server.tracking_uri = mlflow.tracking_url
-        aml_server.add_job("racy", "Running")
-        mlflow.add_run("racy")
-        result = cli(aml_server, FakeClock(), "wait", "racy", "--handoff-after", "50m", credential=credential)
-    assert result.code == 5  # the tag is written: the relay may well continue, so the step does not redo it
-    warnings = [line for _, line in result.lines if line.startswith("##vso[task.logissue type=warning]")]
-    assert any("became Completed while it was being handed off" in w for w in warnings)
-
-
-@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")  # azure-ai-ml's noise
-def test_submit_and_wait_through_the_real_sdk(tmp_path: Path, loopback_tls: Any,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    """azure-ai-ml's own ``create_or_update`` PUTs the job to the stand-in (HTTPS: azure-core sends bearer
-    tokens only over TLS), as a custom cloud whose ARM endpoint is the stand-in; then amlrelay waits for it."""
-    pytest.importorskip("azure.ai.ml")
-    from tests.servers.identity import KNOWN_RESOURCES
-
-    job_file = tmp_path / "job.yml"  # no local code: uploading it needs a datastore the stand-in lacks
-    job_file.write_text("type: command\ncommand: python -c 'print(1)'\n"
-                        "environment: azureml:AzureML-sklearn-1.0-ubuntu20.04-py38-cpu:1\n"
-                        "compute: azureml:cpu-cluster\ntags:\n  purpose: build-validation\n")
-    with AmlServer(tls=loopback_tls, own_audience=True) as aml, \
-            IdentityServer(resources={*KNOWN_RESOURCES, aml.url}) as identity:
-        for name in CONFLICTING_ENV:
-            monkeypatch.delenv(name, raising=False)
-        ca = str(loopback_tls.cert_file)
-        env = {**identity.env(), "REQUESTS_CA_BUNDLE": ca, "SSL_CERT_FILE": ca, "AZUREML_CURRENT_CLOUD": "AzureCloud"}
-        for name, value in env.items():
-            monkeypatch.setenv(name, value)  # setenv also restores what the SDK changes (AZUREML_CURRENT_CLOUD)
-        clock = FakeClock()
-
-        def finish_all() -> None:
-            for job in aml.job_names():
-                aml.set_status(job, "Completed")
-
-        clock.at(600, finish_all)
-        ns = _parser().parse_args(["aml", "submit-and-wait", str(job_file), "--workspace", aml.workspace_id,
-                                   "--arm-url", aml.url, "--credential", "managed-identity", "--ado", "on",
-                                   "--experiment", "pr-7", "--tag", "ado.buildId=9"])
-        lines: list[str] = []
-        code = run(ns, clock=clock, out=lines.append)
-        (put,) = [r for r in aml.requests if r.method == "PUT"]
-    assert code == 0, "\n".join(lines)
-    body = put.json["properties"]
-    assert (body["jobType"], body["experimentName"]) == ("Command", "pr-7")
-    assert body["tags"] == {"purpose": "build-validation", "ado.buildId": "9"}
-    name = put.path.rsplit("/", 1)[1]
-    assert any(line == f"##vso[task.setvariable variable=amlJobName;isOutput=true;isSecret=false]{name}"
-               for line in lines)
