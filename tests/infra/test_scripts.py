@@ -199,17 +199,22 @@ def test_deploy_goes_live_only_after_packages_and_runbooks_and_never_prints_secr
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("amlrelay.")], "secret parameters file left"
 
 
-def test_deploy_as_a_service_principal_passes_its_type(tmp_path: Path) -> None:
+def test_deploy_as_a_service_principal_passes_its_type_and_waits_out_rbac_propagation(tmp_path: Path) -> None:
+    """CI deploys as a service principal; its role assignment on the packages container takes minutes to
+    propagate, so the first uploads are refused (the fake refuses a principal type that does not match)."""
     app = "33333333-0000-0000-0000-000000000000"
     fake = FakeAz(tmp_path, account={"id": "00000000-0000-0000-0000-000000000000",
                                      "user": {"name": app, "type": "servicePrincipal"}},
                   service_principals={app: {"id": "44444444-4444-4444-4444-444444444444", "appId": app}},
-                  principal_types={"44444444-4444-4444-4444-444444444444": "ServicePrincipal"})
+                  principal_types={"44444444-4444-4444-4444-444444444444": "ServicePrincipal"}, upload_403=2)
     done = _deploy(fake)
     assert done.returncode == 0, done.stderr[-3000:]
     infra = fake.world["params"][0]
     assert infra["deployerPrincipalType"]["value"] == "ServicePrincipal"
     assert infra["deployerPrincipalId"]["value"] == "44444444-4444-4444-4444-444444444444"
+    assert done.stderr.count("waiting 0s for the new role assignment to propagate") == 2
+    uploads = [c for c in fake.calls() if c[:3] == ["storage", "blob", "upload"]]
+    assert len(uploads) == 5  # two refused, then the wheel and both runbooks
 
 
 def test_deploy_with_a_managed_identity_login_asks_for_the_object_id(tmp_path: Path) -> None:
@@ -219,15 +224,6 @@ def test_deploy_with_a_managed_identity_login_asks_for_the_object_id(tmp_path: P
     assert done.returncode != 0
     assert "AMLRELAY_DEPLOYER_OBJECT_ID" in done.stderr
     assert fake.world["deployments"] == []
-
-
-def test_deploy_waits_out_rbac_propagation_on_upload(tmp_path: Path) -> None:
-    fake = FakeAz(tmp_path, upload_403=2)
-    done = _deploy(fake)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stderr.count("waiting 0s for the new role assignment to propagate") == 2
-    uploads = [c for c in fake.calls() if c[:3] == ["storage", "blob", "upload"]]
-    assert len(uploads) == 5  # two refused, then the wheel and both runbooks
 
 
 def test_deploy_gives_up_on_upload_after_the_bounded_retries(tmp_path: Path) -> None:
