@@ -1,5 +1,6 @@
-"""Shared by the ``amlrelay aml`` tests: a fake clock that drives the AML stand-in, the CLI run in process, and
-the credential and MLflow set-ups (fixtures stay in the test files; these are the functions behind them).
+"""Shared by the ``amlrelay aml`` tests (a pytest plugin, registered in tests/conftest.py): a fake clock that
+drives the AML stand-in, the CLI run in process, and the fixtures ``aml_credential``, ``mlflow_server`` and
+``agent_temp``.
 
 The clock drives the stand-in: ``clock.at(seconds, action)`` flips a job's status at that fake time, and every
 sleep of the waiter advances the clock, so hours of waiting take milliseconds and no test sleeps.
@@ -8,7 +9,6 @@ sleep of the waiter advances the clock, so hours of waiting take milliseconds an
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,7 +73,8 @@ class Run:
         return "\n".join(line for _, line in self.lines)
 
 
-def managed_identity(monkeypatch: pytest.MonkeyPatch, identity_server: IdentityServer) -> Any:
+@pytest.fixture
+def aml_credential(monkeypatch: pytest.MonkeyPatch, identity_server: IdentityServer) -> Any:
     """The real ManagedIdentityCredential, pointed at the identity stand-in (as on an agent with an MI)."""
     for name in CONFLICTING_ENV:
         monkeypatch.delenv(name, raising=False)
@@ -84,8 +85,15 @@ def managed_identity(monkeypatch: pytest.MonkeyPatch, identity_server: IdentityS
     return ManagedIdentityCredential()
 
 
-@contextmanager
-def mlflow_for(aml_server: AmlServer) -> Iterator[MlflowServer]:
+@pytest.fixture
+def agent_temp(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """Where ADO agents let steps write files (the run summary goes there), per test."""
+    monkeypatch.setenv("AGENT_TEMPDIRECTORY", str(tmp_path))
+    return tmp_path
+
+
+@pytest.fixture
+def mlflow_server(aml_server: AmlServer) -> Iterator[MlflowServer]:
     """AML's MLflow endpoint for the stand-in workspace; the workspace GET advertises it as mlFlowTrackingUri."""
     with MlflowServer(aml_server.workspace_id) as server:
         aml_server.tracking_uri = server.tracking_url

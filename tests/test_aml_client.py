@@ -25,26 +25,15 @@ from amlrelay.aml import (
 )
 from tests.conftest import FIXTURES
 from tests.servers.aml import ARM_RESOURCE, AmlServer, spec_job_statuses
-from tests.servers.identity import CONFLICTING_ENV, IdentityServer
+from tests.servers.identity import IdentityServer
 
 SPEC = json.loads((FIXTURES / "aml" / "mfe.2025-09-01.jobs-excerpt.json").read_text(encoding="utf-8"))
 
 
-@pytest.fixture
-def credential(monkeypatch: pytest.MonkeyPatch, identity_server: IdentityServer) -> Any:
-    """The real ManagedIdentityCredential, pointed at the identity stand-in (as on an agent with an MI)."""
-    for name in CONFLICTING_ENV:
-        monkeypatch.delenv(name, raising=False)
-    for name, value in identity_server.env().items():
-        monkeypatch.setenv(name, value)
-    from azure.identity import ManagedIdentityCredential
-
-    return ManagedIdentityCredential()
-
 
 @pytest.fixture
-def client(aml_server: AmlServer, credential: Any) -> JobsClient:
-    return JobsClient(aml_server.workspace_id, credential, arm_url=aml_server.arm_url, audience=ARM_RESOURCE,
+def client(aml_server: AmlServer, aml_credential: Any) -> JobsClient:
+    return JobsClient(aml_server.workspace_id, aml_credential, arm_url=aml_server.arm_url, audience=ARM_RESOURCE,
                      backoff=0)
 
 
@@ -110,9 +99,9 @@ def test_studio_link_falls_back_to_the_sdk_format(aml_server: AmlServer, client:
         f"{aml_server.resource_group}/workspaces/{aml_server.workspace}")
 
 
-def test_job_names_are_case_sensitive_but_the_workspace_path_is_not(aml_server: AmlServer, credential: Any) -> None:
+def test_job_names_are_case_sensitive_but_the_workspace_path_is_not(aml_server: AmlServer, aml_credential: Any) -> None:
     aml_server.add_job("train-1", "Completed")
-    upper = JobsClient(aml_server.workspace_id.upper().replace("SUBSCRIPTIONS", "subscriptions"), credential,
+    upper = JobsClient(aml_server.workspace_id.upper().replace("SUBSCRIPTIONS", "subscriptions"), aml_credential,
                        arm_url=aml_server.arm_url, audience=ARM_RESOURCE, backoff=0)
     assert upper.get_job("train-1").status is JobStatus.COMPLETED
     with pytest.raises(AmlNotFoundError) as info:
@@ -126,16 +115,16 @@ def test_invalid_job_name_is_refused_before_any_request(aml_server: AmlServer, c
     assert aml_server.requests == []
 
 
-def test_unknown_workspace_is_not_found_with_arm_code(aml_server: AmlServer, credential: Any) -> None:
+def test_unknown_workspace_is_not_found_with_arm_code(aml_server: AmlServer, aml_credential: Any) -> None:
     other = aml_server.workspace_id.replace("mlw-contoso", "mlw-other")
     with pytest.raises(AmlNotFoundError) as info:
-        JobsClient(other, credential, arm_url=aml_server.arm_url, audience=ARM_RESOURCE).get_job("x")
+        JobsClient(other, aml_credential, arm_url=aml_server.arm_url, audience=ARM_RESOURCE).get_job("x")
     assert info.value.code == "ResourceNotFound"
 
 
-def test_a_token_for_another_audience_is_refused(aml_server: AmlServer, credential: Any) -> None:
+def test_a_token_for_another_audience_is_refused(aml_server: AmlServer, aml_credential: Any) -> None:
     aml_server.add_job("j", "Running")
-    wrong = JobsClient(aml_server.workspace_id, credential, arm_url=aml_server.arm_url,
+    wrong = JobsClient(aml_server.workspace_id, aml_credential, arm_url=aml_server.arm_url,
                        audience="499b84ac-1321-427f-aa17-267ca6975798")  # ADO's audience
     with pytest.raises(AmlError) as info:
         wrong.get_job("j")
@@ -161,29 +150,29 @@ def test_throttling_and_outages_are_retried(aml_server: AmlServer, client: JobsC
     assert len(aml_server.job_gets("j")) == 4
 
 
-def test_an_outage_that_lasts_is_a_retryable_error(aml_server: AmlServer, credential: Any) -> None:
+def test_an_outage_that_lasts_is_a_retryable_error(aml_server: AmlServer, aml_credential: Any) -> None:
     aml_server.add_job("j", "Running")
     aml_server.fail(503, times=10)
-    quick = JobsClient(aml_server.workspace_id, credential, arm_url=aml_server.arm_url, audience=ARM_RESOURCE,
+    quick = JobsClient(aml_server.workspace_id, aml_credential, arm_url=aml_server.arm_url, audience=ARM_RESOURCE,
                        retries=1, backoff=0)
     with pytest.raises(AmlError) as info:
         quick.get_job("j")
     assert (info.value.status, info.value.retryable) == (503, True)
 
 
-def test_unsupported_api_version_is_refused(aml_server: AmlServer, credential: Any) -> None:
+def test_unsupported_api_version_is_refused(aml_server: AmlServer, aml_credential: Any) -> None:
     aml_server.add_job("j", "Running")
-    old = JobsClient(aml_server.workspace_id, credential, arm_url=aml_server.arm_url, audience=ARM_RESOURCE,
+    old = JobsClient(aml_server.workspace_id, aml_credential, arm_url=aml_server.arm_url, audience=ARM_RESOURCE,
                      api_version="2019-01-01")
     with pytest.raises(AmlError) as info:
         old.get_job("j")
     assert (info.value.status, info.value.code) == (400, "NoRegisteredProviderFound")
 
 
-def test_no_answer_is_a_retryable_error(aml_server: AmlServer, credential: Any) -> None:
+def test_no_answer_is_a_retryable_error(aml_server: AmlServer, aml_credential: Any) -> None:
     url = aml_server.arm_url
     aml_server.down()
-    quick = JobsClient(aml_server.workspace_id, credential, arm_url=url, audience=ARM_RESOURCE, retries=0)
+    quick = JobsClient(aml_server.workspace_id, aml_credential, arm_url=url, audience=ARM_RESOURCE, retries=0)
     with pytest.raises(AmlError, match="No answer from ARM") as info:
         quick.get_job("j")
     assert info.value.retryable

@@ -5,44 +5,27 @@ the step ends with exit 5, and the relay routes the tagged run's completion even
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.aml_waiting import ROOT, FakeClock, cli, managed_identity, mlflow_for
+from tests.aml_waiting import ROOT, FakeClock, cli
 from tests.servers.aml import AmlServer
-from tests.servers.identity import IdentityServer
 from tests.servers.mlflow import MlflowServer
 
-
-@pytest.fixture(autouse=True)
-def agent_temp(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """Where ADO agents let steps write files (the run summary goes there), per test."""
-    monkeypatch.setenv("AGENT_TEMPDIRECTORY", str(tmp_path))
-    return tmp_path
-
-
-@pytest.fixture
-def credential(monkeypatch: pytest.MonkeyPatch, identity_server: IdentityServer) -> Any:
-    return managed_identity(monkeypatch, identity_server)
-
-
-@pytest.fixture
-def mlflow_server(aml_server: AmlServer) -> Iterator[MlflowServer]:
-    with mlflow_for(aml_server) as server:
-        yield server
+pytestmark = pytest.mark.usefixtures("agent_temp")
 
 
 # -- hand-off -------------------------------------------------------------------------------------------------------
-def test_handoff_tags_the_job_and_exits_5(aml_server: AmlServer, mlflow_server: MlflowServer, credential: Any) -> None:
+def test_handoff_tags_the_job_and_exits_5(aml_server: AmlServer, mlflow_server: MlflowServer,
+                                          aml_credential: Any) -> None:
     aml_server.add_job("long", "Running", tags={"purpose": "build-validation"})
     mlflow_server.add_run("long", {"purpose": "build-validation"})
     clock = FakeClock()
     result = cli(aml_server, clock, "wait", "long", "--handoff-after", "50m", "--handoff-route", "evaluate-after-ci",
-                 credential=credential)
+                 credential=aml_credential)
     assert result.code == 5
     assert 3000 <= clock.elapsed <= 3001
     assert mlflow_server.run_tags("long") == {"purpose": "build-validation", "amlrelay-handoff": "evaluate-after-ci"}
@@ -54,27 +37,27 @@ def test_handoff_tags_the_job_and_exits_5(aml_server: AmlServer, mlflow_server: 
 
 def test_a_job_that_finishes_at_the_handoff_point_is_not_handed_off(aml_server: AmlServer,
                                                                     mlflow_server: MlflowServer,
-                                                                    credential: Any) -> None:
+                                                                    aml_credential: Any) -> None:
     aml_server.add_job("j", "Running")
     mlflow_server.add_run("j")
     clock = FakeClock()
     clock.at(3000, lambda: aml_server.set_status("j", "Completed"))
-    result = cli(aml_server, clock, "wait", "j", "--handoff-after", "50m", credential=credential)
+    result = cli(aml_server, clock, "wait", "j", "--handoff-after", "50m", credential=aml_credential)
     assert result.code == 0
     assert mlflow_server.tag_requests == []
 
 
 def test_handoff_that_cannot_tag_fails_the_step(aml_server: AmlServer, mlflow_server: MlflowServer,
-                                                credential: Any, capsys: pytest.CaptureFixture[str]) -> None:
+                                                aml_credential: Any, capsys: pytest.CaptureFixture[str]) -> None:
     aml_server.add_job("long", "Running")  # no MLflow run: the tag is refused with RESOURCE_DOES_NOT_EXIST
-    result = cli(aml_server, FakeClock(), "wait", "long", "--handoff-after", "10m", credential=credential)
+    result = cli(aml_server, FakeClock(), "wait", "long", "--handoff-after", "10m", credential=aml_credential)
     assert result.code == 6
     assert "NOT handed off" in result.text()
     assert "RESOURCE_DOES_NOT_EXIST" in capsys.readouterr().err
 
 
 def test_the_relay_routes_the_handed_off_run_when_it_completes(aml_server: AmlServer, mlflow_server: MlflowServer,
-                                                               credential: Any, tmp_path: Path,
+                                                               aml_credential: Any, tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """End to end: hand-off tags the run; AML's RunCompleted then carries the tag in data.runTags; a route that
     filters on runTags.amlrelay-handoff starts the continuation pipeline with the run's identity."""
@@ -89,7 +72,7 @@ def test_the_relay_routes_the_handed_off_run_when_it_completes(aml_server: AmlSe
     aml_server.add_job("train-7", "Running", experiment_name="build-validation")
     mlflow_server.add_run("train-7")
     assert cli(aml_server, FakeClock(), "wait", "train-7", "--handoff-after", "5m", "--handoff-route",
-               "ci-handoff", credential=credential).code == 5
+               "ci-handoff", credential=aml_credential).code == 5
     routes = tmp_path / "routes.json"
     routes.write_text(json.dumps({"version": 1, "defaults": {"project": "mlops"}, "routes": [
         {"name": "continue-handed-off-run", "events": ["RunCompleted", "RunStatusChanged"],
@@ -119,11 +102,11 @@ def test_the_relay_routes_the_handed_off_run_when_it_completes(aml_server: AmlSe
 
 
 def test_handoff_without_a_route_only_ends_this_agent_job(aml_server: AmlServer, mlflow_server: MlflowServer,
-                                                          credential: Any) -> None:
+                                                          aml_credential: Any) -> None:
     aml_server.add_job("long", "Running")
     mlflow_server.add_run("long")
     result = cli(aml_server, FakeClock(), "wait", "long", "--handoff-after", "55m", "--handoff-route", "",
-                 credential=credential)
+                 credential=aml_credential)
     assert result.code == 5
     assert mlflow_server.tag_requests == []
     assert result.outputs()["amlWaitToken"]
@@ -143,12 +126,12 @@ class FinishingMlflow(MlflowServer):
         return reply
 
 
-def test_a_job_finishing_during_the_handoff_is_reported(aml_server: AmlServer, credential: Any) -> None:
+def test_a_job_finishing_during_the_handoff_is_reported(aml_server: AmlServer, aml_credential: Any) -> None:
     with FinishingMlflow(aml_server.workspace_id, aml_server) as mlflow:
         aml_server.tracking_uri = mlflow.tracking_url
         aml_server.add_job("racy", "Running")
         mlflow.add_run("racy")
-        result = cli(aml_server, FakeClock(), "wait", "racy", "--handoff-after", "50m", credential=credential)
+        result = cli(aml_server, FakeClock(), "wait", "racy", "--handoff-after", "50m", credential=aml_credential)
     assert result.code == 5  # the tag is written: the relay may well continue, so the step does not redo it
     warnings = [line for _, line in result.lines if line.startswith("##vso[task.logissue type=warning]")]
     assert any("became Completed while it was being handed off" in w for w in warnings)

@@ -13,25 +13,15 @@ import pytest
 from amlrelay.aml._cli import run
 from amlrelay.aml._submit import Submission, Submitted, sdk_submitter
 from amlrelay.cli import _parser
-from tests.aml_waiting import TOY_JOB, FakeClock, cli, managed_identity
+from tests.aml_waiting import TOY_JOB, FakeClock, cli
 from tests.servers.aml import AmlServer
 from tests.servers.identity import CONFLICTING_ENV, IdentityServer
 
-
-@pytest.fixture(autouse=True)
-def agent_temp(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """Where ADO agents let steps write files (the run summary goes there), per test."""
-    monkeypatch.setenv("AGENT_TEMPDIRECTORY", str(tmp_path))
-    return tmp_path
-
-
-@pytest.fixture
-def credential(monkeypatch: pytest.MonkeyPatch, identity_server: IdentityServer) -> Any:
-    return managed_identity(monkeypatch, identity_server)
+pytestmark = pytest.mark.usefixtures("agent_temp")
 
 
 # -- submit --------------------------------------------------------------------------------------------------------
-def test_submit_and_wait_with_an_injected_submitter(aml_server: AmlServer, credential: Any) -> None:
+def test_submit_and_wait_with_an_injected_submitter(aml_server: AmlServer, aml_credential: Any) -> None:
     calls: list[Submission] = []
 
     def submitter(request: Submission) -> Submitted:
@@ -42,14 +32,14 @@ def test_submit_and_wait_with_an_injected_submitter(aml_server: AmlServer, crede
     clock = FakeClock()
     clock.at(300, lambda: aml_server.set_status("toy-train-1", "Completed"))
     result = cli(aml_server, clock, "submit-and-wait", str(TOY_JOB), "--experiment", "pr-42", "--tag",
-                 "ado.buildId=1234", credential=credential, submitter=submitter)
+                 "ado.buildId=1234", credential=aml_credential, submitter=submitter)
     assert result.code == 0
     assert calls == [Submission(TOY_JOB, "pr-42", {"ado.buildId": "1234"}, None)]
     assert result.outputs()["amlJobName"] == "toy-train-1"
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")  # azure-ai-ml's noise
-def test_sdk_submitter_loads_the_yaml_and_calls_create_or_update(aml_server: AmlServer, credential: Any) -> None:
+def test_sdk_submitter_loads_the_yaml_and_calls_create_or_update(aml_server: AmlServer, aml_credential: Any) -> None:
     pytest.importorskip("azure.ai.ml")  # the [aml] extra; installed by the dev extra, so CI runs this
 
     class Jobs:
@@ -66,7 +56,7 @@ def test_sdk_submitter_loads_the_yaml_and_calls_create_or_update(aml_server: Aml
 
     from amlrelay.aml import Workspace
 
-    submit = sdk_submitter(Workspace.parse(aml_server.workspace_id), credential, ml_client=FakeMLClient())
+    submit = sdk_submitter(Workspace.parse(aml_server.workspace_id), aml_credential, ml_client=FakeMLClient())
     done = submit(Submission(TOY_JOB, "pr-42", {"ado.buildId": "7"}))
     ((job, kwargs),) = FakeMLClient.jobs.calls
     assert type(job).__name__ == "Command"
@@ -76,21 +66,21 @@ def test_sdk_submitter_loads_the_yaml_and_calls_create_or_update(aml_server: Aml
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")  # azure-ai-ml's noise
-def test_submit_refuses_a_missing_or_invalid_job_file(aml_server: AmlServer, credential: Any, tmp_path: Path,
+def test_submit_refuses_a_missing_or_invalid_job_file(aml_server: AmlServer, aml_credential: Any, tmp_path: Path,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("azure.ai.ml")
-    assert cli(aml_server, FakeClock(), "submit", str(tmp_path / "none.yml"), credential=credential).code == 2
+    assert cli(aml_server, FakeClock(), "submit", str(tmp_path / "none.yml"), credential=aml_credential).code == 2
     bad = tmp_path / "bad.yml"
     bad.write_text("type: command\ncommand: [unclosed\n")
-    assert cli(aml_server, FakeClock(), "submit", str(bad), credential=credential).code == 2
+    assert cli(aml_server, FakeClock(), "submit", str(bad), credential=aml_credential).code == 2
     assert "could not load job file" in capsys.readouterr().err
 
 
-def test_submit_without_the_sdk_says_how_to_install_it(aml_server: AmlServer, credential: Any,
+def test_submit_without_the_sdk_says_how_to_install_it(aml_server: AmlServer, aml_credential: Any,
                                                        monkeypatch: pytest.MonkeyPatch,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setitem(sys.modules, "azure.ai.ml", None)
-    assert cli(aml_server, FakeClock(), "submit", str(TOY_JOB), credential=credential).code == 2
+    assert cli(aml_server, FakeClock(), "submit", str(TOY_JOB), credential=aml_credential).code == 2
     assert "amlrelay[aml]" in capsys.readouterr().err
 
 

@@ -10,7 +10,6 @@ import json
 import os
 import stat
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from amlrelay.aml._cli import OUTPUT_VARIABLES, duration
 from amlrelay.aml._submit import Submission, Submitted
 from amlrelay.aml._wait import Outcome, WaitOptions, begin_wait
 from amlrelay.cli import _parser
-from tests.aml_waiting import FakeClock, cli, managed_identity, mlflow_for
+from tests.aml_waiting import FakeClock, cli
 from tests.servers.aml import ARM_RESOURCE, AmlServer
 from tests.servers.identity import IdentityServer
 from tests.servers.mlflow import MlflowServer
@@ -30,31 +29,16 @@ from tests.servers.mlflow import MlflowServer
 QUEUED_STATES = ["NotStarted", "Starting", "Provisioning", "Preparing", "Queued"]
 RUNNING_STATES = ["Running", "Finalizing", "CancelRequested", "NotResponding", "Paused", "Unknown"]
 
-@pytest.fixture(autouse=True)
-def agent_temp(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """Where ADO agents let steps write files (the run summary goes there), per test."""
-    monkeypatch.setenv("AGENT_TEMPDIRECTORY", str(tmp_path))
-    return tmp_path
-
-
-@pytest.fixture
-def credential(monkeypatch: pytest.MonkeyPatch, identity_server: IdentityServer) -> Any:
-    return managed_identity(monkeypatch, identity_server)
-
-
-@pytest.fixture
-def mlflow_server(aml_server: AmlServer) -> Iterator[MlflowServer]:
-    with mlflow_for(aml_server) as server:
-        yield server
+pytestmark = pytest.mark.usefixtures("agent_temp")
 
 
 # -- the happy path, the outputs, no real waiting -------------------------------------------------------------
-def test_completed_job_sets_outputs_and_exits_0(aml_server: AmlServer, credential: Any) -> None:
+def test_completed_job_sets_outputs_and_exits_0(aml_server: AmlServer, aml_credential: Any) -> None:
     aml_server.add_job("train-1", "Queued", experiment_name="toy")
     clock = FakeClock()
     clock.at(120, lambda: aml_server.set_status("train-1", "Running"))
     clock.at(3 * 3600, lambda: aml_server.set_status("train-1", "Completed"))
-    result = cli(aml_server, clock, "wait", "train-1", credential=credential)
+    result = cli(aml_server, clock, "wait", "train-1", credential=aml_credential)
     assert result.code == 0
     out = result.outputs()
     assert (out["amlJobName"], out["amlJobStatus"], out["amlOutcome"], out["amlExitCode"]) == (
@@ -68,11 +52,11 @@ def test_completed_job_sets_outputs_and_exits_0(aml_server: AmlServer, credentia
     assert len(aml_server.job_gets("train-1")) <= 3 * 3600 / 30 + 10  # one GET per 30 s cap; a 15 s loop: 720
 
 
-def test_heartbeat_at_least_every_minute_even_with_slow_polls(aml_server: AmlServer, credential: Any) -> None:
+def test_heartbeat_at_least_every_minute_even_with_slow_polls(aml_server: AmlServer, aml_credential: Any) -> None:
     aml_server.add_job("j", "Running")
     clock = FakeClock()
     clock.at(2 * 3600, lambda: aml_server.set_status("j", "Completed"))
-    result = cli(aml_server, clock, "wait", "j", "--poll-max", "10m", credential=credential)
+    result = cli(aml_server, clock, "wait", "j", "--poll-max", "10m", credential=aml_credential)
     assert result.code == 0
     times = [t for t, _ in result.lines]
     assert max(b - a for a, b in itertools.pairwise(times)) <= 60
@@ -82,18 +66,18 @@ def test_heartbeat_at_least_every_minute_even_with_slow_polls(aml_server: AmlSer
     assert "next poll in" in beats[70]
 
 
-def test_heartbeat_over_a_minute_is_refused(aml_server: AmlServer, credential: Any) -> None:
+def test_heartbeat_over_a_minute_is_refused(aml_server: AmlServer, aml_credential: Any) -> None:
     aml_server.add_job("j", "Running")
-    result = cli(aml_server, FakeClock(), "wait", "j", "--heartbeat", "5m", credential=credential)
+    result = cli(aml_server, FakeClock(), "wait", "j", "--heartbeat", "5m", credential=aml_credential)
     assert result.code == 2
     assert aml_server.requests == []
 
 
-def test_backoff_grows_to_the_cap_and_resets_on_a_change(aml_server: AmlServer, credential: Any) -> None:
+def test_backoff_grows_to_the_cap_and_resets_on_a_change(aml_server: AmlServer, aml_credential: Any) -> None:
     aml_server.add_job("j", "Running")
     clock = FakeClock()
     gets: list[float] = []
-    client = JobsClient(aml_server.workspace_id, credential, arm_url=aml_server.arm_url, audience=ARM_RESOURCE)
+    client = JobsClient(aml_server.workspace_id, aml_credential, arm_url=aml_server.arm_url, audience=ARM_RESOURCE)
     original = client.get_job
 
     def timed(name: str) -> Any:
@@ -115,23 +99,23 @@ def test_backoff_grows_to_the_cap_and_resets_on_a_change(aml_server: AmlServer, 
 # -- every status -----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(("status", "code", "outcome"), [("Completed", 0, "completed"), ("Failed", 1, "failed"),
                                                           ("Canceled", 3, "canceled")])
-def test_final_statuses(aml_server: AmlServer, credential: Any, status: str, code: int, outcome: str) -> None:
+def test_final_statuses(aml_server: AmlServer, aml_credential: Any, status: str, code: int, outcome: str) -> None:
     aml_server.add_job("j", "Running")
     clock = FakeClock()
     clock.at(600, lambda: aml_server.set_status("j", status))
-    result = cli(aml_server, clock, "wait", "j", credential=credential)
+    result = cli(aml_server, clock, "wait", "j", credential=aml_credential)
     assert (result.code, result.outputs()["amlOutcome"], result.outputs()["amlJobStatus"]) == (code, outcome, status)
     issues = [line for _, line in result.lines if line.startswith("##vso[task.logissue type=error]")]
     assert len(issues) == (0 if status == "Completed" else 1)
 
 
 @pytest.mark.parametrize("status", [*QUEUED_STATES, *RUNNING_STATES, "Hibernating"])
-def test_non_final_statuses_are_waited_on(aml_server: AmlServer, credential: Any, status: str) -> None:
+def test_non_final_statuses_are_waited_on(aml_server: AmlServer, aml_credential: Any, status: str) -> None:
     aml_server.add_job("j", "NotStarted")
     aml_server.set_status("j", status, allow_unknown=True)
     clock = FakeClock()
     clock.at(1200, lambda: aml_server.set_status("j", "Completed"))
-    result = cli(aml_server, clock, "wait", "j", credential=credential)
+    result = cli(aml_server, clock, "wait", "j", credential=aml_credential)
     assert result.code == 0
     assert clock.elapsed >= 1200
     if status in ("Unknown", "Hibernating"):
@@ -139,16 +123,16 @@ def test_non_final_statuses_are_waited_on(aml_server: AmlServer, credential: Any
     assert JobStatus.COMPLETED.value in result.outputs()["amlJobStatus"]
 
 
-def test_paused_is_final_only_when_asked(aml_server: AmlServer, credential: Any) -> None:
+def test_paused_is_final_only_when_asked(aml_server: AmlServer, aml_credential: Any) -> None:
     aml_server.add_job("j", "Paused")
-    result = cli(aml_server, FakeClock(), "wait", "j", "--paused-is-final", credential=credential)
+    result = cli(aml_server, FakeClock(), "wait", "j", "--paused-is-final", credential=aml_credential)
     assert (result.code, result.outputs()["amlOutcome"]) == (1, "failed")
 
 
-def test_not_responding_is_capped_but_may_recover(aml_server: AmlServer, credential: Any) -> None:
+def test_not_responding_is_capped_but_may_recover(aml_server: AmlServer, aml_credential: Any) -> None:
     aml_server.add_job("stuck", "NotResponding")
     clock = FakeClock()
-    stuck = cli(aml_server, clock, "wait", "stuck", "--not-responding-timeout", "20m", credential=credential)
+    stuck = cli(aml_server, clock, "wait", "stuck", "--not-responding-timeout", "20m", credential=aml_credential)
     assert stuck.code == 4
     assert 1200 <= clock.elapsed <= 1200 + 60
     aml_server.add_job("back", "NotResponding")
@@ -156,36 +140,38 @@ def test_not_responding_is_capped_but_may_recover(aml_server: AmlServer, credent
     clock.at(900, lambda: aml_server.set_status("back", "Running"))
     clock.at(1500, lambda: aml_server.set_status("back", "NotResponding"))
     clock.at(2400, lambda: aml_server.set_status("back", "Completed"))
-    assert cli(aml_server, clock, "wait", "back", "--not-responding-timeout", "20m", credential=credential).code == 0
+    back = cli(aml_server, clock, "wait", "back", "--not-responding-timeout", "20m", credential=aml_credential)
+    assert back.code == 0
 
 
 # -- deadlines and cancel -----------------------------------------------------------------------------------------
-def test_queue_deadline(aml_server: AmlServer, credential: Any) -> None:
+def test_queue_deadline(aml_server: AmlServer, aml_credential: Any) -> None:
     aml_server.add_job("j", "Queued")
     clock = FakeClock()
     result = cli(aml_server, clock, "wait", "j", "--queue-timeout", "30m", "--run-timeout", "10h",
-                 credential=credential)
+                 credential=aml_credential)
     assert (result.code, result.outputs()["amlOutcome"]) == (4, "timed-out")
     assert 1800 <= clock.elapsed <= 1801  # woken for the deadline, not at the next poll
     assert "queue deadline 30m00s" in result.text()
     assert aml_server.cancels() == []
 
 
-def test_run_deadline_counts_from_leaving_the_queue(aml_server: AmlServer, credential: Any) -> None:
+def test_run_deadline_counts_from_leaving_the_queue(aml_server: AmlServer, aml_credential: Any) -> None:
     aml_server.add_job("j", "Queued")
     clock = FakeClock()
     clock.at(2 * 3600, lambda: aml_server.set_status("j", "Running"))
     result = cli(aml_server, clock, "wait", "j", "--queue-timeout", "3h", "--run-timeout", "1h",
-                 credential=credential)
+                 credential=aml_credential)
     assert result.code == 4
     assert 3 * 3600 <= clock.elapsed <= 3 * 3600 + 65  # 2 h queued did not count against the 1 h run deadline
     assert "run deadline 1h00m00s" in result.text()
 
 
-def test_cancel_on_timeout(aml_server: AmlServer, credential: Any) -> None:
+def test_cancel_on_timeout(aml_server: AmlServer, aml_credential: Any) -> None:
     aml_server.add_job("j", "Running")
     clock = FakeClock()
-    result = cli(aml_server, clock, "wait", "j", "--run-timeout", "1h", "--cancel-on-timeout", credential=credential)
+    result = cli(aml_server, clock, "wait", "j", "--run-timeout", "1h", "--cancel-on-timeout",
+                 credential=aml_credential)
     assert result.code == 4
     assert len(aml_server.cancels()) == 1
     assert aml_server.status("j") == "Canceled"
@@ -193,60 +179,60 @@ def test_cancel_on_timeout(aml_server: AmlServer, credential: Any) -> None:
 
 
 # -- several jobs -------------------------------------------------------------------------------------------------
-def test_several_jobs_all_complete(aml_server: AmlServer, credential: Any) -> None:
+def test_several_jobs_all_complete(aml_server: AmlServer, aml_credential: Any) -> None:
     for name in ("a", "b", "c"):
         aml_server.add_job(name, "Running")
     clock = FakeClock()
     for i, name in enumerate(("a", "b", "c")):
         clock.at(600 * (i + 1), lambda n=name: aml_server.set_status(n, "Completed"))  # type: ignore[misc]
-    result = cli(aml_server, clock, "wait", "a", "b", "c", "a", credential=credential)
+    result = cli(aml_server, clock, "wait", "a", "b", "c", "a", credential=aml_credential)
     assert result.code == 0
     assert result.outputs()["amlJobNames"] == "a,b,c"
     assert clock.elapsed >= 1800
 
 
 @pytest.mark.parametrize("fail_fast", [True, False])
-def test_fail_fast(aml_server: AmlServer, credential: Any, fail_fast: bool) -> None:
+def test_fail_fast(aml_server: AmlServer, aml_credential: Any, fail_fast: bool) -> None:
     aml_server.add_job("ok", "Running")
     aml_server.add_job("bad", "Running")
     clock = FakeClock()
     clock.at(600, lambda: aml_server.set_status("bad", "Failed"))
     clock.at(7200, lambda: aml_server.set_status("ok", "Completed"))
     args = ["wait", "ok", "bad", *(["--fail-fast"] if fail_fast else [])]
-    result = cli(aml_server, clock, *args, credential=credential)
+    result = cli(aml_server, clock, *args, credential=aml_credential)
     assert result.code == 1
     assert (clock.elapsed < 700) is fail_fast
 
 
 # -- resume -------------------------------------------------------------------------------------------------------
 def test_resume_keeps_the_deadlines_counting(aml_server: AmlServer, mlflow_server: MlflowServer,
-                                             credential: Any) -> None:
+                                             aml_credential: Any) -> None:
     aml_server.add_job("long", "Running")
     mlflow_server.add_run("long")
     clock = FakeClock()
     first = cli(aml_server, clock, "wait", "long", "--handoff-after", "50m", "--run-timeout", "3h",
-                credential=credential)
+                credential=aml_credential)
     assert first.code == 5
     token = first.outputs()["amlWaitToken"]
     assert len(token) < 400
     assert "Bearer" not in base64.urlsafe_b64decode(token + "==").decode()
     clock.sleep(3600)  # the next ADO job starts an hour later, on another agent
-    second = cli(aml_server, clock, "wait", "--resume", token, credential=credential)
+    second = cli(aml_server, clock, "wait", "--resume", token, credential=aml_credential)
     assert second.code == 4  # the run deadline (from the token) passed 3 h after the job was first seen running
     assert 3 * 3600 <= clock.elapsed <= 3 * 3600 + 65
 
 
-def test_resume_sees_a_completed_job_without_resubmitting(aml_server: AmlServer, credential: Any) -> None:
+def test_resume_sees_a_completed_job_without_resubmitting(aml_server: AmlServer, aml_credential: Any) -> None:
     aml_server.add_job("j", "Running")
     clock = FakeClock()
-    token = _token_for(aml_server, credential, clock)
+    token = _token_for(aml_server, aml_credential, clock)
     aml_server.set_status("j", "Completed")
-    result = cli(aml_server, clock, "wait", "--resume", token, credential=credential, submitter=_no_submit)
+    result = cli(aml_server, clock, "wait", "--resume", token, credential=aml_credential, submitter=_no_submit)
     assert result.code == 0
 
 
-def _token_for(server: AmlServer, credential: Any, clock: FakeClock) -> str:
-    client = JobsClient(server.workspace_id, credential, arm_url=server.arm_url, audience=ARM_RESOURCE)
+def _token_for(server: AmlServer, aml_credential: Any, clock: FakeClock) -> str:
+    client = JobsClient(server.workspace_id, aml_credential, arm_url=server.arm_url, audience=ARM_RESOURCE)
     poller = begin_wait(client, ["j"], WaitOptions(run_timeout=600), clock=clock)
     poller.poll()
     return poller.continuation_token()
@@ -261,30 +247,30 @@ def _no_submit(request: Submission) -> Submitted:
     (base64.urlsafe_b64encode(b'{"v":99,"jobs":[]}').decode(), "version 99"),
     (base64.urlsafe_b64encode(b'{"v":1,"ws":"x","jobs":[]}').decode(), "damaged"),
 ])
-def test_bad_tokens_are_usage_errors(aml_server: AmlServer, credential: Any, capsys: pytest.CaptureFixture[str],
+def test_bad_tokens_are_usage_errors(aml_server: AmlServer, aml_credential: Any, capsys: pytest.CaptureFixture[str],
                                      token: str, message: str) -> None:
-    result = cli(aml_server, FakeClock(), "wait", "--resume", token, credential=credential)
+    result = cli(aml_server, FakeClock(), "wait", "--resume", token, credential=aml_credential)
     assert result.code == 2
     assert message in capsys.readouterr().err
     assert aml_server.requests == []
 
 
-def test_token_for_another_workspace_is_refused(aml_server: AmlServer, credential: Any,
+def test_token_for_another_workspace_is_refused(aml_server: AmlServer, aml_credential: Any,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     aml_server.add_job("j", "Running")
-    token = _token_for(aml_server, credential, FakeClock())
+    token = _token_for(aml_server, aml_credential, FakeClock())
     state = json.loads(base64.urlsafe_b64decode(token + "=="))
     state["ws"] = state["ws"].replace("mlw-contoso", "mlw-other")
     forged = base64.urlsafe_b64encode(json.dumps(state).encode()).decode()
-    assert cli(aml_server, FakeClock(), "wait", "--resume", forged, credential=credential).code == 2
+    assert cli(aml_server, FakeClock(), "wait", "--resume", forged, credential=aml_credential).code == 2
     assert "is for workspace" in capsys.readouterr().err
 
 
 # -- errors -------------------------------------------------------------------------------------------------------
-def test_transient_errors_are_polled_through(aml_server: AmlServer, credential: Any) -> None:
+def test_transient_errors_are_polled_through(aml_server: AmlServer, aml_credential: Any) -> None:
     aml_server.add_job("j", "Running")
     aml_server.fail(503, times=3)
-    client = JobsClient(aml_server.workspace_id, credential, arm_url=aml_server.arm_url, audience=ARM_RESOURCE,
+    client = JobsClient(aml_server.workspace_id, aml_credential, arm_url=aml_server.arm_url, audience=ARM_RESOURCE,
                         retries=0)
     seen: list[str] = []
     clock = FakeClock()
@@ -295,21 +281,21 @@ def test_transient_errors_are_polled_through(aml_server: AmlServer, credential: 
 
 
 @pytest.mark.parametrize("problem", ["forbidden", "missing"])
-def test_permanent_errors_exit_6(aml_server: AmlServer, identity_server: IdentityServer, credential: Any,
+def test_permanent_errors_exit_6(aml_server: AmlServer, identity_server: IdentityServer, aml_credential: Any,
                                  capsys: pytest.CaptureFixture[str], problem: str) -> None:
     aml_server.add_job("j", "Running")
     if problem == "forbidden":
         aml_server.forbid(identity_server.object_id)
-    result = cli(aml_server, FakeClock(), "wait", "j" if problem == "forbidden" else "nope", credential=credential)
+    result = cli(aml_server, FakeClock(), "wait", "j" if problem == "forbidden" else "nope", credential=aml_credential)
     assert result.code == 6
     err = capsys.readouterr().err
     assert ("AzureML Data Scientist" if problem == "forbidden" else "case-sensitive") in err
     assert any(line.startswith("##vso[task.logissue type=error]") for _, line in result.lines)
 
 
-def test_usage_errors_exit_2(aml_server: AmlServer, credential: Any) -> None:
-    assert cli(aml_server, FakeClock(), "wait", credential=credential).code == 2  # no job
-    assert cli(aml_server, FakeClock(), "wait", "bad/name", credential=credential).code == 2
+def test_usage_errors_exit_2(aml_server: AmlServer, aml_credential: Any) -> None:
+    assert cli(aml_server, FakeClock(), "wait", credential=aml_credential).code == 2  # no job
+    assert cli(aml_server, FakeClock(), "wait", "bad/name", credential=aml_credential).code == 2
     with pytest.raises(SystemExit) as info:
         _parser().parse_args(["aml", "wait", "j", "--run-timeout", "soon"])
     assert info.value.code == 2
@@ -328,7 +314,7 @@ def test_logging_commands_are_escaped() -> None:
 
 
 # -- credentials the way ADO agents have them ----------------------------------------------------------------------
-def test_managed_identity_credential_from_the_command_line(aml_server: AmlServer, credential: Any) -> None:
+def test_managed_identity_credential_from_the_command_line(aml_server: AmlServer, aml_credential: Any) -> None:
     aml_server.add_job("j", "Completed")
     result = cli(aml_server, FakeClock(), "wait", "j", "--credential", "managed-identity")
     assert result.code == 0
