@@ -11,8 +11,8 @@ Why each rule:
 * **Backoff with a cap.** The interval grows by ``backoff`` while nothing changes (a 6 h training needs no
   5 s polling) and drops back to ``poll_min`` on every status change, because a change (Running ->
   Finalizing) means the end may be near. Sleeps are cut short for heartbeats, deadlines and the hand-off.
-* **Heartbeat.** A line at least every ``heartbeat`` s (<= 60): ADO kills steps that print nothing for long
-  on some agents, and a person watching the log wants status and elapsed time.
+* **Heartbeat.** A line at least every ``heartbeat`` s (<= 60), independent of the poll interval: a silent
+  step looks hung, and the person watching the ADO log wants the status, the elapsed time and the next poll.
 * **Statuses.** Only Completed, Failed and Canceled end a job. NotResponding may return to any earlier state
   (spec), so it is waited on, up to ``not_responding_timeout``; Paused only ends the wait with
   ``paused_is_final``; Unknown (or a status newer than the spec) is logged and waited on.
