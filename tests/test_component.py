@@ -121,6 +121,9 @@ def test_the_environment_pins_every_runtime_dependency() -> None:
     pinned = {line.split("==")[0].lower(): line.split("==")[1] for line in pip if "==" in line}
     assert wanted <= set(pinned), f"not pinned: {sorted(wanted - set(pinned))}"
     assert all(line.count("==") == 1 for line in pip)
+    image = yaml.safe_load(COMPONENT_YML.read_text())["environment"]["image"]
+    assert not image.endswith(":latest")
+    assert ":" in image.rsplit("/", 1)[-1]  # a tag, not whatever the registry serves today
 
 
 def _name(requirement: str) -> str:
