@@ -4,8 +4,11 @@ an event already handled is a duplicate, and no message is deleted before its ev
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
+import threading
+from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -299,3 +302,79 @@ def test_the_sweep_refuses_to_run_without_the_ledger(env: Stack, monkeypatch: py
     assert "amlrelay sweep needs the ledger" in capsys.readouterr().err
     assert env.ado.run_requests == []
     assert left() == 1
+
+
+# ---- overlapping sweeps (sweepIntervalMinutes < 60: several offset schedules, a run may outlast its slot) ---
+
+class _Lockstep:
+    """Wraps a relay so that two sweeps handle their messages in step: each ``handle`` waits until the other
+    sweep is in ``handle`` too, so both work on their copy of the same event at the same moment. A sweep that
+    runs out of messages breaks the barrier, and the other then carries on alone (no real sleeping)."""
+
+    def __init__(self, relay: Relay, barrier: threading.Barrier) -> None:
+        self._relay, self._barrier = relay, barrier
+        self.dry_run = relay.dry_run
+
+    def handle(self, events: Any, raw: Any) -> Any:
+        with contextlib.suppress(threading.BrokenBarrierError):
+            self._barrier.wait(timeout=20)
+        return self._relay.handle(events, raw=raw)
+
+
+def _run_event(n: int, tag: str) -> dict[str, Any]:
+    event = sample("event-grid-schema", "run_completed")
+    run_id = f"run-{tag}-{n}"
+    event["data"]["runId"] = run_id
+    event["subject"] = f"experiments/{event['data']['experimentId']}/runs/{run_id}"
+    event["id"] = f"{tag}-{n}"
+    return event
+
+
+def test_two_sweeps_at_once_over_the_same_journal_trigger_each_event_exactly_once(env: Stack) -> None:
+    """Two schedules' runs overlap (or a run by hand meets a scheduled one). Event Grid delivers to the queue
+    at least once, so each lost event is journaled twice here, its copies side by side: sweep A receives one
+    copy while sweep B receives the other, and both hand the same event to the relay at the same moment. The
+    ledger claim decides: each event starts exactly one ADO run, whatever the interleaving; the loser's copy
+    is a duplicate (deleted) or 'busy' (kept, and deleted by the next run). Events the webhook job already
+    handled stay duplicates. Nothing is moved aside, nothing is left."""
+    lost = [_run_event(n, "lost") for n in range(6)]
+    handled = [_run_event(n, "done") for n in range(2)]
+    for event in handled:  # the webhook jobs of these succeeded
+        assert [o.outcome for o in relay().handle(parse_events([event]), raw=[event])] == ["triggered"]
+    for event in lost + handled:
+        for _ in range(2):
+            journal().send_message(json.dumps(event))
+    barrier = threading.Barrier(2)
+    settings = resolve({})
+    reports: list[Any] = []
+    errors: list[BaseException] = []
+
+    def one_sweep() -> None:
+        try:
+            reports.append(sweep(journal(), _Lockstep(relay(), barrier),  # type: ignore[arg-type]
+                                 poison=journal(poison=True), grace=timedelta(0), max_dequeues=3,
+                                 retry_after=settings.journal_retry_after))
+        except BaseException as exc:  # reported below: a thread's exception would otherwise vanish
+            errors.append(exc)
+        finally:
+            barrier.abort()  # done: the other sweep no longer waits for this one
+
+    threads = [threading.Thread(target=one_sweep) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
+    assert len(reports) == 2
+    assert all(r.results for r in reports), "both sweeps must have handled messages (they overlapped)"
+    outcomes = Counter(o.outcome for r in reports for o in r.outcomes)
+    assert outcomes["triggered"] == len(lost)
+    assert outcomes["failed"] == outcomes["rejected"] == 0
+    runs = Counter((run.get("templateParameters") or {}).get("runId") for run in env.ado.runs)
+    assert runs == Counter({e["data"]["runId"]: 1 for e in lost + handled})
+    # A copy kept as 'busy' is deleted by the next run as a duplicate; then the journal is empty.
+    after = sweep(journal(), relay(), poison=journal(poison=True), grace=timedelta(0))
+    assert {o.outcome for o in after.outcomes} <= {"duplicate"}
+    assert left() == 0
+    assert left(poison=True) == 0
+    assert len(env.ado.runs) == len(lost) + len(handled)
