@@ -108,11 +108,20 @@ VALIDATION: dict[str, Any] = {"id": "2d1781af-3a4c-4d7c-bd0c-e34b19da4e66", "top
     (body(), 200),
     (body(foreign(), sample("event-grid-schema", "model_deployed")), 200),
     (body(42, "text", [1], sample("event-grid-schema", "model_deployed")), 200),
+    (body({**sample("cloud-events-schema", "model_registered"), "data": ""}), 200),
+    (body({**sample("event-grid-schema", "run_completed"), "subject": 63}), 200),
+    (body({**sample("cloud-events-schema", "run_completed"), "time": True}), 200),
+    (body(dict(sample("event-grid-schema", "run_status_changed"),
+               data={**sample("event-grid-schema", "run_status_changed")["data"], "experimentName": 7})), 200),
+    (body(dict(sample("event-grid-schema", "model_registered"),
+               data={**sample("event-grid-schema", "model_registered")["data"], "ModelTags": "area"})), 200),
     (b"[{not json", 400),
     (b'"a string"', 400),
     (b"42", 400),
 ], ids=["foreign-topic", "no-runId", "no-runType", "no-eventTime", "no-topic", "mixed-schemas", "not-aml",
-        "null-data", "validation", "empty-batch", "foreign-beside-good", "non-objects-beside-good", "not-json", "string", "number"])
+        "null-data", "validation", "empty-batch", "foreign-beside-good", "non-objects-beside-good",
+        "data-not-object", "subject-number", "time-boolean", "experiment-number", "tags-not-object", "not-json",
+        "string", "number"])
 def test_refused_and_skipped_input_triggers_nothing_it_should_not(both: Pair, delivery: bytes, status: int) -> None:
     runbook, logicapp = both.deliver(delivery)
     same(logicapp, runbook)

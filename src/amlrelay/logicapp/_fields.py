@@ -17,7 +17,7 @@ The mapping to the Python side, field by field:
 
 from __future__ import annotations
 
-from ..models import AML_PREFIX, MODEL_DEPLOYED, MODEL_REGISTERED, RUN_COMPLETED, RUN_STATUS_CHANGED
+from ..models import AML_PREFIX, DATA_MODELS, MODEL_DEPLOYED, MODEL_REGISTERED, RUN_COMPLETED, RUN_STATUS_CHANGED
 from ..routes import NEGATED, Filter, Route
 from ..templating import Template
 
@@ -152,30 +152,80 @@ def condition(cond: Filter) -> str:
     return call("not", positive) if cond.operator in NEGATED else positive
 
 
+def _head(expr: str) -> str:
+    """The first characters of ``[x]`` as JSON: ``["`` a string, ``[{`` an object, ``[t``/``[f`` a boolean,
+    ``[[`` an array, ``[n`` null, else a number. WDL has no type function, and ``equals`` is lenient."""
+    return call("string", call("createArray", expr))
+
+
+def is_string(expr: str, *, nullable: bool = True) -> str:
+    return call("contains", "'\"n'" if nullable else "'\"'", call("substring", _head(expr), "1", "1"))
+
+
+def is_scalar(expr: str) -> str:
+    """A string, a number or null (models._Data.text refuses booleans, objects and arrays)."""
+    return call("not", call("contains", "'{[tf'", call("substring", _head(expr), "1", "1")))
+
+
+def is_object(expr: str, *, nullable: bool = True) -> str:
+    return call("contains", "'{n'" if nullable else "'{'", call("substring", _head(expr), "1", "1"))
+
+
+def _typed(name: str) -> str:
+    """models._Data: text fields are strings (modelVersion may be an integer), driftCoefficient a number
+    or a numeric string; absent is fine here (required ones are checked separately)."""
+    value = data_key(name)
+    if name == "driftCoefficient":
+        return is_scalar(value)
+    if name == "modelVersion":
+        return call("or", is_string(value), call("and", is_scalar(value),
+                                                 call("not", call("contains", call("string", value), "'.'"))))
+    return is_string(value)
+
+
 def valid_for(short: str) -> str:
-    """The data fields ``short`` events must carry (an event lacking one is rejected by the runbook)."""
+    """What models.py requires of a ``short`` event's data: the required fields present and non-empty, every
+    scalar field a string or number, every tag/property map an object (else the runbook rejects it)."""
+    model = DATA_MODELS[short]
     parts = [nonempty(data_key(f), strip=True) for f in REQUIRED[short]]
     data = call("coalesce", f"{EVENT}?['data']", "json('{}')")
     parts += [any_of([call("contains", data, q(v)) for v in _variants(f)]) for f in PRESENT.get(short, ())]
+    parts += [_typed(f) for f in model.field_names if f != "runStatus"]
+    parts += [is_object(data_key(m)) for m in model.map_names]
     return all_of(parts)
 
 
 def route_matches(route: Route) -> str:
     """:func:`amlrelay.router.mismatch` is None, for an event already known to be valid and allowed."""
-    types = any_of([all_of([is_type(t), valid_for(t)]) for t in route.events])
+    types = any_of([is_type(t) for t in route.events])
     return all_of([types, *(condition(c) for c in route.filters)])
 
 
 def envelope_valid() -> str:
-    """What events.py requires of either envelope before it looks at the data."""
-    spec = call("coalesce", f"{EVENT}?['specversion']", f"{EVENT}?['specVersion']")
-    cloud = all_of([call("equals", call("string", spec), "'1.0'"), nonempty(f"{EVENT}?['id']"),
-                    nonempty(f"{EVENT}?['source']"), nonempty(f"{EVENT}?['type']"),
-                    call("not", present(f"{EVENT}?['eventType']")), call("not", present(f"{EVENT}?['topic']"))])
-    grid = all_of([nonempty(f"{EVENT}?['id']"), nonempty(f"{EVENT}?['eventType']"),
-                   nonempty(f"{EVENT}?['eventTime']"), present(f"{EVENT}?['subject']"),
-                   nonempty(f"{EVENT}?['topic']")])
-    return all_of([present(f"{EVENT}?['data']"), call("if", present(spec), cloud, grid)])
+    """What events.py requires of either envelope (present, non-empty, strings where it says so) and of the
+    data of the event's type; evaluated once per event."""
+    ev = EVENT
+    spec = call("coalesce", f"{ev}?['specversion']", f"{ev}?['specVersion']")
+    cloud = all_of([call("equals", call("string", spec), "'1.0'"), nonempty(f"{ev}?['id']"),
+                    nonempty(f"{ev}?['source']"), nonempty(f"{ev}?['type']"),
+                    call("not", present(f"{ev}?['eventType']")), call("not", present(f"{ev}?['topic']")),
+                    call("or", call("not", present(f"{ev}?['time']")), nonempty(f"{ev}?['time']")),
+                    *(is_string(f"{ev}?['{k}']") for k in ("id", "source", "type", "subject", "time"))])
+    grid = all_of([nonempty(f"{ev}?['id']"), nonempty(f"{ev}?['eventType']"),
+                   nonempty(f"{ev}?['eventTime']"), present(f"{ev}?['subject']"), nonempty(f"{ev}?['topic']"),
+                   *(is_string(f"{ev}?['{k}']") for k in ("id", "eventType", "subject", "topic", "eventTime"))])
+    run = call("or", is_type(RUN_COMPLETED), is_type(RUN_STATUS_CHANGED))
+    data = [call("or", call("not", run), valid_for(RUN_COMPLETED))]  # RunStatusChanged adds runStatus:
+    data += [call("or", call("not", is_type(RUN_STATUS_CHANGED)),
+                  call("and", nonempty(data_key("runStatus"), strip=True), is_string(data_key("runStatus"))))]
+    data += [call("or", call("not", is_type(t)), valid_for(t)) for t in DATA_MODELS if not t.startswith("Run")]
+    return all_of([is_object(f"{ev}?['data']", nullable=False), call("if", present(spec), cloud, grid), *data])
+
+
+def valid_event() -> str:
+    """The event as the runbook would accept it (envelope, data types, required fields): the foreach of the
+    per-event gate, so that a malformed event never reaches a route (and a non-object fails only its gate)."""
+    return call("if", envelope_valid(), call("createArray", EVENT), call("createArray"))
 
 
 def allowed() -> str:
@@ -192,7 +242,7 @@ def matched_routes(routes: tuple[Route, ...]) -> str:
     picks = [call("if", route_matches(r), call("createArray", call("setProperty", EVENT, q(MARK), q(r.name))),
                   "createArray()") for r in routes]
     listed = call("union", *picks, "createArray()")
-    return call("if", all_of([envelope_valid(), allowed()]), listed, call("createArray"))
+    return call("if", allowed(), listed, call("createArray"))
 
 
 def event_json() -> str:

@@ -5,8 +5,9 @@ Shape, and why (billable action executions on each path are counted by ``bench/l
 * **Request trigger, answered by a Response after the work.** Event Grid retries a 5xx and dead-letters a
   400, so nothing is acknowledged before its events are handled. The subscription-validation handshake is
   answered by the same Response (``validationResponse``), so it costs no extra action.
-* **For each event** (sequential), **for each matching route**: the match is one expression per event
-  (:func:`._fields.matched_routes`), so routing costs no action at all.
+* **For each event** (sequential), a one-item loop over the event if it is valid (the validity expression
+  is too long to share one expression with routing: WDL caps one at 8,192 characters), then **for each
+  matching route**: the match is one expression per event (:func:`._fields.matched_routes`).
 * **Claim → Start → Record**, branched with ``runAfter`` instead of conditions: the ledger insert fails
   with 409 when the key exists, and only then does the duplicate branch (Read, Decide) run.
 * **ADO retries** only on 429/503: the HTTP action's own retry policy would also resend after 500/502/504
@@ -82,10 +83,14 @@ def generate(routes: Routes, *, auth: str = "managed-identity", throttle_retries
         "type": "Foreach", "runAfter": {first: ["Succeeded"]}, "operationOptions": "Sequential",
         "foreach": "@" + call("if", _IS_ARRAY, "triggerBody()",
                               call("if", _IS_OBJECT, call("createArray", "triggerBody()"), call("createArray"))),
-        "actions": {"For_each_route": {
+        "actions": {"If_valid": {
             "type": "Foreach", "runAfter": {}, "operationOptions": "Sequential",
-            "foreach": "@" + f.matched_routes(routes.routes),
-            "actions": _verified(ctx.route_actions()) if verify else ctx.route_actions(),
+            "foreach": "@" + f.valid_event(),  # the event, or nothing: the gate costs one action per event
+            "actions": {"For_each_route": {
+                "type": "Foreach", "runAfter": {}, "operationOptions": "Sequential",
+                "foreach": "@" + f.matched_routes(routes.routes),
+                "actions": _verified(ctx.route_actions()) if verify else ctx.route_actions(),
+            }},
         }},
     }
     batch = call("if", _IS_ARRAY, "triggerBody()", call("createArray"))
@@ -103,7 +108,7 @@ def generate(routes: Routes, *, auth: str = "managed-identity", throttle_retries
             "headers": {"Content-Type": "application/json"},
             "body": "@" + call("if", validation,
                                call("setProperty", "json('{}')", "'validationResponse'",
-                                    f"{head}?['data']?['validationCode']"),
+                                    _safe_object(f"{head}?['data']") + "?['validationCode']"),
                                call("setProperty", "json('{}')", "'failures'", "variables('failures')")),
         },
     }
@@ -122,6 +127,13 @@ _IS_ARRAY = call("and", call("startsWith", call("string", _B), "'['"),
                  call("not", call("equals", call("string", _B), _B)))
 _IS_OBJECT = call("and", call("startsWith", call("string", _B), "'{'"),
                   call("not", call("equals", call("string", _B), _B)))
+
+
+def _safe_object(expr: str) -> str:
+    """``expr`` if it is an object, else {}: ``?[`` on a string or number would fail the action."""
+    text = call("string", expr)
+    is_object = call("and", call("startsWith", text, "'{'"), call("not", call("equals", text, expr)))
+    return call("json", call("if", is_object, text, "'{}'"))
 
 
 def _verified(claim_graph: dict[str, Any]) -> dict[str, Any]:
