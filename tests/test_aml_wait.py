@@ -15,11 +15,10 @@ from typing import Any
 
 import pytest
 
-from amlrelay.aml import JobsClient, JobStatus
+from amlrelay.aml import JobsClient, JobStatus, Outcome, WaitOptions, begin_wait
 from amlrelay.aml._ado import escape_property, log_issue, set_output
 from amlrelay.aml._cli import OUTPUT_VARIABLES, duration
 from amlrelay.aml._submit import Submission, Submitted
-from amlrelay.aml._wait import Outcome, WaitOptions, begin_wait
 from amlrelay.cli import _parser
 from tests.aml_waiting import FakeClock, cli
 from tests.servers.aml import ARM_RESOURCE, AmlServer

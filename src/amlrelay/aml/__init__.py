@@ -8,14 +8,57 @@ The ``amlrelay aml`` commands are in ``amlrelay.aml._cli`` and are registered th
 
 from __future__ import annotations
 
-from ._client import DEFAULT_API_VERSION, DEFAULT_ARM_URL, Job, JobsClient, ModelVersion, check_job_name
-from ._component import main as run_component
-from ._errors import AmlError, AmlNotFoundError
-from ._mlflow import MlflowClient, MlflowError, tracking_url
-from ._status import FINAL_STATES, QUEUE_STATES, RUN_STATES, JobStatus, parse_status
-from ._tagback import RUN_ID_TAG, RUN_URL_TAG, TagBack, TagRetry, retry_tags, tag_back_from_settings
-from ._wait import EXIT_CODES, EXIT_ERROR, EXIT_USAGE, Outcome, WaitOptions, WaitPoller, WaitResult, begin_wait
-from ._workspace import Workspace
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._client import Job, JobsClient, ModelVersion, check_job_name
+    from ._component import main as run_component
+    from ._contract import DEFAULT_API_VERSION, DEFAULT_ARM_URL, EXIT_CODES, EXIT_ERROR, EXIT_USAGE, Outcome
+    from ._errors import AmlError, AmlNotFoundError
+    from ._mlflow import MlflowClient, MlflowError, tracking_url
+    from ._status import FINAL_STATES, QUEUE_STATES, RUN_STATES, JobStatus, parse_status
+    from ._tagback import RUN_ID_TAG, RUN_URL_TAG, TagBack, TagRetry, retry_tags, tag_back_from_settings
+    from ._wait import WaitOptions, WaitPoller, WaitResult, begin_wait
+    from ._workspace import Workspace
+
+_EXPORTS: dict[str, tuple[str, str]] = {
+    "AmlError": ("._errors", "AmlError"),
+    "AmlNotFoundError": ("._errors", "AmlNotFoundError"),
+    "DEFAULT_API_VERSION": ("._contract", "DEFAULT_API_VERSION"),
+    "DEFAULT_ARM_URL": ("._contract", "DEFAULT_ARM_URL"),
+    "EXIT_CODES": ("._contract", "EXIT_CODES"),
+    "EXIT_ERROR": ("._contract", "EXIT_ERROR"),
+    "EXIT_USAGE": ("._contract", "EXIT_USAGE"),
+    "FINAL_STATES": ("._status", "FINAL_STATES"),
+    "Job": ("._client", "Job"),
+    "JobStatus": ("._status", "JobStatus"),
+    "JobsClient": ("._client", "JobsClient"),
+    "MlflowClient": ("._mlflow", "MlflowClient"),
+    "MlflowError": ("._mlflow", "MlflowError"),
+    "ModelVersion": ("._client", "ModelVersion"),
+    "Outcome": ("._contract", "Outcome"),
+    "QUEUE_STATES": ("._status", "QUEUE_STATES"),
+    "RUN_ID_TAG": ("._tagback", "RUN_ID_TAG"),
+    "RUN_STATES": ("._status", "RUN_STATES"),
+    "RUN_URL_TAG": ("._tagback", "RUN_URL_TAG"),
+    "TagBack": ("._tagback", "TagBack"),
+    "TagRetry": ("._tagback", "TagRetry"),
+    "WaitOptions": ("._wait", "WaitOptions"),
+    "WaitPoller": ("._wait", "WaitPoller"),
+    "WaitResult": ("._wait", "WaitResult"),
+    "Workspace": ("._workspace", "Workspace"),
+    "begin_wait": ("._wait", "begin_wait"),
+    "check_job_name": ("._client", "check_job_name"),
+    "parse_status": ("._status", "parse_status"),
+    "retry_tags": ("._tagback", "retry_tags"),
+    "run_component": ("._component", "main"),
+    "tag_back_from_settings": ("._tagback", "tag_back_from_settings"),
+    "tracking_url": ("._mlflow", "tracking_url"),
+}
+"""Public name -> (private module, name there). Imported on first use (PEP 562): the command line
+(``amlrelay --help``) and the runbook (tag-back) must not pay for requests, azure-core and the waiter
+when they only need one piece."""
 
 __all__ = [
     "DEFAULT_API_VERSION",
@@ -51,3 +94,16 @@ __all__ = [
     "tag_back_from_settings",
     "tracking_url",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    target = _EXPORTS.get(name)
+    if target is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(target[0], __name__), target[1])
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

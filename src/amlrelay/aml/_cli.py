@@ -17,15 +17,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..record import table
 from . import _ado
-from ._client import DEFAULT_API_VERSION, DEFAULT_ARM_URL, JobsClient
+from ._contract import DEFAULT_API_VERSION, DEFAULT_ARM_URL, EXIT_ERROR, EXIT_USAGE, Outcome
 from ._errors import AmlError
-from ._submit import Submission, Submitter, sdk_submitter
-from ._wait import EXIT_ERROR, EXIT_USAGE, Clock, JobResult, Outcome, WaitOptions, WaitResult, begin_wait
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
+
+    from ._client import JobsClient
+    from ._submit import Submitter
+    from ._wait import Clock, JobResult, WaitResult
 
 _DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)d)?(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?$")
 Out = Callable[[str], None]
@@ -102,6 +103,9 @@ def _wait_options(parser: argparse.ArgumentParser) -> None:
 def run(ns: argparse.Namespace, *, credential: TokenCredential | None = None, submitter: Submitter | None = None,
         clock: Clock | None = None, out: Out | None = None) -> int:
     """The command; the keyword arguments are the seams the tests and the benchmark use."""
+    from ._client import JobsClient
+    from ._wait import WaitOptions, begin_wait
+
     say: Out = out or (lambda line: print(line, flush=True))
     ado = ns.ado == "on" or (ns.ado == "auto" and os.environ.get("TF_BUILD", "").lower() == "true")
     try:
@@ -133,6 +137,8 @@ def run(ns: argparse.Namespace, *, credential: TokenCredential | None = None, su
 
 def _submit(ns: argparse.Namespace, client: JobsClient, credential: TokenCredential, submitter: Submitter | None,
             say: Out, ado: bool) -> list[str]:
+    from ._submit import Submission, sdk_submitter
+
     tags = dict(_pair(t) for t in ns.tag)
     submit = submitter or sdk_submitter(client.workspace, credential, arm_url=client.arm_url)
     names = []
@@ -148,6 +154,8 @@ def _submit(ns: argparse.Namespace, client: JobsClient, credential: TokenCredent
 
 def _finish(ns: argparse.Namespace, client: JobsClient, credential: TokenCredential, result: WaitResult,
             say: Out, ado: bool) -> int:
+    from ..record import table
+
     code = result.exit_code
     if result.outcome is Outcome.HANDED_OFF and not ns.handoff_route:
         say("handed off without a relay tag (empty --handoff-route): resume with the amlWaitToken output")

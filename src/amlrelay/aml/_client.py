@@ -19,6 +19,7 @@ import requests
 
 from ..auth import _first_line
 from ..trigger import _json, _reason, make_session
+from ._contract import DEFAULT_API_VERSION, DEFAULT_ARM_URL
 from ._errors import AmlError, AmlNotFoundError
 from ._status import JobStatus, parse_status
 from ._workspace import Workspace
@@ -26,8 +27,6 @@ from ._workspace import Workspace
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
 
-DEFAULT_ARM_URL = "https://management.azure.com"
-DEFAULT_API_VERSION = "2025-09-01"
 JOB_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9\-_]{0,254}$")
 """The job id pattern of ``Jobs_CreateOrUpdate``: every job that exists matches it."""
 

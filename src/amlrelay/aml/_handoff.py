@@ -13,10 +13,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ._client import Job, JobsClient
+from ._contract import Outcome
 from ._errors import AmlError
 from ._mlflow import MlflowClient, tracking_url
 from ._status import FINAL_STATES
-from ._wait import JobResult, Outcome
+from ._wait import JobResult
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential

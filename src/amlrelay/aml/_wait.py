@@ -27,30 +27,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Protocol
 
 from ._client import Job, JobsClient, check_job_name
+from ._contract import EXIT_CODES, Outcome
 from ._errors import AmlError
 from ._status import FINAL_STATES, QUEUE_STATES, JobStatus
 from ._token import JobClock, WaitState, decode, encode
 
-
-class Outcome(str, Enum):
-    COMPLETED = "completed"
-    FAILED = "failed"
-    CANCELED = "canceled"
-    TIMED_OUT = "timed-out"
-    HANDED_OFF = "handed-off"
-
-    def __str__(self) -> str:
-        return self.value
-
-
-EXIT_CODES = {Outcome.COMPLETED: 0, Outcome.FAILED: 1, Outcome.CANCELED: 3, Outcome.TIMED_OUT: 4,
-              Outcome.HANDED_OFF: 5}
-EXIT_USAGE = 2  # argparse's own code, and what amlrelay's CLI returns for bad input
-EXIT_ERROR = 6  # AML could not be read: no token, 401/403/404, or tagging for a hand-off failed
 _SEVERITY = (Outcome.FAILED, Outcome.CANCELED, Outcome.TIMED_OUT, Outcome.HANDED_OFF, Outcome.COMPLETED)
 _FINAL_OUTCOME = {JobStatus.COMPLETED: Outcome.COMPLETED, JobStatus.FAILED: Outcome.FAILED,
                   JobStatus.CANCELED: Outcome.CANCELED}

@@ -1,0 +1,29 @@
+"""The constants the command line and the clients share: ARM defaults, the waiter's outcomes and exit codes.
+
+A module of its own, with no imports, so ``amlrelay --help`` can build the ``aml`` commands without loading
+requests, azure-core or the waiter.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+DEFAULT_ARM_URL = "https://management.azure.com"
+DEFAULT_API_VERSION = "2025-09-01"
+
+
+class Outcome(str, Enum):
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELED = "canceled"
+    TIMED_OUT = "timed-out"
+    HANDED_OFF = "handed-off"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+EXIT_CODES = {Outcome.COMPLETED: 0, Outcome.FAILED: 1, Outcome.CANCELED: 3, Outcome.TIMED_OUT: 4,
+              Outcome.HANDED_OFF: 5}
+EXIT_USAGE = 2  # argparse's own code, and what amlrelay's CLI returns for bad input
+EXIT_ERROR = 6  # AML could not be read: no token, 401/403/404, or tagging for a hand-off failed
