@@ -141,10 +141,19 @@ param webhookExpiryTime string = dateTimeAdd(utcNow(), 'P1Y')
 @description('Optional. Run runbooks/replay_dead_letters.py (amlrelay replay --stale --failed) on a schedule (runbook handler). false: no schedule; scripts/deploy removes the one it made before, and the runbook can still be started by hand.')
 param replayScheduleEnabled bool = true
 
-@description('Optional. Hours between two scheduled replay runs (1-24).')
+@description('Optional. Hours between two scheduled replay runs (1-24); only with sweepIntervalMinutes = 60.')
 @minValue(1)
 @maxValue(24)
 param replayIntervalHours int = 1
+
+@description('Optional. Minutes between two runs of the replay runbook, which sweeps the journal first (runbook handler): 15, 20, 30 or 60, as 60 / sweepIntervalMinutes offset hourly schedules. Worst-case recovery of a lost event: this plus AMLRELAY_JOURNAL_GRACE (10 min); see README "Across the webhook boundary".')
+@allowed([
+  15
+  20
+  30
+  60
+])
+param sweepIntervalMinutes int = 15
 
 @description('Optional. Replay schedule name; scripts/deploy sets a new one per deployment in its second pass (after publishing the runbook) and deletes the old ones. Empty: no schedule yet.')
 param replayScheduleName string = ''
@@ -261,6 +270,7 @@ module automation 'modules/automation/main.bicep' = if (handler == 'runbook') {
     replayRunbookContentUri: replayRunbookContentUri
     replayRunbookContentSha256: replayRunbookContentSha256
     replayIntervalHours: replayIntervalHours
+    sweepIntervalMinutes: sweepIntervalMinutes
   }
 }
 

@@ -230,7 +230,9 @@ def deploy(state: dict[str, Any], options: dict[str, list[str]]) -> Any:
     if schedule and value("replayScheduleEnabled", True):
         if "replay_dead_letters" not in state["published"]:
             state["violations"].append(f"{name}: job schedule on an unpublished replay runbook")
-        state["schedules"].append(schedule)
+        # infra/modules/automation: one hourly schedule per offset, <name>-m0 ... (60 / sweepIntervalMinutes).
+        every = int(value("sweepIntervalMinutes", 15))
+        state["schedules"].extend(f"{schedule}-m{i * every}" for i in range(60 // every))
     state["params"].append(params)
     state["clock"] += 1
     record = {"name": name, "properties": {"provisioningState": "Succeeded", "outputs": _outputs(state, params),

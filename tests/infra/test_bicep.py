@@ -323,30 +323,47 @@ def test_replay_runbook_is_scheduled_with_a_fresh_job_schedule(bicep: dict[str, 
     assert _accessor(runbook["properties"]["runtimeEnvironment"]) == "runtimeEnvironment.name"
     assert doc["parameters"]["replayRunbookName"]["default"] == "replay_dead_letters"
 
-    schedule = resources["replaySchedule"]["config"]
-    job = resources["replayJobSchedule"]["config"]
-    assert schedule["condition"] == job["condition"] == "replayScheduled"
+    schedule = resources["replaySchedules"]["config"]
+    job = resources["replayJobSchedules"]["config"]
+    # Automation schedules recur at most hourly: one hourly schedule per offset, a loop over the slots.
+    for loop in (schedule, job):
+        assert loop["loop_type"] == {"type": "range", "detail": {
+            "item_name": None, "index_name": "i", "start_index": 0, "count": "replaySlots"}}
+        assert loop["condition"] == "replayScheduled"
+    assert doc["variables"]["replaySlots"]["value"] == {"operator": {"type": "divide", "operands": {
+        "operand_1": 60, "operand_2": "sweepIntervalMinutes"}}}
+    assert _decorators(doc["parameters"]["sweepIntervalMinutes"])["allowed"] == [15, 20, 30, 60]  # divide 60
+    assert doc["parameters"]["sweepIntervalMinutes"]["default"] == 15
     condition = doc["variables"]["replayScheduled"]["value"]["operator"]
     assert condition["type"] == "and"
     assert condition["operands"]["operand_1"] == "replayScheduleEnabled"
+    assert schedule["config"]["name"].endswith("-m${i * sweepIntervalMinutes}")  # deploy keeps <name>-*
     properties = schedule["config"]["properties"]
     assert properties["frequency"] == "Hour"
-    assert properties["interval"] == "replayIntervalHours"
+    # replayIntervalHours applies only to a single schedule (60 minutes); offset schedules recur hourly.
+    assert properties["interval"] == {"operator": {"type": "conditional", "operands": {
+        "condition": {"operator": {"type": "equals", "operands": {"operand_1": "sweepIntervalMinutes",
+                                                                  "operand_2": 60}}},
+        "true_value": "replayIntervalHours", "false_value": 1}}}
     assert doc["parameters"]["replayIntervalHours"]["default"] == 1
-    # Start 15 minutes after the deployment time (Automation wants at least 5), never a fixed date.
+    # Slot i starts 15 + i * interval minutes after the deployment time (Automation wants at least 5
+    # minutes ahead), never a fixed date.
     start = properties["startTime"]["function"]
     assert start["type"] == "date_time_add"
     assert start["parameters"]["base"] == "baseTime"
-    assert start["parameters"]["duration"] == "PT15M"
+    assert start["parameters"]["duration"] == "PT${15 + i * sweepIntervalMinutes}M"
     assert doc["parameters"]["baseTime"]["default"]["function"]["type"] == "utc_now"
 
     # A job schedule's name is a GUID that must change with the (rotated) schedule name.
+    slot_name = {"operator": {"type": "property_accessor", "operands": {"operand_1": {"operator": {
+        "type": "index_accessor", "operands": {"operand_1": "replaySchedules", "operand_2": "i"}}},
+        "operand_2": "name"}}}
     name = job["config"]["name"]["function"]
     assert name["type"] == "guid"
-    assert "replaySchedule.name" in {_accessor(v) for v in name["parameters"].values()}
+    assert slot_name in name["parameters"].values()
     links = job["config"]["properties"]
     assert links["runbook"]["name"] == "replayRunbookName"
-    assert _accessor(links["schedule"]["name"]) == "replaySchedule.name"
+    assert links["schedule"]["name"] == slot_name
 
 
 def test_main_passes_the_replay_settings(bicep: dict[str, Any]) -> None:
@@ -355,7 +372,7 @@ def test_main_passes_the_replay_settings(bicep: dict[str, Any]) -> None:
     assert settings["AMLRELAY_DEADLETTER_CONTAINER"] == "deadLetterContainerName"
     assert main["variables"]["deadLetterContainerName"]["value"] == "deadletters"
     params = main["modules"]["automation"]["config"]["config"]["params"]
-    for name in ("replayScheduleEnabled", "replayScheduleName", "replayIntervalHours"):
+    for name in ("replayScheduleEnabled", "replayScheduleName", "replayIntervalHours", "sweepIntervalMinutes"):
         assert params[name] == name
     assert main["parameters"]["replayScheduleEnabled"]["default"] is True
     assert main["parameters"]["replayScheduleName"]["default"] == ""  # no job schedule before publishing

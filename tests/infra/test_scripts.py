@@ -190,7 +190,9 @@ def test_deploy_goes_live_only_after_packages_and_runbooks_and_never_prints_secr
     assert ("post", "webhooks/generateUri?api-version=2024-10-23") in rest
     # Only the older amlrelay webhook/schedule/subscription go, never someone else's.
     assert world["webhooks"] == ["manual-hook", handler["webhookName"]["value"]]
-    assert world["schedules"] == ["nightly-report", handler["replayScheduleName"]["value"]]
+    # This run's replay schedules (one per 15-minute offset, sweepIntervalMinutes' default) all stay.
+    base = handler["replayScheduleName"]["value"]
+    assert world["schedules"] == ["nightly-report", *(f"{base}-m{m}" for m in (0, 15, 30, 45))]
     assert [s["name"] for s in world["subscriptions"]] == ["someone-elses", "triage-failed-run"]
     assert "--yes" in next(c for c in calls if c[:4] == ["eventgrid", "system-topic", "event-subscription",
                                                           "delete"])
@@ -308,6 +310,24 @@ def test_deploy_with_the_replay_schedule_off_removes_the_old_one(tmp_path: Path)
     assert fake.world["schedules"] == ["nightly-report"]
     assert ("delete", "schedules/amlrelay-replay-20200101000000?api-version=2024-10-23") in _rest(fake.calls())
     assert "by hand only" in done.stdout
+
+
+def test_a_redeploy_at_another_sweep_interval_keeps_only_the_new_runs_schedules(tmp_path: Path) -> None:
+    """Rotation with several offset schedules: this run's <name>-m* stay, every older amlrelay-replay-*
+    (a single old schedule, or a previous run's four) goes, someone else's stays."""
+    param_file = tmp_path / "every30.bicepparam"
+    dev = (REPO / "infra" / "env" / "dev.bicepparam").read_text()
+    param_file.write_text(dev.replace("using '../main.bicep'", f"using '{REPO / 'infra' / 'main.bicep'}'")
+                          + "param sweepIntervalMinutes = 30\n")
+    previous = [f"amlrelay-replay-20250101000000-m{m}" for m in (0, 15, 30, 45)]
+    fake = FakeAz(tmp_path, build_params={"sweepIntervalMinutes": {"value": 30}},
+                  schedules=["amlrelay-replay-20200101000000", "nightly-report", *previous])
+    done = _deploy(fake, param_file=param_file)
+    assert done.returncode == 0, done.stderr[-3000:]
+    base = next(p for p in fake.world["params"] if "replayScheduleName" in p)["replayScheduleName"]["value"]
+    assert fake.world["schedules"] == ["nightly-report", f"{base}-m0", f"{base}-m30"]
+    deleted = {url for verb, url in _rest(fake.calls()) if verb == "delete" and url.startswith("schedules/")}
+    assert deleted == {f"schedules/{n}?api-version=2024-10-23" for n in ["amlrelay-replay-20200101000000", *previous]}
 
 
 # ------------------------------------------------------------------------------------------ send-test-event

@@ -5,7 +5,7 @@
 // that runs the replay runbook (dead letters, stale claims, retryable failures). The webhook URI is a
 // @secure() input and is never an output.
 metadata name = 'amlrelay automation'
-metadata description = 'Automation account, Python 3.10 runtime environment, trigger and replay runbooks, settings, webhook and replay schedule.'
+metadata description = 'Automation account, Python 3.10 runtime environment, trigger and replay runbooks, settings, webhook and replay schedules.'
 
 @description('Required. Automation account name (6-50 letters, digits and hyphens).')
 @minLength(6)
@@ -60,10 +60,19 @@ param replayScheduleEnabled bool = true
 @description('Optional. Name of the replay schedule. A job schedule can be neither updated nor re-created under the same id, so scripts/deploy passes a new name on every run (after publishing the runbook, which a job schedule requires) and deletes the older amlrelay-replay-* schedules. Empty: no schedule yet.')
 param replayScheduleName string = ''
 
-@description('Optional. Hours between two replay runs (1-24).')
+@description('Optional. Hours between two replay runs (1-24). Applies only when sweepIntervalMinutes is 60; shorter sweep intervals run every hour at offsets.')
 @minValue(1)
 @maxValue(24)
 param replayIntervalHours int = 1
+
+@description('Optional. Minutes between two runs of the replay runbook (journal sweep, then replay): 15, 20, 30 or 60. An Automation schedule recurs at most hourly, so this makes 60 / sweepIntervalMinutes hourly schedules, each started sweepIntervalMinutes after the previous one, all linked to the replay runbook (the pattern of "Schedule runbooks to run more frequently" in Microsoft\'s Automation docs). The worst-case delay before a lost event is recovered is this interval plus AMLRELAY_JOURNAL_GRACE.')
+@allowed([
+  15
+  20
+  30
+  60
+])
+param sweepIntervalMinutes int = 15
 
 @description('Optional. Do not set: the deployment time (UTC, ISO 8601). The replay schedule starts 15 minutes after it (Automation refuses a start less than 5 minutes ahead).')
 param baseTime string = utcNow('u')
@@ -194,32 +203,36 @@ resource replayRunbook 'Microsoft.Automation/automationAccounts/runbooks@2024-10
 }
 
 var replayScheduled = replayScheduleEnabled && !empty(replayScheduleName)
+var replaySlots = 60 / sweepIntervalMinutes // hourly schedules, one per offset
 
-resource replaySchedule 'Microsoft.Automation/automationAccounts/schedules@2024-10-23' = if (replayScheduled) {
+// Slot i is named <replayScheduleName>-m<offset> and first fires 15 + offset minutes after the deployment
+// (Automation refuses a start less than 5 minutes ahead). scripts/deploy keeps every schedule named
+// <replayScheduleName> or <replayScheduleName>-*, and deletes the older amlrelay-replay-* ones.
+resource replaySchedules 'Microsoft.Automation/automationAccounts/schedules@2024-10-23' = [for i in range(0, replaySlots): if (replayScheduled) {
   parent: account
-  name: empty(replayScheduleName) ? 'amlrelay-replay' : replayScheduleName
+  name: '${empty(replayScheduleName) ? 'amlrelay-replay' : replayScheduleName}-m${i * sweepIntervalMinutes}'
   properties: {
-    description: 'amlrelay: run ${replayRunbookName} every ${replayIntervalHours} hour(s); managed by scripts/deploy.'
-    startTime: dateTimeAdd(baseTime, 'PT15M')
+    description: (sweepIntervalMinutes == 60) ? 'amlrelay: run ${replayRunbookName} every ${replayIntervalHours} hour(s); managed by scripts/deploy.' : 'amlrelay: run ${replayRunbookName} hourly at offset ${i * sweepIntervalMinutes} min (one of ${replaySlots} schedules: every ${sweepIntervalMinutes} min); managed by scripts/deploy.'
+    startTime: dateTimeAdd(baseTime, 'PT${15 + i * sweepIntervalMinutes}M')
     frequency: 'Hour'
-    interval: replayIntervalHours
+    interval: (sweepIntervalMinutes == 60) ? replayIntervalHours : 1
   }
-}
+}]
 
 // The GUID follows the schedule's name, which scripts/deploy makes new on every run: Automation refuses a
 // job schedule id it has seen before, even after the job schedule was deleted.
-resource replayJobSchedule 'Microsoft.Automation/automationAccounts/jobSchedules@2024-10-23' = if (replayScheduled) {
+resource replayJobSchedules 'Microsoft.Automation/automationAccounts/jobSchedules@2024-10-23' = [for i in range(0, replaySlots): if (replayScheduled) {
   parent: account
-  name: guid(account.id, replayRunbookName, replaySchedule.name)
+  name: guid(account.id, replayRunbookName, replaySchedules[i].name)
   properties: {
     runbook: {
       name: replayRunbookName
     }
     schedule: {
-      name: replaySchedule.name
+      name: replaySchedules[i].name
     }
   }
-}
+}]
 
 // Variable values are JSON: a string value is written with its quotes (string(array) escapes it).
 resource variables 'Microsoft.Automation/automationAccounts/variables@2024-10-23' = [for setting in items(settings): {
@@ -261,8 +274,11 @@ output runbookName string = runbookName
 @description('The replay runbook\'s name.')
 output replayRunbookName string = replayRunbookName
 
-@description('The replay schedule\'s name, or empty when there is none (switched off, or before scripts/deploy\'s second pass).')
-output replayScheduleName string = replayScheduled ? replaySchedule.name : ''
+@description('The replay schedules\' common name (each is <name>-m<offset minutes>), or empty when there is none (switched off, or before scripts/deploy\'s handler pass).')
+output replayScheduleName string = replayScheduled ? replayScheduleName : ''
+
+@description('The replay schedules\' names (60 / sweepIntervalMinutes of them), or empty.')
+output replayScheduleNames array = [for i in range(0, replayScheduled ? replaySlots : 0): '${replayScheduleName}-m${i * sweepIntervalMinutes}']
 
 @description('The runtime environment\'s name.')
 output runtimeEnvironmentName string = runtimeEnvironment.name
