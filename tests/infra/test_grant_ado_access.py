@@ -177,3 +177,17 @@ def test_the_admin_calls_are_checked_against_the_spec(ado: AdoServer) -> None:
 def test_token_path_is_folder_aware() -> None:
     assert token_path("p", "\\", 7) == ["p", "p/7"]
     assert token_path("p", "\\a\\b", 7) == ["p", "p/a", "p/a/b", "p/a/b/7"]
+
+
+def test_stand_in_answers_are_checked_against_the_spec_schemas() -> None:
+    from tests.servers._ado_permissions import _body_errors
+
+    ims = "ims/7.1/identities.json"
+    good = {"id": "81fa6389-0872-6fdd-a451-7ba7880f566a", "isActive": True,
+            "descriptor": "Microsoft.IdentityModel.Claims.ClaimsIdentity;tenant\\someone"}
+    assert _body_errors(ims, "Identity", good) == []
+    assert _body_errors(ims, "Identity", {**good, "isActive": "yes"}) != []
+    # The generic `result` of an entitlement operation is an object on the wire (the spec's example).
+    mem = "memberEntitlementManagement/7.1/memberEntitlementManagement.json"
+    assert _body_errors(mem, "ServicePrincipalEntitlementsPostResponse",
+                        {"isSuccess": True, "operationResult": {"isSuccess": True, "result": {"id": "x"}}}) == []

@@ -74,8 +74,25 @@ def _excerpt() -> dict[str, Any]:
     return doc
 
 
+def _generic_as_any(node: Any) -> Any:
+    """Two VSS swagger generator artefacts, each contradicted by the operations' own httpExamples: a .NET
+    generic ``T`` comes out as ``{"type": "string", "format": "T"}`` (EntitlementOperationResultBase.result,
+    an object in the example), and ``IdentityDescriptor`` as an object, while the wire format (Identities
+    and Access Control Entries examples) is the string ``"<type>;<identifier>"``."""
+    if isinstance(node, dict):
+        if node.get("format") == "T":
+            return {}
+        if node.get("$ref") == "#/definitions/IdentityDescriptor":
+            return {"type": "string", **({"description": node["description"]} if "description" in node else {})}
+        return {k: _generic_as_any(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_generic_as_any(v) for v in node]
+    return node
+
+
 def _body_errors(spec: str, definition: str, body: Any) -> list[str]:
-    schema = {"$ref": f"#/definitions/{definition}", "definitions": _excerpt()["definitions"][spec]}
+    schema = {"$ref": f"#/definitions/{definition}",
+              "definitions": _generic_as_any(_excerpt()["definitions"][spec])}
     return [f"{'/'.join(str(p) for p in e.absolute_path) or '(body)'}: {e.message}"
             for e in Draft4Validator(schema).iter_errors(body)]
 
@@ -184,7 +201,8 @@ class Permissions:
             if not admin:
                 raise AdoError(403, "TF400813: The caller is not a Project Collection Administrator.",
                                "AccessDeniedException", TFS)
-            return self._admin(op["operationId"], match.groupdict(), request)
+            reply = self._admin(op["operationId"], match.groupdict(), request)
+            return self._checked(op, reply)
         if path_known:
             raise AdoError(405, f"The requested resource does not support http method '{request.method}'.",
                            "VssResourceNotFoundException", VSS)
@@ -208,7 +226,7 @@ class Permissions:
                 with self._lock:
                     ident.entitled = False
                     ident.project_groups.clear()
-                return Reply(204, b"")
+                return Reply(200, b"")  # the spec's only response
             return ok(self._entitlement(ident))
         if operation == "Storage Keys_Get":
             ident = next((i for i in self._all() if i.subject_descriptor == where["subjectDescriptor"]), None)
@@ -261,6 +279,20 @@ class Permissions:
             return ok({"count": len(value), "value": value})
         raise AdoError(404, f"{operation} is not modelled by the stand-in.", "VssResourceNotFoundException", VSS)
 
+    def _checked(self, op: dict[str, Any], reply: Reply) -> Reply:
+        """Self-test: a success answer must fit the operation's response schema (VSS wraps arrays as
+        ``{count, value}``, as the httpExamples show)."""
+        schema = (op["responses"].get("200") or {}).get("schema")
+        if reply.status != 200 or schema is None:
+            return reply
+        payload = json.loads(reply.body)
+        items = payload["value"] if schema.get("type") == "array" else [payload]
+        ref = (schema.get("items") or schema)["$ref"].split("/")[-1]
+        problems = [p for item in items for p in _body_errors(op["spec"], ref, item)]
+        if problems:
+            return Reply(500, ("stand-in answer violates " + ref + ": " + "; ".join(problems)).encode())
+        return reply
+
     def _pipelines(self) -> list[tuple[tuple[str, int], PipelineDef]]:
         with self._server._lock:
             return list(self._server._pipelines.items())
@@ -284,9 +316,10 @@ class Permissions:
             ident.entitled = True
             for item in body.get("projectEntitlements") or []:
                 ident.project_groups[item["projectRef"]["id"]] = item["group"]["groupType"]
-        return {"isSuccess": True, "operationResult": {"isSuccess": True, "errors": [],
-                                                       "servicePrincipalId": ident.storage_key,
-                                                       "result": self._entitlement(ident)}}
+        entitlement = self._entitlement(ident)  # shape of the operation's example answer
+        return {"isSuccess": True, "servicePrincipalEntitlement": entitlement,
+                "operationResult": {"isSuccess": True, "errors": [], "servicePrincipalId": ident.storage_key,
+                                    "result": entitlement}}
 
     def _entitlement(self, ident: Identity) -> dict[str, Any]:
         return {"id": ident.storage_key, "accessLevel": {"accountLicenseType": "express"},
