@@ -354,3 +354,15 @@ def test_scripts_without_a_deployment_say_what_to_do(tmp_path: Path) -> None:
     done = FakeAz(tmp_path).script("send-test-event", "-g", "rg-amlrelay")
     assert done.returncode != 0
     assert "run scripts/deploy (or azd provision) first" in done.stderr
+
+
+def test_deploy_with_the_logic_app_handler_uploads_nothing_and_deploys_twice(tmp_path: Path) -> None:
+    fake = FakeAz(tmp_path, build_params={"handler": {"value": "logicapp"}})
+    done = _deploy(fake)
+    assert done.returncode == 0, done.stderr[-3000:]
+    world = fake.world
+    assert [d["name"].rsplit("-", 1)[0] for d in world["deployments"]] == ["amlrelay-infra", "amlrelay-handler"]
+    assert world["blobs"] == []
+    assert not [c for c in fake.calls() if c[0] == "rest"]
+    assert "webhookUri" in world["params"][1]
+    assert world["params"][1]["webhookUri"]["value"] == ""
