@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from _logicapp_agreement import agreement  # noqa: E402
 from exactly_once import azurite  # noqa: E402
 from tests.conftest import sample  # noqa: E402
 from tests.logicapp_stack import Pair, pair  # noqa: E402
@@ -105,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else "")
     parser.add_argument("--events", type=int, default=40, help="events per round for the timing (default 40)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds (default 3)")
+    parser.add_argument("--mutants", type=int, default=300, help="mutated events for figure 3 (default 300)")
+    parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args(argv)
     with azurite() as (conn, where):
         print(f"ledger: {where}", file=sys.stderr)
@@ -135,6 +138,13 @@ def main(argv: list[str] | None = None) -> int:
             worst = max(la_ms) / 1000
             print(f"Event Grid waits {EVENT_GRID_TIMEOUT:.0f} s for the answer: the success path uses "
                   f"{worst / EVENT_GRID_TIMEOUT:.2%} of it here (+ Azure's per-action overhead, not modelled)")
+            agree, split = agreement(p, args.mutants, args.seed)
+            print(f"\n3. AGREEMENT ON {args.mutants} MUTATED SAMPLE EVENTS (seed {args.seed}; "
+                  "same answer and ADO requests)\n")
+            print(f"agree: {agree}/{args.mutants} ({agree / args.mutants:.1%})")
+            for direction, cases in split.items():
+                shown = ", ".join(sorted(set(cases))[:8]) + (" ..." if len(set(cases)) > 8 else "")
+                print(f"{direction}: {len(cases)}{' (' + shown + ')' if cases else ''}")
             print(f"throttled worst case: up to 5 ADO attempts waiting Retry-After (capped 60 s): the "
                   f"Until loop can outlast the {EVENT_GRID_TIMEOUT:.0f} s window; Event Grid then retries "
                   "and the ledger makes the retry a duplicate or a takeover, never a second run")

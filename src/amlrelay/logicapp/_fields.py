@@ -175,8 +175,9 @@ def _typed(name: str) -> str:
     """models._Data: text fields are strings (modelVersion may be an integer), driftCoefficient a number
     or a numeric string; absent is fine here (required ones are checked separately)."""
     value = data_key(name)
-    if name == "driftCoefficient":
-        return is_scalar(value)
+    if name == "driftCoefficient":  # a number, or a numeric string (not '' or blank)
+        return call("and", is_scalar(value), call("or", call("not", is_string(value, nullable=False)),
+                                                  nonempty(value, strip=True)))
     if name == "modelVersion":
         return call("or", is_string(value), call("and", is_scalar(value),
                                                  call("not", call("contains", call("string", value), "'.'"))))
@@ -190,6 +191,8 @@ def valid_for(short: str) -> str:
     parts = [nonempty(data_key(f), strip=True) for f in REQUIRED[short]]
     data = call("coalesce", f"{EVENT}?['data']", "json('{}')")
     parts += [any_of([call("contains", data, q(v)) for v in _variants(f)]) for f in PRESENT.get(short, ())]
+    parts += [call("or", call("not", present(data_key(f))), nonempty(data_key(f), strip=True))
+              for f in PRESENT.get(short, ())]  # null, or a non-empty string
     parts += [_typed(f) for f in model.field_names if f != "runStatus"]
     parts += [is_object(data_key(m)) for m in model.map_names]
     return all_of(parts)
