@@ -18,15 +18,22 @@ run the real runbook as subprocesses and fail at each point a real job can:
 
 Every event is also journaled to an Azurite Storage queue (once per matching journal subscription, Base64 and
 plain JSON alternately, as Event Grid's encoding is documented both ways). Then the scheduled replay runbook
-runs once, one schedule interval (60 min) later on the virtual clock: `amlrelay sweep`, then
-`amlrelay replay --stale --failed` — in process, with the ledger's clock moved forward (nothing sleeps).
-Finally, 25 h later, every dead letter has been written and replay runs again.
+runs on the virtual clock, every --sweep-interval minutes (infra/: sweepIntervalMinutes, 15 by default):
+`amlrelay sweep`, then `amlrelay replay --stale --failed` — in process, with the ledger's clock moved forward
+(nothing sleeps). The schedule is put at its *worst phase* for each fault: its first run comes 1 minute before
+the lost event can be taken (its journal message is still inside the grace period, or the dead job's claim is
+not stale yet), so the first run must leave it and the next run, one interval later, must recover it. The
+delay measured is that run's time; the bound is interval + grace (or + the stale window when the dead job
+held a claim). Messages the sweep hides (kept for a retry, deferred for the grace period) are hidden on the
+virtual clock too: a hide no longer than the interval has run out by the next run (the bench refuses longer
+ones, which would skip a run). Finally, 25 h later, every dead letter has been written and replay runs again.
 
 Figures per fault: outcomes with exactly one ADO run, doubled, lost, reported with a reason; what recovered
-them; the recovery delay in schedule terms; and, as the baseline in the same run, how many would have been
-lost without the journal (no run, no dead letter, no ledger record for replay to find).
+them; the recovery delay (measured at the worst phase, and its bound); and, as the baseline in the same run,
+how many would have been lost without the journal (no run, no dead letter, no ledger record for replay to
+find). Then the schedule's cost: replay-runbook jobs per month at this interval, and Automation job minutes.
 
-Usage: .venv/bin/python bench/boundary.py [--quick] [--events N]
+Usage: .venv/bin/python bench/boundary.py [--quick] [--events N] [--sweep-interval {15,20,30,60}]
 Exit status: 0 every requirement holds, 1 one does not, 2 the bench could not run.
 """
 
@@ -41,7 +48,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -80,7 +87,35 @@ from amlrelay.runbook import build_relay  # noqa: E402
 from amlrelay.settings import resolve  # noqa: E402
 from amlrelay.subscriptions import subscriptions_for  # noqa: E402
 
-INTERVAL = timedelta(hours=1)  # infra/: replayIntervalHours = 1 (an Automation schedule runs at most hourly)
+INTERVALS = (15, 20, 30, 60)  # infra/: sweepIntervalMinutes (60 / N offset hourly Automation schedules)
+HOURS_PER_MONTH = 730
+# Automation's price for job run time: NOT verified from an authoritative stored copy (see README "Across the
+# webhook boundary"). The 500 free minutes per month are in a Microsoft-published cost estimate (2020); the
+# per-minute price is an assumption, as is one billed minute per job (sandbox start + a short sweep).
+FREE_JOB_MINUTES = 500
+PRICE_PER_JOB_MINUTE = 0.002  # USD, ASSUMED
+BILLED_MINUTES_PER_JOB = 1.0  # ASSUMED: the sandbox start cannot be measured here
+
+
+class VirtualHides:
+    """The journal queue as the sweep sees it on the virtual clock: a message the sweep hides (kept for a
+    retry, deferred until the grace period is over) is hidden for virtual time, which has passed by the next
+    scheduled run. Azurite's real visibility timeout would still hide it (seconds of real time pass, not
+    minutes). A hide longer than the interval would skip a run in Azure: refused, the bench would lie."""
+
+    def __init__(self, queue: QueueClient, interval: timedelta) -> None:
+        self._queue, self._interval = queue, interval
+        self.longest = 0.0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._queue, name)
+
+    def update_message(self, message: Any, *, visibility_timeout: int) -> Any:
+        self.longest = max(self.longest, float(visibility_timeout))
+        if visibility_timeout > self._interval.total_seconds():
+            raise BenchError(f"the sweep hid a message for {visibility_timeout} s, longer than the "
+                             f"{self._interval.total_seconds():.0f} s interval: it would miss the next run")
+        return self._queue.update_message(message, visibility_timeout=0)
 
 
 @dataclass(frozen=True)
@@ -101,6 +136,9 @@ FAULTS = (
 )
 
 
+FAULT_BY_NAME = {f.name: f for f in FAULTS}
+
+
 @dataclass
 class Row:
     fault: str
@@ -115,6 +153,8 @@ class Row:
     recovered_by: str = ""
     delay: str = ""
     final_once: int = 0
+    measured: float | None = None  # minutes: the scheduled run that recovered (or recorded) the last event
+    bound: float | None = None
 
 
 @contextlib.contextmanager
@@ -140,7 +180,7 @@ def replay_cli(*args: str) -> tuple[int, list[dict[str, Any]]]:
 
 
 def run_fault(fault: Fault, stack: Stack, conn: str, routes_path: Path, per_fault: int, section: int,
-              verdict: Verdict) -> Row:
+              verdict: Verdict, interval: timedelta, run_seconds: list[float]) -> Row:
     tag = f"b{section}{uuid.uuid4().hex[:6]}"
     table, queue_name, container = f"bd{tag}", f"bj-{tag}", f"bdl{tag}"
     Ledger.from_connection_string(conn, table=table).ensure_table()
@@ -184,19 +224,43 @@ def run_fault(fault: Fault, stack: Stack, conn: str, routes_path: Path, per_faul
     dead_lettered = {d.event_id for d in deliveries if d.dead_lettered_at is not None}
     lost_without = sum(1 for ident, event in zip(idents, events, strict=True) if before[ident] == 0
                        and event["id"] not in recorded and event["id"] not in dead_lettered)
-    # The scheduled replay runbook, one interval later: sweep the journal, then replay.
+    # The scheduled replay runbook (sweep the journal, then replay) at its worst phase for this fault: the
+    # first run 1 minute before the lost events can be taken, the next one interval later.
     apply_env(env)
     settings = resolve({}, env=env)
     relay = build_relay(settings, routes)
-    with later(INTERVAL) as at:
-        grid.flush_dead_letters(INTERVAL.total_seconds())
-        report = sweep(journal, relay, poison=poison, grace=timedelta(seconds=settings.journal_grace),
-                       max_dequeues=settings.journal_max_dequeues, retry_after=settings.journal_retry_after,
-                       now=lambda: at)
-        replay_code, replayed = replay_cli("--stale", "--failed")
+    grace, stale = timedelta(seconds=settings.journal_grace), timedelta(seconds=settings.ledger_stale_after)
+    window = stale if fault.claims else grace
+    first = window - timedelta(minutes=1)
+    hiding = VirtualHides(journal, interval)
+    report = None
+    done_before = {e for e, state in _states(ledger).items() if state == "triggered"}
+    pending = [e["id"] for e in events if e["id"] not in done_before]  # lost, or claimed by a dead job
+    recorded_at: dict[str, timedelta] = {}
+    swept: set[str] = set()
+    replay_code, replayed = 0, list[dict[str, Any]]()
+    for tick in (first, first + interval):
+        with later(tick) as at:
+            grid.flush_dead_letters(tick.total_seconds())
+            began = time.perf_counter()
+            report = sweep(hiding, relay, poison=poison, grace=grace,  # type: ignore[arg-type]
+                           max_dequeues=settings.journal_max_dequeues, retry_after=settings.journal_retry_after,
+                           now=_clock(at))
+            replay_code, replayed = replay_cli("--stale", "--failed")
+            run_seconds.append(time.perf_counter() - began)
+        states = _states(ledger)
+        for event_id in pending:
+            if states.get(event_id) == "triggered" and event_id not in recorded_at:
+                recorded_at[event_id] = tick
+        swept |= {o.event_id for o in report.outcomes if o.outcome == "triggered"}
+        if tick == first:  # the worst phase: the sweep may take nothing yet (too young, or claim not stale);
+            # only replay of a dead letter Event Grid wrote by now (a 400 is not retried) may recover one.
+            verdict.require(not swept, f"{fault.name}: the sweep took an event before it could be taken")
+    assert report is not None
     after = runs_per_identity(stack)
     failing = {o.event_id: o.reason for o in report.outcomes if o.outcome in ("failed", "rejected")}
     kept = int(journal.get_queue_properties().approximate_message_count or 0)
+    kept += int(poison.get_queue_properties().approximate_message_count or 0)
     row = Row(fault.name, per_fault, _fmt(answers), _fmt(jobs), lost_without)
     for ident, event in zip(idents, events, strict=True):
         runs = after[ident]
@@ -210,23 +274,30 @@ def run_fault(fault: Fault, stack: Stack, conn: str, routes_path: Path, per_faul
             row.lost += 1
     recovered_webhook = sum(1 for i in idents if before[i] == 1)
     recovered_later = row.once - recovered_webhook
-    grace_min = settings.journal_grace / 60
-    stale_min = settings.ledger_stale_after / 60
-    worst = INTERVAL.total_seconds() / 60 + max(grace_min, stale_min if fault.claims else 0)
+    bound = (interval + window).total_seconds() / 60
+    measured = max(recorded_at.values(), default=timedelta(0)).total_seconds() / 60
     retried = max((d.delivered_at or 0) for d in deliveries)
     parts = []
     if recovered_webhook and fault.claims:  # the job started the run and died: the sweep adopted it
         parts.append(f"job started, sweep recorded {recovered_webhook}")
     elif recovered_webhook:
         parts.append(f"webhook job {recovered_webhook}" + (f" (Event Grid retry, +{retried:.0f} s)" if retried else ""))
-    if recovered_later:
-        parts.append(f"sweep {recovered_later}")
+    by_sweep = sum(1 for e in events if e["id"] in swept and e["id"] in pending)
+    if by_sweep:
+        parts.append(f"sweep {by_sweep}")
+    if recovered_later - by_sweep > 0:
+        parts.append(f"dead-letter replay {recovered_later - by_sweep}")
     row.recovered_by = ", ".join(parts) or "-"
     row.delay = "-"
     if recovered_later:
-        row.delay = f"≤ {worst:.0f} min"
+        row.delay = f"{measured:.0f} min (bound {bound:.0f})"
     elif row.once:
-        row.delay = f"{retried:.0f} s" + (f" (recorded ≤ {worst:.0f} min)" if fault.claims else "")
+        row.delay = f"{retried:.0f} s" + (f" (recorded at {measured:.0f} min, bound {bound:.0f})" if fault.claims
+                                          else "")
+    if recorded_at:
+        verdict.require(measured <= bound, f"{fault.name}: recovered after {measured:.0f} min > {bound:.0f}")
+        row.measured = measured
+        row.bound = bound
     # 25 h later: every dead letter written (the deleted webhook's after 24 h), replayed again: still once.
     with later(timedelta(hours=25)):
         grid.flush_dead_letters(float("inf"))
@@ -250,6 +321,15 @@ def run_fault(fault: Fault, stack: Stack, conn: str, routes_path: Path, per_faul
     return row
 
 
+def _clock(at: datetime) -> Callable[[], datetime]:
+    return lambda: at
+
+
+def _states(ledger: Ledger) -> dict[str, str]:
+    """event id -> ledger state (an event taken by two routes shows one of its records' states)."""
+    return {r.event_id: r.state for r in ledger.recent(10_000)}
+
+
 def _fmt(counter: Counter[str]) -> str:
     return " ".join(f"{k}x{v}" for k, v in sorted(counter.items()))
 
@@ -258,7 +338,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench/boundary.py", description=__doc__.split("\n\n")[0] if __doc__ else "")
     parser.add_argument("--quick", action="store_true", help="2 events per fault (the test suite's version)")
     parser.add_argument("--events", type=int, help="events per fault (default 20; 2 with --quick)")
+    parser.add_argument("--sweep-interval", type=int, choices=INTERVALS, default=15, metavar="MINUTES",
+                        help="minutes between replay-runbook runs, as infra/'s sweepIntervalMinutes "
+                             f"({', '.join(map(str, INTERVALS))}; default 15)")
     args = parser.parse_args(argv)
+    interval = timedelta(minutes=args.sweep_interval)
+    run_seconds: list[float] = []
     per_fault = args.events or (2 if args.quick else 20)
     verdict = Verdict()
     began = time.perf_counter()
@@ -272,10 +357,11 @@ def main(argv: list[str] | None = None) -> int:
                 say(f"amlrelay boundary bench: {per_fault} events per fault, {len(FAULTS)} faults; storage: {where}")
                 say("Event Grid: modelled (retries, 400/401/403/413 not retried, dead letters); Automation webhook: "
                     "tests/servers/automation.py (202 when queued, the runbook as a subprocess);")
-                say(f"replay runbook (sweep + replay --stale --failed) {INTERVAL.total_seconds() / 60:.0f} min later "
-                    "on a virtual clock; settings: journal grace 10 min, claims stale after 30 min.\n")
+                say(f"replay runbook (sweep + replay --stale --failed) every {args.sweep_interval} min on a virtual "
+                    "clock, at its worst phase; settings: journal grace 10 min, claims stale after 30 min.\n")
                 for section, fault in enumerate(FAULTS):
-                    rows.append(run_fault(fault, stack, conn, routes_path, per_fault, section, verdict))
+                    rows.append(run_fault(fault, stack, conn, routes_path, per_fault, section, verdict, interval,
+                                          run_seconds))
                 if stack.ado.errors:
                     raise BenchError("the ADO stand-in crashed:\n" + stack.ado.errors[0][-1500:])
     except BenchError as exc:
@@ -293,6 +379,20 @@ def main(argv: list[str] | None = None) -> int:
     say(f"\nbaseline, same run: without the journal {without} of {total} events would be lost silently "
         f"({100 * without / total:.0f} %); with it: {sum(r.lost for r in rows)} lost, "
         f"{sum(r.doubled for r in rows)} doubled, {sum(r.reported for r in rows)} reported with a reason.")
+    lost_rows = [r for r in rows if r.measured is not None and not FAULT_BY_NAME[r.fault].claims]
+    claim_rows = [r for r in rows if r.measured is not None and FAULT_BY_NAME[r.fault].claims]
+    for label, group in (("lost before its claim", lost_rows), ("the dead job held a claim", claim_rows)):
+        if group:
+            say(f"recovery delay at {args.sweep_interval}-min sweeps, worst phase, {label}: "
+                f"{max(r.measured or 0 for r in group):.0f} min measured, "
+                f"bound {max(r.bound or 0 for r in group):.0f} min")
+    jobs_month = HOURS_PER_MONTH * 60 / args.sweep_interval
+    minutes = jobs_month * BILLED_MINUTES_PER_JOB
+    cost = max(0.0, minutes - FREE_JOB_MINUTES) * PRICE_PER_JOB_MINUTE
+    say(f"schedule cost: {jobs_month:.0f} replay-runbook jobs a month ({60 // args.sweep_interval} hourly schedules); "
+        f"in-process sweep + replay per run {min(run_seconds):.2f}-{max(run_seconds):.2f} s (sandbox start not "
+        f"included); at an ASSUMED {BILLED_MINUTES_PER_JOB:.0f} billed minute per job: {minutes:.0f} job minutes, "
+        f"{FREE_JOB_MINUTES} free, ${cost:.2f} a month at an ASSUMED ${PRICE_PER_JOB_MINUTE}/min")
     elapsed = time.perf_counter() - began
     if verdict.failures:
         say(f"FAIL ({elapsed:.0f} s): " + "; ".join(verdict.failures))

@@ -95,3 +95,8 @@ def test_the_fault_matrix_loses_nothing_and_doubles_nothing(azurite: str) -> Non
             if line.split() and line.split()[0] in ("before-claim", "after-claim", "webhook-expired", "ado-refuses")}
     assert set(rows) == {"before-claim", "after-claim", "webhook-expired", "ado-refuses"}
     assert "0 lost, 0 doubled" in done.stdout
+    # infra/'s default cadence (sweepIntervalMinutes = 15), at the schedule's worst phase: recovered by the
+    # second run, within interval + grace (lost before the claim) or interval + stale window (claim held).
+    assert "24 min (bound 25)" in " ".join(rows["before-claim"])
+    assert "44 min (bound 45)" in " ".join(rows["after-claim"])
+    assert "4 hourly schedules" in done.stdout
