@@ -274,3 +274,24 @@ def test_stand_in_refuses_status_typos(aml_server: AmlServer) -> None:
     aml_server.add_job("j", "Running")
     aml_server.set_status("j", "Hibernating", allow_unknown=True)  # modelAsString: new values may appear
     assert aml_server.status("j") == "Hibernating"
+
+
+def test_stand_in_put_follows_jobs_create_or_update(aml_server: AmlServer) -> None:
+    from tests.servers._jwt import mint_token
+
+    url = f"{aml_server.url}{aml_server.workspace_id}/jobs"
+    headers = {"Authorization": f"Bearer {mint_token(ARM_RESOURCE)}"}
+    params = {"api-version": "2025-09-01"}
+    body = {"properties": {"jobType": "Command", "command": "echo", "tags": {"a": "1", "b": "2"}}}
+    created = requests.put(f"{url}/job-1", json=body, params=params, headers=headers, timeout=5)
+    assert (created.status_code, created.json()["properties"]["status"]) == (201, "NotStarted")
+    body["properties"]["tags"] = {"c": "3"}
+    updated = requests.put(f"{url}/job-1", json=body, params=params, headers=headers, timeout=5)
+    assert updated.status_code == 200
+    assert aml_server.job_tags("job-1") == {"c": "3"}  # the spec: tags sent on update replace the old ones
+    pattern = SPEC["paths"][next(p for p in SPEC["paths"] if p.endswith("/jobs/{id}"))]["put"]["parameters"]
+    assert any(p.get("pattern") for p in pattern)
+    bad_name = requests.put(f"{url}/-starts-with-dash", json=body, params=params, headers=headers, timeout=5)
+    no_type = requests.put(f"{url}/job-2", json={"properties": {}}, params=params, headers=headers, timeout=5)
+    assert (bad_name.status_code, no_type.status_code) == (400, 400)
+    assert "job-2" not in aml_server.job_names()
