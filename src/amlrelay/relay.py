@@ -217,7 +217,7 @@ class Relay:
                        reason, request, warning)
 
 
-_LATER = ("The next delivery or `amlrelay replay --failed` (hourly in Automation) looks for the run again "
+_LATER = ("The next delivery or `amlrelay replay --failed` (scheduled in Automation) looks for the run again "
           "and sends only if it is not there.")
 
 
