@@ -339,3 +339,19 @@ print(json.dumps({{"accessToken": "{token}", "expiresOn": "2100-01-01 00:00:00.0
     result = cli(aml_server, FakeClock(), "wait", "j", "--credential", "cli")
     assert result.code == 0
     assert aml_server.job_gets("j")[0].headers["Authorization"] == f"Bearer {token}"
+
+
+def test_an_interrupted_wait_leaves_the_job_running_and_prints_the_token(aml_server: AmlServer,
+                                                                          aml_credential: Any) -> None:
+    aml_server.add_job("j", "Running")
+    clock = FakeClock()
+
+    def interrupt() -> None:
+        raise KeyboardInterrupt  # what Ctrl-C or ADO's cancel (SIGINT) does to the sleeping waiter
+
+    clock.at(300, interrupt)
+    result = cli(aml_server, clock, "wait", "j", "--cancel-on-timeout", "--run-timeout", "1h",
+                 credential=aml_credential)
+    assert result.code == 130
+    assert aml_server.cancels() == []  # the job is not canceled by an interrupt
+    assert "resume with: amlrelay aml wait --resume " in result.text()

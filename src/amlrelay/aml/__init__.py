@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ._client import Job, JobsClient, ModelVersion, check_job_name
     from ._component import main as run_component
-    from ._contract import DEFAULT_API_VERSION, DEFAULT_ARM_URL, EXIT_CODES, EXIT_ERROR, EXIT_USAGE, Outcome
+    from ._contract import DEFAULT_API_VERSION, DEFAULT_ARM_URL, EXIT_CODES, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, Outcome
     from ._errors import AmlError, AmlNotFoundError
     from ._mlflow import MlflowClient, MlflowError, tracking_url
     from ._status import FINAL_STATES, QUEUE_STATES, RUN_STATES, JobStatus, parse_status
@@ -29,6 +29,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "DEFAULT_ARM_URL": ("._contract", "DEFAULT_ARM_URL"),
     "EXIT_CODES": ("._contract", "EXIT_CODES"),
     "EXIT_ERROR": ("._contract", "EXIT_ERROR"),
+    "EXIT_INTERRUPTED": ("._contract", "EXIT_INTERRUPTED"),
     "EXIT_USAGE": ("._contract", "EXIT_USAGE"),
     "FINAL_STATES": ("._status", "FINAL_STATES"),
     "Job": ("._client", "Job"),
@@ -65,6 +66,7 @@ __all__ = [
     "DEFAULT_ARM_URL",
     "EXIT_CODES",
     "EXIT_ERROR",
+    "EXIT_INTERRUPTED",
     "EXIT_USAGE",
     "FINAL_STATES",
     "QUEUE_STATES",

@@ -2,9 +2,9 @@
 
 Exit codes (also in the README): 0 completed, 1 failed, 2 usage error (bad arguments, job file, token),
 3 canceled, 4 timed out (queue, run or NotResponding deadline), 5 handed off to the async relay, 6 AML could
-not be read or tagged (no token, 401/403/404). In ADO a step fails on any non-zero code, so the hand-off
-templates accept 5 explicitly (``|| test $? -eq 5``); the output variable ``amlOutcome`` tells later steps
-which outcome it was.
+not be read or tagged (no token, 401/403/404), 130 interrupted (the jobs keep running; the token is printed).
+In ADO a step fails on any non-zero code, so the hand-off template turns 5 into success when a hand-off was
+asked for; the output variable ``amlOutcome`` tells later steps which outcome it was.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import _ado
-from ._contract import DEFAULT_API_VERSION, DEFAULT_ARM_URL, EXIT_ERROR, EXIT_USAGE, Outcome
+from ._contract import DEFAULT_API_VERSION, DEFAULT_ARM_URL, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, Outcome
 from ._errors import AmlError
 
 if TYPE_CHECKING:
@@ -129,7 +129,15 @@ def run(ns: argparse.Namespace, *, credential: TokenCredential | None = None, su
         poller.poll()
         if ado:  # published early: if ADO kills the step, a later job can still resume from this token
             say(_ado.set_output("amlWaitToken", poller.continuation_token()))
-        result = poller.result()
+        try:
+            result = poller.result()
+        except KeyboardInterrupt:  # Ctrl-C, or ADO canceling the step (SIGINT): the AML jobs keep running
+            token = poller.continuation_token()
+            say(f"interrupted: the AML jobs keep running; resume with: amlrelay aml wait --resume {token}")
+            if ado:
+                say(_ado.set_output("amlWaitToken", token))
+                say(_ado.log_issue("warning", "The wait was interrupted; the AML jobs keep running."))
+            return EXIT_INTERRUPTED
     except AmlError as exc:
         return _fail(exc, say, ado)
     return _finish(ns, client, credential, result, say, ado)
