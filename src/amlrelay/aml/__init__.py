@@ -14,7 +14,15 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ._client import Job, JobsClient, ModelVersion, check_job_name
     from ._component import main as run_component
-    from ._contract import DEFAULT_API_VERSION, DEFAULT_ARM_URL, EXIT_CODES, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, Outcome
+    from ._contract import (
+        DEFAULT_API_VERSION,
+        DEFAULT_ARM_URL,
+        EXIT_CODES,
+        EXIT_ERROR,
+        EXIT_INTERRUPTED,
+        EXIT_USAGE,
+        Outcome,
+    )
     from ._errors import AmlError, AmlNotFoundError
     from ._mlflow import MlflowClient, MlflowError, tracking_url
     from ._status import FINAL_STATES, QUEUE_STATES, RUN_STATES, JobStatus, parse_status
