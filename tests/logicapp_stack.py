@@ -80,7 +80,16 @@ def _row(entity: Any, ado_url: str) -> dict[str, Any]:
             "event_id": entity.get("event_id"), "event_type": entity.get("event_type"), "state": entity.get("state"),
             "ado_run_id": entity.get("ado_run_id"), "ado_run_url": url.replace(ado_url, "ADO") if url else None,
             "reason": kind, "attempts": entity.get("attempts"),
-            "event": json.loads(entity["event_json"]) if entity.get("event_json") else None}
+            "event": _event(entity)}
+
+
+def _event(entity: Any) -> Any:
+    """The stored event: the Python ledger chunks a long one (event_json, event_json_1, ...); either handler
+    flags one it had to cut."""
+    if entity.get("event_json_truncated"):
+        return "truncated"
+    text = "".join(entity.get(k) or "" for k in ("event_json", "event_json_1", "event_json_2", "event_json_3"))
+    return json.loads(text) if text else None
 
 
 class Pair:

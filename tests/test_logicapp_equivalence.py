@@ -230,3 +230,64 @@ def test_both_handlers_share_one_ledger(both: Pair, first: str) -> None:
         assert (runbook.status, runbook.requests) == (200, [])
         [row] = runbook.rows
         assert (row["state"], row["ado_run_id"]) == ("triggered", 1)
+
+
+def claim_row(both: Pair, side: str, event: dict[str, Any], *, minutes_ago: float) -> None:
+    """A claim another holder wrote ``minutes_ago`` and never finished (as a job that died would leave it)."""
+    from datetime import datetime, timedelta, timezone
+
+    from amlrelay.events import parse_event
+    from amlrelay.ledger import table_address
+    from amlrelay.models import AmlEvent
+
+    parsed = parse_event(event)
+    assert isinstance(parsed, AmlEvent)
+    key = f"{parsed.outcome_key()}|deploy-registered-model"
+    pk, rk = table_address(key)
+    when = datetime.now(timezone.utc) - timedelta(minutes=minutes_ago)
+    table = (both.runbook if side == "runbook" else both.logicapp).table
+    table.create_entity({"PartitionKey": pk, "RowKey": rk, "schema": 1, "key": key,
+                         "route": "deploy-registered-model", "event_id": "earlier", "event_type": "ModelRegistered",
+                         "state": "claimed", "claimed_at": when, "updated_at": when, "attempts": 1,
+                         "holder": "a-job-that-died", "claim_id": "c0ffee", "event_json": json.dumps(event),
+                         "event_json_truncated": False})
+
+
+def test_a_fresh_claim_of_another_holder_is_a_duplicate(both: Pair) -> None:
+    event = sample("event-grid-schema", "model_registered")
+    for side in ("runbook", "logicapp"):
+        claim_row(both, side, event, minutes_ago=1)
+    runbook, logicapp = both.deliver(body(event))
+    same(logicapp, runbook)
+    assert (logicapp.status, logicapp.requests) == (200, [])
+
+
+def test_a_stale_claim_is_left_to_replay_and_replay_settles_it(both: Pair) -> None:
+    """Documented difference: the runbook takes a stale claim over at once (searching the pipeline's runs
+    first); the workflow cannot search, answers 500 and leaves it to ``amlrelay replay --stale``."""
+    event = sample("event-grid-schema", "model_registered")
+    claim_row(both, "logicapp", event, minutes_ago=45)
+    logicapp = both.deliver_logicapp(body(event))
+    assert (logicapp.status, logicapp.requests, logicapp.rows[0]["state"]) == (500, [], "claimed")
+    from amlrelay.runbook import build_relay
+    from amlrelay.settings import resolve
+
+    relay = build_relay(resolve({}, env={**both.env, "AMLRELAY_ADO_BASE_URL": both.logicapp.stack.ado.url,
+                                         "AMLRELAY_LEDGER_TABLE": both.logicapp.table.table_name}), both.routes)
+    assert relay.ledger is not None
+    [stale] = relay.ledger.stale_claims()
+    events = [json.loads(stale.event_json or "null")]
+    [outcome] = relay.handle(parse_events(events), raw=events)
+    assert (outcome.outcome, len(both.logicapp.stack.ado.runs)) == ("triggered", 1)
+    again = both.deliver_logicapp(body(event))
+    assert (again.status, again.requests) == (200, [])
+
+
+def test_an_event_too_long_for_one_table_property_is_claimed_and_flagged(both: Pair) -> None:
+    event = sample("event-grid-schema", "model_registered")
+    event["data"]["ModelProperties"] = {f"p{i}": "x" * 1000 for i in range(40)}  # ~40,000 characters
+    runbook, logicapp = both.deliver(body(event))
+    assert (logicapp.status, len(logicapp.requests)) == (runbook.status, len(runbook.requests)) == (200, 1)
+    [row] = both.logicapp.table.list_entities()
+    assert row["event_json_truncated"] is True
+    assert len(row["event_json"]) == 32_000
