@@ -5,9 +5,25 @@ event whose job dies before claiming the ledger would be lost silently. See READ
 boundary". Command: ``amlrelay sweep`` (module :mod:`amlrelay.journal._cli`).
 """
 
-from ._message import POISON_KEY, JournalMessageError, decode_message, poison_wrapper
-from ._queue import open_queue, poison_name
-from ._sweep import FINAL, JournalError, MessageResult, SweepReport, finished, sweep
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .._lazy import exports
+
+if TYPE_CHECKING:
+    from ._message import POISON_KEY, JournalMessageError, decode_message, poison_wrapper
+    from ._queue import open_queue, poison_name
+    from ._sweep import FINAL, JournalError, MessageResult, SweepReport, finished, sweep
+
+_EXPORTS: dict[str, tuple[str, str]] = {
+    **{name: ("._message", name) for name in ("POISON_KEY", "JournalMessageError", "decode_message",
+                                              "poison_wrapper")},
+    **{name: ("._queue", name) for name in ("open_queue", "poison_name")},
+    **{name: ("._sweep", name) for name in ("FINAL", "JournalError", "MessageResult", "SweepReport", "finished",
+                                            "sweep")},
+}
+"""Imported on first use: ``amlrelay --help`` registers ``sweep`` without loading the relay and the queue SDK."""
 
 __all__ = [
     "FINAL",
@@ -23,3 +39,5 @@ __all__ = [
     "poison_wrapper",
     "sweep",
 ]
+
+__getattr__, __dir__ = exports(__name__, _EXPORTS)
