@@ -204,6 +204,13 @@ def route_matches(route: Route) -> str:
     return all_of([types, *(condition(c) for c in route.filters)])
 
 
+def _untrimmed_time(expr: str) -> str:
+    """A timestamp with spaces around it does not parse in the SDKs the runbook uses (the workflow does not
+    parse timestamps at all: a well-formed one is the sender's promise, and AML keeps it)."""
+    text = call("string", expr)
+    return call("equals", call("trim", text), text)
+
+
 def envelope_valid() -> str:
     """What events.py requires of either envelope (present, non-empty, strings where it says so) and of the
     data of the event's type; evaluated once per event."""
@@ -213,8 +220,9 @@ def envelope_valid() -> str:
                     nonempty(f"{ev}?['source']"), nonempty(f"{ev}?['type']"),
                     call("not", present(f"{ev}?['eventType']")), call("not", present(f"{ev}?['topic']")),
                     call("or", call("not", present(f"{ev}?['time']")), nonempty(f"{ev}?['time']")),
+                    _untrimmed_time(f"{ev}?['time']"),
                     *(is_string(f"{ev}?['{k}']") for k in ("id", "source", "type", "subject", "time"))])
-    grid = all_of([nonempty(f"{ev}?['id']"), nonempty(f"{ev}?['eventType']"),
+    grid = all_of([nonempty(f"{ev}?['id']"), nonempty(f"{ev}?['eventType']"), _untrimmed_time(f"{ev}?['eventTime']"),
                    nonempty(f"{ev}?['eventTime']"), present(f"{ev}?['subject']"), nonempty(f"{ev}?['topic']"),
                    *(is_string(f"{ev}?['{k}']") for k in ("id", "eventType", "subject", "topic", "eventTime"))])
     run = call("or", is_type(RUN_COMPLETED), is_type(RUN_STATUS_CHANGED))
