@@ -155,6 +155,44 @@ def test_queue_deadline(aml_server: AmlServer, aml_credential: Any) -> None:
     assert aml_server.cancels() == []
 
 
+def test_queue_deadline_sums_queue_spells_of_a_preempted_job(aml_server: AmlServer, aml_credential: Any) -> None:
+    """Queued 10 min, Running 2 h, preempted back to Queued: 10 min in the queue so far, not 2 h 10 min."""
+    aml_server.add_job("j", "Queued")
+    clock = FakeClock()
+    clock.at(600, lambda: aml_server.set_status("j", "Running"))
+    clock.at(600 + 7200, lambda: aml_server.set_status("j", "Queued"))
+    clock.at(600 + 7200 + 900, lambda: aml_server.set_status("j", "Running"))
+    clock.at(600 + 7200 + 900 + 3600, lambda: aml_server.set_status("j", "Completed"))
+    result = cli(aml_server, clock, "wait", "j", "--queue-timeout", "30m", "--cancel-on-timeout",
+                 credential=aml_credential)
+    assert (result.code, aml_server.cancels()) == (0, [])
+    aml_server.add_job("k", "Queued")
+    clock = FakeClock()
+    clock.at(600, lambda: aml_server.set_status("k", "Running"))
+    clock.at(600 + 7200, lambda: aml_server.set_status("k", "Queued"))  # then stays queued
+    result = cli(aml_server, clock, "wait", "k", "--queue-timeout", "30m", credential=aml_credential)
+    assert result.code == 4
+    assert 600 + 7200 + 1200 <= clock.elapsed <= 600 + 7200 + 1200 + 35  # 10 + 20 min queued, give or take a poll
+    assert "queue deadline 30m00s" in result.text()
+
+
+def test_queue_time_of_earlier_spells_survives_a_resume(aml_server: AmlServer, aml_credential: Any) -> None:
+    aml_server.add_job("j", "Queued")
+    clock = FakeClock()
+    client = JobsClient(aml_server.workspace_id, aml_credential, arm_url=aml_server.arm_url, audience=ARM_RESOURCE)
+    poller = begin_wait(client, ["j"], WaitOptions(queue_timeout=1800), clock=clock)
+    poller.poll()
+    clock.sleep(1200)
+    aml_server.set_status("j", "Running")
+    poller.poll()
+    token = poller.continuation_token()
+    aml_server.set_status("j", "Queued")
+    clock.sleep(3600)
+    result = cli(aml_server, clock, "wait", "--resume", token, credential=aml_credential)
+    assert result.code == 4
+    assert "still Queued after 30m00s in the queue" in result.text()  # 20 min before the token + 10 min after
+
+
 def test_run_deadline_counts_from_leaving_the_queue(aml_server: AmlServer, aml_credential: Any) -> None:
     aml_server.add_job("j", "Queued")
     clock = FakeClock()

@@ -3,7 +3,8 @@
 Like an azure-core poller's ``continuation_token()``, it is an opaque string the caller stores (here: an
 ADO output variable) and hands back (``amlrelay aml wait --resume TOKEN``). It is versioned base64url JSON
 so it survives YAML, shell quoting and logging commands unescaped, and it carries only non-secret facts:
-the workspace id, the job names, when each job was first seen queued and running (epoch seconds, so the
+the workspace id, the job names, when each job's current queue spell began, its earlier queue time,
+when it was first seen running (epoch seconds, so the
 queue and run deadlines keep counting across agents) and the deadlines themselves. No token, no URL
 with credentials: printing it in a build log is safe.
 """
@@ -28,12 +29,19 @@ _HINT = ("Pass the value of the amlWaitToken output variable of the step that st
 
 @dataclass
 class JobClock:
-    """When a job was first seen waiting for compute and first seen past the queue (epoch seconds)."""
+    """Since when a job has been waiting for compute in its current queue spell, how long its earlier spells
+    lasted (a preempted job goes back to Queued; its earlier queue time still counts, its running time does
+    not), and when it was first seen past the queue (epoch seconds)."""
 
     name: str
     queued_since: float | None = None
     running_since: float | None = None
     last_status: str = ""
+    queued_before: float = 0.0
+
+    def queued_for(self, now: float) -> float:
+        """Seconds spent in queue states so far, over every spell."""
+        return self.queued_before + (now - self.queued_since if self.queued_since is not None else 0.0)
 
 
 @dataclass
@@ -51,8 +59,8 @@ def encode(state: WaitState) -> str:
     payload = {
         "v": VERSION, "ws": state.workspace.arm_path, "t0": round(state.started, 3), "n": state.resumes,
         "qt": state.queue_timeout, "rt": state.run_timeout,
-        "jobs": [{"n": j.name, "q": _round(j.queued_since), "r": _round(j.running_since), "s": j.last_status}
-                 for j in state.jobs],
+        "jobs": [{"n": j.name, "q": _round(j.queued_since), "r": _round(j.running_since), "s": j.last_status,
+                  **({"qb": _round(j.queued_before)} if j.queued_before else {})} for j in state.jobs],
     }
     raw = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
     return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
@@ -75,8 +83,8 @@ def decode(token: str) -> WaitState:
                        status=None, hint="Use the same amlrelay version in the step that waits and in the step "
                        "that resumes (pin it in the pipeline).")
     try:
-        jobs = [JobClock(check_job_name(j["n"]), _num(j.get("q")), _num(j.get("r")), str(j.get("s") or ""))
-                for j in data["jobs"]]
+        jobs = [JobClock(check_job_name(j["n"]), _num(j.get("q")), _num(j.get("r")), str(j.get("s") or ""),
+                         _num(j.get("qb")) or 0.0) for j in data["jobs"]]
         state = WaitState(Workspace.parse(data["ws"]), jobs, float(data["t0"]), _num(data.get("qt")),
                           _num(data.get("rt")), int(data.get("n", 0)))
     except (KeyError, TypeError, ValueError, AmlError):

@@ -5,8 +5,11 @@ Why each rule:
 
 * **Two deadlines.** Time waiting for compute (NotStarted..Queued) says nothing about the training; a job
   stuck 3 h in the queue of a busy cluster and a job that trains 3 h need different limits, so
-  ``queue_timeout`` counts from the first time a job is seen queued and ``run_timeout`` from the first time
-  it is seen past the queue. Both are stored (as wall-clock epochs) in the continuation token, so a wait
+  ``queue_timeout`` limits the time a job spends in queue states, summed over its queue spells (a job
+  preempted on low-priority compute goes back to Queued after hours of training; counting from its first
+  queue spell would cancel it at once), and ``run_timeout`` counts from the first time it is seen past the
+  queue (so time re-queued after a preemption counts against the run deadline too). Both are stored (as
+  wall-clock epochs) in the continuation token, so a wait
   resumed by a later ADO job keeps counting instead of starting over.
 * **Backoff with a cap.** The interval grows by ``backoff`` while nothing changes (a 6 h training needs no
   5 s polling) and drops back to ``poll_min`` on every status change, because a change (Running ->
@@ -214,8 +217,11 @@ class WaitPoller:
             self._report("status", f"{job.name}: {job.status_text} after {_span(now - self._state.started)}", res)
         if job.status in QUEUE_STATES:
             clock.queued_since = clock.queued_since if clock.queued_since is not None else now
-        elif job.status not in FINAL_STATES:
-            clock.running_since = clock.running_since if clock.running_since is not None else now
+        else:
+            if clock.queued_since is not None:  # a queue spell ended: keep its length, start none until re-queued
+                clock.queued_before, clock.queued_since = clock.queued_for(now), None
+            if job.status not in FINAL_STATES:
+                clock.running_since = clock.running_since if clock.running_since is not None else now
         if job.status is JobStatus.UNKNOWN and changed:
             self._report("warning", f"{job.name}: status {job.status_text or '(none)'!r} is not one amlrelay knows;"
                          " waiting on", res)
@@ -261,8 +267,8 @@ class WaitPoller:
         opts, clock, status = self._options, live.clock, live.result.status
         qt, rt = self._state.queue_timeout, self._state.run_timeout
         if status in QUEUE_STATES and qt is not None and clock.queued_since is not None \
-                and now - clock.queued_since >= qt:
-            return f"still {status} after {_span(now - clock.queued_since)} in the queue (queue deadline {_span(qt)})"
+                and clock.queued_for(now) >= qt:
+            return f"still {status} after {_span(clock.queued_for(now))} in the queue (queue deadline {_span(qt)})"
         if status not in QUEUE_STATES and rt is not None and clock.running_since is not None \
                 and now - clock.running_since >= rt:
             return f"still {status} after {_span(now - clock.running_since)} running (run deadline {_span(rt)})"
@@ -284,7 +290,7 @@ class WaitPoller:
             c = live.clock
             if self._state.queue_timeout is not None and c.queued_since is not None \
                     and live.result.status in QUEUE_STATES:
-                times.append(c.queued_since + self._state.queue_timeout)
+                times.append(c.queued_since + self._state.queue_timeout - c.queued_before)
             if self._state.run_timeout is not None and c.running_since is not None:
                 times.append(c.running_since + self._state.run_timeout)
             if live.cancel_until is not None:
@@ -308,8 +314,8 @@ class WaitPoller:
         parts = []
         for live in self._pending():
             c = live.clock
-            phase = f"running {_span(now - c.running_since)}" if c.running_since is not None else (
-                f"queued {_span(now - c.queued_since)}" if c.queued_since is not None else "not seen yet")
+            phase = f"queued {_span(c.queued_for(now))}" if c.queued_since is not None else (
+                f"running {_span(now - c.running_since)}" if c.running_since is not None else "not seen yet")
             parts.append(f"{c.name} {live.result.status_text or '?'} ({phase})")
         self._report("heartbeat", f"waiting {_span(now - self._state.started)}: " + ", ".join(parts)
                      + f"; next poll in {_span(max(0.0, wake - now))}", None)
