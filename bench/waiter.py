@@ -46,7 +46,7 @@ from tests.servers.aml import ARM_RESOURCE, AmlServer  # noqa: E402
 from tests.servers.identity import CONFLICTING_ENV, IdentityServer  # noqa: E402
 
 from amlrelay.aml import JobsClient, WaitOptions, begin_wait  # noqa: E402
-from amlrelay.aml._wait import SystemClock  # noqa: E402
+from amlrelay.aml._wait import SystemClock, waiter_client  # noqa: E402
 from amlrelay.record import table  # noqa: E402
 
 AZ_VENV = ROOT / ".tools" / "azure-cli"
@@ -64,7 +64,7 @@ def stand_ins() -> Iterator[tuple[AmlServer, IdentityServer, Any]]:
 
 
 def client_for(aml: AmlServer, credential: Any) -> JobsClient:
-    return JobsClient(aml.workspace_id, credential, arm_url=aml.arm_url, audience=ARM_RESOURCE)
+    return waiter_client(aml.workspace_id, credential, arm_url=aml.arm_url, audience=ARM_RESOURCE)  # as the CLI
 
 
 def per_poll(aml: AmlServer, credential: Any, polls: int) -> tuple[float, float]:

@@ -317,6 +317,28 @@ def test_transient_errors_are_polled_through(aml_server: AmlServer, aml_credenti
     assert seen.count("warning") == 3
 
 
+def test_throttling_does_not_block_a_poll(aml_server: AmlServer, aml_credential: Any,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """429 with Retry-After 120 s, four times: each is one poll's warning on the fake clock; no real sleep inside
+    a request (urllib3's retries would block minutes with no heartbeat and overrun the hand-off)."""
+    aml_server.add_job("j", "Running")
+    aml_server.add_job("warm", "Completed")
+    clock = FakeClock()
+    clock.at(900, lambda: aml_server.set_status("j", "Completed"))
+    assert cli(aml_server, clock, "wait", "warm", credential=aml_credential).code == 0  # token cached
+    aml_server.fail(429, times=4, method="GET", retry_after=120)
+
+    def no_real_sleep(seconds: float) -> None:
+        raise AssertionError(f"a real sleep of {seconds} s inside a poll")
+
+    monkeypatch.setattr("time.sleep", no_real_sleep)
+    result = cli(aml_server, clock, "wait", "j", credential=aml_credential)
+    assert result.code == 0
+    assert result.text().count("could not read the status") == 4
+    times = [t for t, _ in result.lines]
+    assert max(b - a for a, b in itertools.pairwise(times)) <= 60
+
+
 @pytest.mark.parametrize("problem", ["forbidden", "missing"])
 def test_permanent_errors_exit_6(aml_server: AmlServer, identity_server: IdentityServer, aml_credential: Any,
                                  capsys: pytest.CaptureFixture[str], problem: str) -> None:

@@ -103,8 +103,7 @@ def _wait_options(parser: argparse.ArgumentParser) -> None:
 def run(ns: argparse.Namespace, *, credential: TokenCredential | None = None, submitter: Submitter | None = None,
         clock: Clock | None = None, out: Out | None = None) -> int:
     """The command; the keyword arguments are the seams the tests and the benchmark use."""
-    from ._client import JobsClient
-    from ._wait import WaitOptions, begin_wait
+    from ._wait import WaitOptions, begin_wait, waiter_client
 
     say: Out = out or (lambda line: print(line, flush=True))
     ado = ns.ado == "on" or (ns.ado == "auto" and os.environ.get("TF_BUILD", "").lower() == "true")
@@ -113,8 +112,8 @@ def run(ns: argparse.Namespace, *, credential: TokenCredential | None = None, su
             raise AmlError("No workspace given.", status=None,
                            hint="Pass --workspace <ARM id> or set AMLRELAY_AML_WORKSPACE.")
         credential = credential or _credential(ns.credential, ns.client_id)
-        client = JobsClient(ns.workspace, credential, arm_url=ns.arm_url, api_version=ns.api_version,
-                            audience=ns.audience)
+        client = waiter_client(ns.workspace, credential, arm_url=ns.arm_url, api_version=ns.api_version,
+                               audience=ns.audience)
         names = list(getattr(ns, "jobs", []) or [])
         if ns.action in ("submit", "submit-and-wait"):
             names = _submit(ns, client, credential, submitter, say, ado)

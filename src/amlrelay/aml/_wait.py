@@ -30,13 +30,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ._client import Job, JobsClient, check_job_name
 from ._contract import EXIT_CODES, Outcome
 from ._errors import AmlError
 from ._status import FINAL_STATES, QUEUE_STATES, JobStatus
 from ._token import JobClock, WaitState, decode, encode
+from ._workspace import Workspace
+
+if TYPE_CHECKING:
+    from azure.core.credentials import TokenCredential
 
 _SEVERITY = (Outcome.FAILED, Outcome.CANCELED, Outcome.TIMED_OUT, Outcome.HANDED_OFF, Outcome.COMPLETED)
 _FINAL_OUTCOME = {JobStatus.COMPLETED: Outcome.COMPLETED, JobStatus.FAILED: Outcome.FAILED,
@@ -325,6 +329,21 @@ class WaitPoller:
         if self._handed_off and not outcomes - {Outcome.COMPLETED, Outcome.HANDED_OFF}:
             return Outcome.HANDED_OFF
         return next((o for o in _SEVERITY if o in outcomes), Outcome.TIMED_OUT)
+
+
+WAITER_TIMEOUT = 20.0
+"""Seconds one GET may take. With the 60 s heartbeat, a hung connection must not eat more than a third of it."""
+
+
+def waiter_client(workspace: str | Workspace, credential: TokenCredential, **options: Any) -> JobsClient:
+    """A :class:`JobsClient` for a waiter: no retries inside a request, a short timeout.
+
+    Why: the session's retries (:func:`amlrelay.trigger.make_session`) sleep on the real clock inside one
+    ``get_job``, honouring ``Retry-After`` up to 60 s, four times: under ARM throttling one poll could block
+    for minutes with no heartbeat and overrun ``--handoff-after``. The poller already treats 429/5xx as "poll
+    again later" with its own backoff, deadlines and heartbeats, so the retries belong there, not in urllib3.
+    """
+    return JobsClient(workspace, credential, retries=0, timeout=WAITER_TIMEOUT, **options)
 
 
 def begin_wait(client: JobsClient, names: Sequence[str] = (), options: WaitOptions | None = None, *,
