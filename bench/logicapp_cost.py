@@ -34,9 +34,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from _logicapp_agreement import agreement  # noqa: E402
 from exactly_once import azurite  # noqa: E402
 from tests.conftest import sample  # noqa: E402
+from tests.logicapp_mutants import agreement  # noqa: E402
 from tests.logicapp_stack import Pair, pair  # noqa: E402
 
 PRICE_PER_ACTION = 0.000025  # USD, LOGICAPPS.md §7 (2020 transcription of the pricing page; not verified)

@@ -291,3 +291,15 @@ def test_an_event_too_long_for_one_table_property_is_claimed_and_flagged(both: P
     [row] = both.logicapp.table.list_entities()
     assert row["event_json_truncated"] is True
     assert len(row["event_json"]) == 32_000
+
+
+def test_the_workflow_never_starts_a_run_the_runbook_refuses_on_mutated_events(both: Pair) -> None:
+    """60 sample events, each with one random mutation (tests/logicapp_mutants.py), through both handlers.
+    The documented exception: an upper-case CloudEvents attribute name, which azure-core refuses as an
+    extension and the workflow does not read."""
+    from tests.logicapp_mutants import agreement
+
+    agree, split = agreement(both, 60, seed=3)
+    started = [c for c in split["workflow started a run the runbook refused"] if not c.startswith("case/cloud")]
+    assert started == []
+    assert agree >= 50

@@ -1,4 +1,5 @@
-"""Figure 3 of bench/logicapp_cost.py: the Logic App and the runbook on mutated sample events.
+"""The Logic App and the runbook on mutated sample events (figure 3 of bench/logicapp_cost.py, and a
+regression test in tests/test_logicapp_equivalence.py).
 
 Each sample event (both schemas) gets one random mutation — a key dropped, set to null, to an object or
 array, to '', to a number, to a boolean, its case changed, its value padded, the topic changed, tags
