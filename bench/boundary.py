@@ -389,7 +389,8 @@ def main(argv: list[str] | None = None) -> int:
     jobs_month = HOURS_PER_MONTH * 60 / args.sweep_interval
     minutes = jobs_month * BILLED_MINUTES_PER_JOB
     cost = max(0.0, minutes - FREE_JOB_MINUTES) * PRICE_PER_JOB_MINUTE
-    say(f"schedule cost: {jobs_month:.0f} replay-runbook jobs a month ({60 // args.sweep_interval} hourly schedules); "
+    schedules = f"{60 // args.sweep_interval} hourly schedule" + ("s" if args.sweep_interval < 60 else "")
+    say(f"schedule cost: {jobs_month:.0f} replay-runbook jobs a month ({schedules}); "
         f"in-process sweep + replay per run {min(run_seconds):.2f}-{max(run_seconds):.2f} s (sandbox start not "
         f"included); at an ASSUMED {BILLED_MINUTES_PER_JOB:.0f} billed minute per job: {minutes:.0f} job minutes, "
         f"{FREE_JOB_MINUTES} free, ${cost:.2f} a month at an ASSUMED ${PRICE_PER_JOB_MINUTE}/min")
