@@ -97,7 +97,7 @@ param eventTimeToLiveInMinutes int = 1440
 param storageSkuName string = 'Standard_ZRS'
 
 // ---------------------------------------------------------------- logic app handler
-@description('Optional. Log Analytics workspace resource id that receives the Logic App handler\'s run history (WorkflowRuntime logs: failed runs and actions); empty: none.')
+@description('Optional. Log Analytics workspace resource id that receives the Logic App handler\'s run history (WorkflowRuntime logs: failed runs and actions); empty: logAnalyticsWorkspaceId.')
 param logicAppDiagnosticWorkspaceId string = ''
 
 // ---------------------------------------------------------------- runbook handler
@@ -289,7 +289,7 @@ module logicApp 'modules/logic-app/main.bicep' = if (handler == 'logicapp') {
     ledgerTableName: ledgerTableName
     keyVaultUri: auth == 'pat' ? keyVault.outputs.uri : ''
     patSecretName: patSecretName
-    diagnosticWorkspaceId: logicAppDiagnosticWorkspaceId
+    diagnosticWorkspaceId: empty(logicAppDiagnosticWorkspaceId) ? logAnalyticsWorkspaceId : logicAppDiagnosticWorkspaceId
     verifyEvents: verifyEvents
   }
 }

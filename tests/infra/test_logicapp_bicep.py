@@ -51,7 +51,8 @@ def test_failed_runs_reach_log_analytics_when_a_workspace_is_given(bicep: dict[s
     assert diagnostics["config"]["properties"]["logs"] == [{"category": "WorkflowRuntime", "enabled": True}]
     main = bicep["files"]["main.bicep"]
     params = main["modules"]["logicApp"]["config"]["config"]["params"]
-    assert params["diagnosticWorkspaceId"] == "logicAppDiagnosticWorkspaceId"
+    chosen = params["diagnosticWorkspaceId"]["operator"]["operands"]  # its own, else the monitoring workspace
+    assert (chosen["true_value"], chosen["false_value"]) == ("logAnalyticsWorkspaceId", "logicAppDiagnosticWorkspaceId")
 
 
 def test_main_wires_the_workflow_like_the_runbook(bicep: dict[str, Any]) -> None:
