@@ -40,14 +40,14 @@ def ado() -> Any:
         yield server
 
 
-def _fake(tmp_path: Path, ado: AdoServer) -> FakeAz:
+def _fake(tmp_path: Path, ado: AdoServer, routes: dict[str, Any] | None = None) -> FakeAz:
     fake = FakeAz(tmp_path, ado_token=ADMIN_TOKEN)
     params = tmp_path / "p.json"
     params.write_text(json.dumps({"parameters": {}}))
     done = fake.az("deployment", "group", "create", "-g", "rg-amlrelay", "-n", "amlrelay-infra-1",
                    "--template-file", "main.bicep", "--parameters", f"@{params}")
     assert done.returncode == 0, done.stderr
-    (tmp_path / "routes.json").write_text(json.dumps(ROUTES))
+    (tmp_path / "routes.json").write_text(json.dumps(routes or ROUTES))
     return fake
 
 
@@ -96,6 +96,26 @@ def test_the_grant_lets_the_handler_do_exactly_what_the_runbook_does(tmp_path: P
     (tmp_path / "again").mkdir()
     assert _grant(_fake(tmp_path / "again", ado), ado, "12", "14").returncode == 0
     assert ado.permissions.acl[f"{project_id}/ml/train/12"][ident.descriptor] == 1 | 128 | 65536
+
+
+def test_parameters_inherited_from_defaults_get_edit_queue_build_configuration(tmp_path: Path,
+                                                                               ado: AdoServer) -> None:
+    """The relay merges defaults.templateParameters into every route (amlrelay.routes): so must the grant."""
+    inherited = {"version": 1, "defaults": {"project": "mlops", "templateParameters": {"runId": "x"}},
+                 "routes": [{"name": "evaluate", "events": ["RunCompleted"], "pipeline": {"id": 12}}]}
+    done = _grant(_fake(tmp_path, ado, inherited), ado, "12")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Edit queue build configuration (routes evaluate" in done.stdout
+    assert _run(ado, 12, {"templateParameters": {"runId": "r1"}}).status_code == 200
+
+
+def test_an_invalid_routes_file_stops_the_grant(tmp_path: Path, ado: AdoServer) -> None:
+    broken = {"version": 1, "routes": [{"name": "evaluate", "events": ["RunCompleted"], "pipeline": {"id": 12}}]}
+    done = _grant(_fake(tmp_path, ado, broken), ado, "12")
+    assert done.returncode != 0
+    assert "project" in done.stderr
+    assert "nothing was granted" in done.stderr
+    assert not ado.permissions.identity(HANDLER).entitled
 
 
 def _entitle_only(ado: AdoServer, group: bool = True) -> tuple[str, str]:
