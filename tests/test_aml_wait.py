@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from amlrelay.aml import JobsClient, JobStatus, Outcome, WaitOptions, begin_wait
+from amlrelay.aml import EXIT_RESUMABLE, JobsClient, JobStatus, Outcome, WaitOptions, begin_wait
 from amlrelay.aml._ado import escape_property, log_issue, set_output
-from amlrelay.aml._cli import OUTPUT_VARIABLES, duration
+from amlrelay.aml._cli import _PIPELINES_ENV, OUTPUT_VARIABLES, _credential, duration, run
 from amlrelay.aml._submit import Submission, Submitted
 from amlrelay.cli import _parser
 from tests.aml_waiting import FakeClock, cli
@@ -29,6 +29,8 @@ QUEUED_STATES = ["NotStarted", "Starting", "Provisioning", "Preparing", "Queued"
 RUNNING_STATES = ["Running", "Finalizing", "CancelRequested", "NotResponding", "Paused", "Unknown"]
 
 pytestmark = pytest.mark.usefixtures("agent_temp")
+_WORKSPACE = ("/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg-contoso-ml/providers/"
+              "Microsoft.MachineLearningServices/workspaces/mlw-contoso")
 
 
 # -- the happy path, the outputs, no real waiting -------------------------------------------------------------
@@ -379,26 +381,88 @@ def test_managed_identity_credential_from_the_command_line(aml_server: AmlServer
     assert result.code == 0
 
 
-def test_azure_cli_credential_after_azurecli_login(aml_server: AmlServer, identity_server: IdentityServer,
-                                                   tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """AzureCLI@2 leaves a logged-in ``az`` on PATH; AzureCliCredential runs ``az account get-access-token``."""
-    token = identity_server.token_for(ARM_RESOURCE)
-    fake_az = tmp_path / "az"
+def _fake_az(folder: Path, token: str, expired_flag: Path) -> None:
+    """AzureCLI@2 leaves a logged-in ``az`` on PATH; AzureCliCredential runs ``az account get-access-token``.
+    Under workload identity federation az cannot refresh its login: once ``expired_flag`` exists, it fails the
+    way az does then (AADSTS700024, the federated ID token expired)."""
+    fake_az = folder / "az"
     fake_az.write_text(f"""#!{sys.executable}
-import json, sys
+import json, os, sys
 args = sys.argv[1:]
 assert args[:2] == ["account", "get-access-token"], args
 resource = args[args.index("--resource") + 1] if "--resource" in args else args[args.index("--scope") + 1]
 assert resource.rstrip("/").removesuffix("/.default") == "{ARM_RESOURCE}", resource
+if os.path.exists({str(expired_flag)!r}):
+    sys.stderr.write("ERROR: AADSTS700024: Client assertion is not within its valid time range.\\n")
+    sys.exit(1)
 print(json.dumps({{"accessToken": "{token}", "expiresOn": "2100-01-01 00:00:00.000000",
                   "expires_on": 4102444800, "tokenType": "Bearer"}}))
 """)
     fake_az.chmod(fake_az.stat().st_mode | stat.S_IEXEC)
+
+
+def test_azure_cli_credential_after_azurecli_login(aml_server: AmlServer, identity_server: IdentityServer,
+                                                   tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    token = identity_server.token_for(ARM_RESOURCE)
+    _fake_az(tmp_path, token, tmp_path / "expired")
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
     aml_server.add_job("j", "Completed")
     result = cli(aml_server, FakeClock(), "wait", "j", "--credential", "cli")
     assert result.code == 0
     assert aml_server.job_gets("j")[0].headers["Authorization"] == f"Bearer {token}"
+
+
+def test_a_login_that_expires_mid_wait_is_resumable(aml_server: AmlServer, identity_server: IdentityServer,
+                                                    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    aml_credential: Any) -> None:
+    """AzureCLI@2 + workload identity federation: az's login ends after about an hour while training runs.
+    The step publishes the token and exits 7 (not 6, which means "fix your setup"); a later job resumes."""
+    expired = tmp_path / "expired"
+    _fake_az(tmp_path, identity_server.token_for(ARM_RESOURCE), expired)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    aml_server.add_job("j", "Running")
+    clock = FakeClock()
+    clock.at(3600, expired.touch)
+    clock.at(3 * 3600, lambda: aml_server.set_status("j", "Completed"))
+    first = cli(aml_server, clock, "wait", "j", "--credential", "cli", "--run-timeout", "5h", "--cancel-on-timeout")
+    assert first.code == EXIT_RESUMABLE == 7
+    out = first.outputs()
+    assert (out["amlOutcome"], out["amlExitCode"]) == ("resumable", "7")
+    assert 3600 <= clock.elapsed <= 3600 + 60
+    assert aml_server.cancels() == []
+    assert aml_server.status("j") == "Running"
+    second = cli(aml_server, clock, "wait", "--resume", out["amlWaitToken"], credential=aml_credential)
+    assert second.code == 0
+    assert first.code != cli(aml_server, FakeClock(), "wait", "j", "--credential", "cli").code == 6  # setup: 6
+
+
+def test_azure_pipelines_credential_from_the_service_connection(monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """--credential azure-pipelines builds azure-identity's AzurePipelinesCredential from what AzureCLI@2
+    exports and the mapped System.AccessToken; without them it is a usage error naming what is missing."""
+    from azure.identity import AzurePipelinesCredential
+
+    for name in _PIPELINES_ENV.values():
+        monkeypatch.delenv(name, raising=False)
+    ns = _parser().parse_args(["aml", "wait", "j", "--workspace", _WORKSPACE, "--credential",
+                                "azure-pipelines"])
+    assert run(ns, clock=FakeClock(), out=lambda line: None) == 2
+    err = capsys.readouterr().err
+    assert "AZURESUBSCRIPTION_SERVICE_CONNECTION_ID" in err
+    assert "SYSTEM_ACCESSTOKEN" in err
+    env = {"AZURESUBSCRIPTION_TENANT_ID": "11111111-1111-1111-1111-111111111111",
+           "AZURESUBSCRIPTION_CLIENT_ID": "22222222-2222-2222-2222-222222222222",
+           "AZURESUBSCRIPTION_SERVICE_CONNECTION_ID": "33333333-3333-3333-3333-333333333333",
+           "SYSTEM_ACCESSTOKEN": "ado-job-token"}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    credential = _credential("azure-pipelines", None)
+    assert isinstance(credential, AzurePipelinesCredential)
+    connection = credential._service_connection_id
+    assert connection == env["AZURESUBSCRIPTION_SERVICE_CONNECTION_ID"]
+    assert credential._system_access_token == "ado-job-token"
+    aad = credential._client_assertion_credential._client
+    assert (aad._client_id, aad._tenant_id) == (env["AZURESUBSCRIPTION_CLIENT_ID"], env["AZURESUBSCRIPTION_TENANT_ID"])
 
 
 def test_an_interrupted_wait_leaves_the_job_running_and_prints_the_token(aml_server: AmlServer,

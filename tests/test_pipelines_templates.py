@@ -122,6 +122,9 @@ def render_env(params: dict[str, Any]) -> dict[str, str]:
     step = next(s for s in spec["steps"] if s.get("name") == "amlWait")
     env = {}
     for key, expr in step["env"].items():
+        if key == "SYSTEM_ACCESSTOKEN":
+            assert expr == "$(System.AccessToken)"  # a secret variable reaches a script only when mapped
+            continue
         name = re.fullmatch(r"\$\{\{ parameters\.(\w+) \}\}", expr)
         assert name, expr
         value = values[name.group(1)]
@@ -129,7 +132,8 @@ def render_env(params: dict[str, Any]) -> dict[str, str]:
     return env
 
 
-def run_script(tmp_path: Path, params: dict[str, Any], exit_code: int) -> tuple[int, list[str]]:
+def run_script(tmp_path: Path, params: dict[str, Any], exit_code: int,
+               agent_env: dict[str, str] | None = None) -> tuple[int, list[str]]:
     bash = shutil.which("bash")
     assert bash
     script = next(s for s in load(TEMPLATE)["steps"] if s.get("name") == "amlWait")["inputs"]["inlineScript"]
@@ -141,7 +145,7 @@ def run_script(tmp_path: Path, params: dict[str, Any], exit_code: int) -> tuple[
     fake.chmod(0o755)
     env = {"PATH": f"{fake.parent}:/usr/bin:/bin", "BUILD_BUILDID": "4242", "BUILD_DEFINITIONNAME": "ci",
            "SYSTEM_COLLECTIONURI": "https://dev.azure.com/contoso/", "SYSTEM_TEAMPROJECTID": "p-1",
-           **render_env(params)}
+           **render_env(params), **(agent_env or {})}
     done = subprocess.run([bash, "-c", script], env=env, capture_output=True, text=True, timeout=30, check=False)
     return done.returncode, json.loads(argv_file.read_text())
 
@@ -154,7 +158,7 @@ def test_template_script_passes_arguments_the_cli_accepts(tmp_path: Path, use: t
     assert code == 0
     ns = _parser().parse_args(argv)  # raises SystemExit(2) on an unknown flag or a bad duration
     assert ns.action == params.get("mode", "submit-and-wait")
-    assert ns.credential == "cli"
+    assert ns.credential == "cli"  # no workload identity connection exported in this environment
     assert ns.ado == "on"
     if ns.action != "submit":
         assert ns.cancel_on_timeout is (str(params.get("cancelOnTimeout", "true")).lower() == "true")
@@ -167,10 +171,30 @@ def test_template_script_passes_arguments_the_cli_accepts(tmp_path: Path, use: t
         assert ns.resume == "TOKEN"
 
 
+WIF = {"AZURESUBSCRIPTION_CLIENT_ID": "c", "AZURESUBSCRIPTION_TENANT_ID": "t",
+       "AZURESUBSCRIPTION_SERVICE_CONNECTION_ID": "s", "SYSTEM_ACCESSTOKEN": "ado-token"}
+
+
+@pytest.mark.parametrize(("credential", "agent_env", "expected"), [
+    ("auto", WIF, "azure-pipelines"),  # federation: refreshable for hours, unlike az's login
+    ("auto", {}, "cli"),  # a secret-based connection exports no AZURESUBSCRIPTION_SERVICE_CONNECTION_ID
+    ("auto", {k: v for k, v in WIF.items() if k != "SYSTEM_ACCESSTOKEN"}, "cli"),
+    ("managed-identity", WIF, "managed-identity"),
+])
+def test_template_picks_a_credential_that_outlives_an_hour(tmp_path: Path, credential: str,
+                                                           agent_env: dict[str, str], expected: str) -> None:
+    params = {"azureSubscription": "sc", "workspace": "/subscriptions/s/resourceGroups/r/providers/"
+              "Microsoft.MachineLearningServices/workspaces/mlw", "mode": "wait", "jobNames": "j",
+              "credential": credential}
+    code, argv = run_script(tmp_path, params, 0, agent_env)
+    assert code == 0
+    assert _parser().parse_args(argv).credential == expected
+
+
 @pytest.mark.parametrize(("handoff", "cli_code", "step_code"), [
     ("50m", 5, 0),  # handed off: the step succeeds
     ("", 5, 5),  # without hand-off configured a 5 is not expected; it fails the step
-    ("50m", 1, 1), ("50m", 4, 4), ("", 0, 0), ("", 3, 3),
+    ("50m", 1, 1), ("50m", 4, 4), ("", 0, 0), ("", 3, 3), ("50m", 7, 7),  # 7: resumable, not a success
 ])
 def test_template_exit_codes(tmp_path: Path, handoff: str, cli_code: int, step_code: int) -> None:
     params = {"azureSubscription": "sc", "workspace": "/subscriptions/s/resourceGroups/r/providers/"

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
         EXIT_CODES,
         EXIT_ERROR,
         EXIT_INTERRUPTED,
+        EXIT_RESUMABLE,
         EXIT_USAGE,
         Outcome,
     )
@@ -39,6 +40,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "EXIT_CODES": ("._contract", "EXIT_CODES"),
     "EXIT_ERROR": ("._contract", "EXIT_ERROR"),
     "EXIT_INTERRUPTED": ("._contract", "EXIT_INTERRUPTED"),
+    "EXIT_RESUMABLE": ("._contract", "EXIT_RESUMABLE"),
     "EXIT_USAGE": ("._contract", "EXIT_USAGE"),
     "FINAL_STATES": ("._status", "FINAL_STATES"),
     "Job": ("._client", "Job"),
@@ -76,6 +78,7 @@ __all__ = [
     "EXIT_CODES",
     "EXIT_ERROR",
     "EXIT_INTERRUPTED",
+    "EXIT_RESUMABLE",
     "EXIT_USAGE",
     "FINAL_STATES",
     "QUEUE_STATES",

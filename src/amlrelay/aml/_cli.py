@@ -2,7 +2,9 @@
 
 Exit codes (also in the README): 0 completed, 1 failed, 2 usage error (bad arguments, job file, token),
 3 canceled, 4 timed out (queue, run or NotResponding deadline), 5 handed off to the async relay, 6 AML could
-not be read or tagged (no token, 401/403/404), 130 interrupted (the jobs keep running; the token is printed).
+not be read, tagged or submitted to (no token, 401/403/404, a refused submission), 7 resumable: the credential
+stopped giving tokens in the middle of a wait (the jobs keep running, the token is published), 130
+interrupted (the jobs keep running; the token is printed).
 In ADO a step fails on any non-zero code, so the hand-off template turns 5 into success when a hand-off was
 asked for; the output variable ``amlOutcome`` tells later steps which outcome it was.
 """
@@ -18,7 +20,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import _ado
-from ._contract import DEFAULT_API_VERSION, DEFAULT_ARM_URL, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, Outcome
+from ._contract import (
+    DEFAULT_API_VERSION,
+    DEFAULT_ARM_URL,
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_RESUMABLE,
+    EXIT_USAGE,
+    Outcome,
+)
 from ._errors import AmlError
 
 if TYPE_CHECKING:
@@ -72,9 +82,14 @@ def register(commands: Any) -> None:
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workspace", default=os.environ.get("AMLRELAY_AML_WORKSPACE"),
                         help="the workspace's ARM id (env AMLRELAY_AML_WORKSPACE)")
-    parser.add_argument("--credential", choices=("default", "cli", "managed-identity"), default="default",
-                        help="cli after AzureCLI@2; managed-identity on an agent with one; default tries both")
-    parser.add_argument("--client-id", help="user-assigned managed identity client id")
+    parser.add_argument("--credential", choices=("default", "cli", "managed-identity", "azure-pipelines"),
+                        default="default",
+                        help="azure-pipelines: the service connection's workload identity, refreshed for hours "
+                        "(in AzureCLI@2 with SYSTEM_ACCESSTOKEN in env); cli: az's login (under workload identity "
+                        "federation it expires after about an hour); managed-identity on an agent with one; "
+                        "default tries the environment, the identity and az")
+    parser.add_argument("--client-id", help="user-assigned managed identity client id (with azure-pipelines: "
+                        "overrides AZURESUBSCRIPTION_CLIENT_ID)")
     parser.add_argument("--arm-url", default=DEFAULT_ARM_URL, help="ARM endpoint of the workspace's cloud")
     parser.add_argument("--audience", help=argparse.SUPPRESS)  # token audience when --arm-url is a proxy/test
     parser.add_argument("--api-version", default=DEFAULT_API_VERSION)
@@ -130,6 +145,10 @@ def run(ns: argparse.Namespace, *, credential: TokenCredential | None = None, su
             say(_ado.set_output("amlWaitToken", poller.continuation_token()))
         try:
             result = poller.result()
+        except AmlError as exc:
+            if not _lost_credential(exc):
+                raise
+            return _resumable(exc, poller.continuation_token(), say, ado)
         except KeyboardInterrupt:  # Ctrl-C, or ADO canceling the step (SIGINT): the AML jobs keep running
             token = poller.continuation_token()
             say(f"interrupted: the AML jobs keep running; resume with: amlrelay aml wait --resume {token}")
@@ -174,7 +193,7 @@ def _finish(ns: argparse.Namespace, client: JobsClient, credential: TokenCredent
                                   audience=ns.audience)
         except AmlError as exc:
             say("the jobs are still running but could not be tagged for the relay: NOT handed off")
-            return _fail(exc, say, ado)
+            return _resumable(exc, result.token, say, ado) if _lost_credential(exc) else _fail(exc, say, ado)
         say(f"tagged {', '.join(tagged)} with {HANDOFF_TAG}={ns.handoff_route}: the relay's route continues "
             "when they finish")
         for late in finished_meanwhile(client, tagged):
@@ -219,6 +238,26 @@ def _summary_file(result: WaitResult, route: str) -> str:
     return handle.name
 
 
+def _lost_credential(exc: AmlError) -> bool:
+    """A token that worked for the first poll and stopped working later: the login expired (AzureCLI@2 under
+    workload identity federation cannot refresh az's token after about an hour), not a wrong setup."""
+    return exc.code == "NoArmToken" or exc.status == 401
+
+
+def _resumable(exc: AmlError, token: str, say: Out, ado: bool) -> int:
+    print(f"error: {exc.message}", file=sys.stderr)
+    say("the credential stopped giving ARM tokens during the wait; the AML jobs keep running. Resume with: "
+        f"amlrelay aml wait --resume {token} (use --credential azure-pipelines or managed-identity for waits "
+        "over an hour)")
+    if ado:
+        for name, value in (("amlWaitToken", token), ("amlOutcome", "resumable"),
+                            ("amlExitCode", str(EXIT_RESUMABLE))):
+            say(_ado.set_output(name, value))
+        say(_ado.log_issue("warning", "The wait lost its ARM credential; the AML jobs keep running. Resume "
+                           f"with the amlWaitToken output. {exc.message}"))
+    return EXIT_RESUMABLE
+
+
 def _line(kind: str, message: str, job: JobResult | None, ado: bool) -> str:
     if ado and kind in ("warning", "timeout"):
         return f"##[warning]{_ado.escape_data(message)}"
@@ -245,7 +284,27 @@ def _pair(text: str) -> tuple[str, str]:
     return key.strip(), value
 
 
+_PIPELINES_ENV = {"tenant_id": "AZURESUBSCRIPTION_TENANT_ID", "client_id": "AZURESUBSCRIPTION_CLIENT_ID",
+                  "service_connection_id": "AZURESUBSCRIPTION_SERVICE_CONNECTION_ID",
+                  "system_access_token": "SYSTEM_ACCESSTOKEN"}
+"""AzurePipelinesCredential's arguments and where ADO puts them: AzureCLI@2 exports the three
+AZURESUBSCRIPTION_* variables of its service connection; System.AccessToken reaches a script only when the
+step maps it (``env: SYSTEM_ACCESSTOKEN: $(System.AccessToken)``)."""
+
+
 def _credential(kind: str, client_id: str | None) -> TokenCredential:
+    if kind == "azure-pipelines":
+        values = {arg: os.environ.get(env, "") for arg, env in _PIPELINES_ENV.items()}
+        values["client_id"] = client_id or values["client_id"]
+        missing = [_PIPELINES_ENV[arg] for arg, value in values.items() if not value]
+        if missing:
+            raise AmlError(f"--credential azure-pipelines needs {', '.join(missing)} in the environment.",
+                           status=None, hint="Run inside AzureCLI@2 with a workload identity federation service "
+                           "connection (it exports AZURESUBSCRIPTION_*) and map the token into the step: "
+                           "env: SYSTEM_ACCESSTOKEN: $(System.AccessToken).")
+        from azure.identity import AzurePipelinesCredential
+
+        return AzurePipelinesCredential(**values)
     if kind == "cli":
         from azure.identity import AzureCliCredential
 

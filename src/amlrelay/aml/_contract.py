@@ -27,4 +27,6 @@ EXIT_CODES = {Outcome.COMPLETED: 0, Outcome.FAILED: 1, Outcome.CANCELED: 3, Outc
               Outcome.HANDED_OFF: 5}
 EXIT_USAGE = 2  # argparse's own code, and what amlrelay's CLI returns for bad input
 EXIT_ERROR = 6  # AML could not be read: no token, 401/403/404, or tagging for a hand-off failed
+EXIT_RESUMABLE = 7  # the credential stopped giving ARM tokens mid-wait (e.g. AzureCLI@2's federated login
+# expired): the jobs keep running and the token is published, so a later job resumes the wait
 EXIT_INTERRUPTED = 130  # SIGINT (Ctrl-C, an ADO cancel): the shell's own code for it
