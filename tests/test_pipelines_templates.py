@@ -171,6 +171,31 @@ def test_template_script_passes_arguments_the_cli_accepts(tmp_path: Path, use: t
         assert ns.resume == "TOKEN"
 
 
+@pytest.mark.parametrize(("pipeline", "async_route_runs"), [
+    ("build-validation.yml", False),  # sync: the result is used in this run; the relay must not start pipeline 12
+    ("handoff.yml", False),  # evaluated in-job when it fits; the hand-off route (no loop guard) continues if not
+    ("self-hosted.yml", False),
+    ("async-submit.yml", True),  # the async path: the relay's route is the continuation
+])
+def test_sync_submissions_do_not_also_trigger_the_async_route(tmp_path: Path, pipeline: str,
+                                                              async_route_runs: bool) -> None:
+    """The tags the template gives a submitted job reach AML's completion event as data.runTags; run through
+    the shipped routes.json, a sync run's completion is skipped by evaluate-trained-model's loop guard."""
+    from amlrelay.events import parse_events
+    from amlrelay.router import select
+    from amlrelay.routes import load_routes
+    from tests.conftest import sample
+
+    _, _, params = next(u for u in template_uses() if u[0] == pipeline)
+    _, argv = run_script(tmp_path, params, 0)
+    tags = dict(t.split("=", 1) for t in _parser().parse_args(argv).tag)
+    event = sample("event-grid-schema", "run_completed")
+    event["data"]["runTags"] = tags
+    matched, _ = select(load_routes(ROOT / "routes.json"), parse_events([event])[0])
+    assert ("evaluate-trained-model" in [r.name for r in matched]) is async_route_runs
+    assert (tags.get("amlrelay-started-by") == "ado") is not async_route_runs
+
+
 WIF = {"AZURESUBSCRIPTION_CLIENT_ID": "c", "AZURESUBSCRIPTION_TENANT_ID": "t",
        "AZURESUBSCRIPTION_SERVICE_CONNECTION_ID": "s", "SYSTEM_ACCESSTOKEN": "ado-token"}
 
