@@ -182,6 +182,7 @@ def test_sync_submissions_do_not_also_trigger_the_async_route(tmp_path: Path, pi
     """The tags the template gives a submitted job reach AML's completion event as data.runTags; run through
     the shipped routes.json, a sync run's completion is skipped by evaluate-trained-model's loop guard."""
     from amlrelay.events import parse_events
+    from amlrelay.models import AmlEvent
     from amlrelay.router import select
     from amlrelay.routes import load_routes
     from tests.conftest import sample
@@ -191,7 +192,9 @@ def test_sync_submissions_do_not_also_trigger_the_async_route(tmp_path: Path, pi
     tags = dict(t.split("=", 1) for t in _parser().parse_args(argv).tag)
     event = sample("event-grid-schema", "run_completed")
     event["data"]["runTags"] = tags
-    matched, _ = select(load_routes(ROOT / "routes.json"), parse_events([event])[0])
+    parsed = parse_events([event])[0]
+    assert isinstance(parsed, AmlEvent)
+    matched, _ = select(load_routes(ROOT / "routes.json"), parsed)
     assert ("evaluate-trained-model" in [r.name for r in matched]) is async_route_runs
     assert (tags.get("amlrelay-started-by") == "ado") is not async_route_runs
 
