@@ -32,6 +32,7 @@ WORKSPACE = ("/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups
 
 SPOOFED = {
     "prefix extension": WORKSPACE + "-evil",
+    "one letter more": WORKSPACE + "X",
     "child path": WORKSPACE + "/x",
     "parent escape": WORKSPACE + "/../ws-evil",
     "truncated": WORKSPACE[:-1],
