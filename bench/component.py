@@ -6,7 +6,7 @@
 2. The component step: a fresh process running the component's command (MLmodel parsed as YAML, the AML
    compute identity) against a fresh process of the runbook's manual start for the same run, both with the
    ledger: spawn to exit, medians, ratio. The runbook is the baseline because the component is that path plus
-   the AML edge (argument mapping, MLmodel, output file).
+   the AML edge (argument mapping, MLmodel, reading the run from AML with Jobs_Get, output file).
 
 Usage: eval "$(scripts/azurite env)"; .venv/bin/python bench/component.py [--rounds N] [--events N]
 """
@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 from tests.aml_command import render_command  # noqa: E402
 from tests.conftest import sample  # noqa: E402
 from tests.servers.ado import ADO_RESOURCE  # noqa: E402
+from tests.servers.aml import AmlServer  # noqa: E402
 from tests.servers.aml_identity import AmlComputeIdentityServer  # noqa: E402
 from tests.servers.mlflow import MlflowServer  # noqa: E402
 from tests.stack import Stack, local_stack  # noqa: E402
@@ -81,7 +82,7 @@ def tag_back_round(stack: Stack, mlflow: MlflowServer, conn: str, events: list[d
     return elapsed * 1000 / len(events)
 
 
-def process_round(stack: Stack, compute: AmlComputeIdentityServer, conn: str, folder: Path,
+def process_round(stack: Stack, compute: AmlComputeIdentityServer, aml: AmlServer, conn: str, folder: Path,
                   component: bool, index: int) -> float:
     import yaml
 
@@ -89,12 +90,14 @@ def process_round(stack: Stack, compute: AmlComputeIdentityServer, conn: str, fo
     ledger = {"AMLRELAY_LEDGER": "true", "AMLRELAY_LEDGER_CONNECTION_STRING": conn,
               "AMLRELAY_LEDGER_TABLE": _table(conn), "AMLRELAY_ALLOWED_WORKSPACES": WORKSPACE}
     if component:
+        aml.add_job(run_id, "Completed", experiment_name="bench")  # the component reads it (Jobs_Get) first
         model = folder / f"model{index}"
         model.mkdir()
         (model / "MLmodel").write_text(f"flavors: {{}}\nrun_id: {run_id}\n")
         spec = yaml.safe_load((COMPONENT / "trigger_ado_pipeline.yml").read_text())
         command = render_command(spec, {"model": str(model), "ado_organization": "contoso",
-                                        "routes": str(ROOT / "routes.json"), "route": "evaluate-trained-model"},
+                                        "routes": str(ROOT / "routes.json"), "route": "evaluate-trained-model",
+                                        "arm_url": aml.url},
                                  {"ado_run": str(folder / f"out{index}")})
         env = {k: v for k, v in stack.env(**ledger).items() if not k.startswith("IDENTITY_")}
         env |= compute.env() | {"AZUREML_ARM_SUBSCRIPTION": "00000000-0000-0000-0000-000000000001",
@@ -129,13 +132,15 @@ def main() -> int:
     component: list[float] = []
     runbook: list[float] = []
     with local_stack() as stack, MlflowServer(WORKSPACE) as mlflow, AmlComputeIdentityServer() as compute, \
-            tempfile.TemporaryDirectory() as tmp:
+            tempfile.TemporaryDirectory() as tmp, \
+            AmlServer(subscription="00000000-0000-0000-0000-000000000001", resource_group="rg-contoso",
+                      workspace="contoso-ml", own_audience=True) as aml:
         stack.ado.add_bearer_token(compute.token_for(ADO_RESOURCE))
         for round_ in range(args.rounds):
             off.append(tag_back_round(stack, mlflow, conn, _events(args.events), on=False))
             on.append(tag_back_round(stack, mlflow, conn, _events(args.events), on=True))
-            runbook.append(process_round(stack, compute, conn, Path(tmp), False, round_))
-            component.append(process_round(stack, compute, conn, Path(tmp), True, round_))
+            runbook.append(process_round(stack, compute, aml, conn, Path(tmp), False, round_))
+            component.append(process_round(stack, compute, aml, conn, Path(tmp), True, round_))
     med = statistics.median
     print(f"tag-back, {args.events} RunCompleted events per batch, median of {args.rounds} rounds "
           f"(Python {sys.version.split()[0]}):")

@@ -15,7 +15,7 @@ import os
 import subprocess
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +30,7 @@ from tests import secret_guard
 from tests.aml_command import CommandError, render_command
 from tests.conftest import ROOT, ROUTES_FILE, sample
 from tests.servers.ado import ADO_RESOURCE
+from tests.servers.aml import AmlServer
 from tests.servers.aml_identity import AmlComputeIdentityServer
 from tests.servers.mlflow import MlflowServer
 from tests.stack import PAT, PAT_SECRET, Stack, local_stack
@@ -193,6 +194,8 @@ class World:
     mlflow: MlflowServer
     ledger_env: dict[str, str]
     tmp: Path
+    aml: AmlServer
+    routes: Path = ROUTES_FILE
 
     def component_env(self, **extra: str) -> dict[str, str]:
         env = self.stack.env(**self.ledger_env, AMLRELAY_ALLOWED_WORKSPACES=WORKSPACE)
@@ -214,8 +217,8 @@ class World:
         model.mkdir(exist_ok=True)
         (model / "MLmodel").write_text(MLMODEL)
         out = self.tmp / f"ado_run_{len(list(self.tmp.glob('ado_run_*')))}"
-        given = {"model": str(model), "ado_organization": "contoso", "routes": str(ROUTES_FILE),
-                 "model_name": "contoso-churn", **inputs}
+        given = {"model": str(model), "ado_organization": "contoso", "routes": str(self.routes),
+                 "model_name": "contoso-churn", "arm_url": self.aml.url, **inputs}
         return render_command(spec, given, {"ado_run": str(out)}), out
 
     def start_component(self, env: dict[str, str] | None = None, **inputs: Any) -> tuple[subprocess.Popen[str], Path]:
@@ -228,22 +231,25 @@ class World:
         process, out = self.start_component(env, **inputs)
         return _finish(process, out)
 
-    def event_grid_event(self) -> dict[str, Any]:
+    def event_grid_event(self, run_id: str = RUN_ID) -> dict[str, Any]:
+        """The RunCompleted Event Grid sends for a run: its own tags, as the workspace holds them."""
         event = copy.deepcopy(sample("event-grid-schema", "run_completed"))
         event["topic"] = WORKSPACE
-        event["subject"] = f"experiments/0b1c2d3e/runs/{RUN_ID}"
-        event["data"].update(runId=RUN_ID, experimentName=EXPERIMENT, experimentId="0b1c2d3e",
-                             runTags={"model_name": "contoso-churn"})
+        event["subject"] = f"experiments/0b1c2d3e/runs/{run_id}"
+        event["data"].update(runId=run_id, experimentName=EXPERIMENT, experimentId="0b1c2d3e",
+                             runTags=self.aml.job_tags(run_id), runProperties={})
         return event
 
-    def start_runbook(self, **overrides: str) -> subprocess.Popen[str]:
-        argv = argv_forms([self.event_grid_event()])["hashtable-split"]
+    def start_runbook(self, run_id: str = RUN_ID, **overrides: str) -> subprocess.Popen[str]:
+        argv = argv_forms([self.event_grid_event(run_id)])["hashtable-split"]
         env = self.stack.env(**self.ledger_env, AMLRELAY_ALLOWED_WORKSPACES=WORKSPACE, **overrides)
+        if self.routes != ROUTES_FILE:
+            env["AMLRELAY_ROUTES"] = str(self.routes)
         return subprocess.Popen(self.stack.runbook_command(*argv), env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
 
-    def run_runbook(self) -> tuple[int, list[str], Any]:
-        return _finish(self.start_runbook(), None)
+    def run_runbook(self, run_id: str = RUN_ID) -> tuple[int, list[str], Any]:
+        return _finish(self.start_runbook(run_id), None)
 
 
 def _finish(process: subprocess.Popen[str], out: Path | None) -> tuple[int, list[str], Any]:
@@ -256,13 +262,20 @@ def _finish(process: subprocess.Popen[str], out: Path | None) -> tuple[int, list
 
 
 @contextmanager
-def make_world(azurite: str, table_name: str, tmp_path: Path, *, pat: bool = False) -> Iterator[World]:
-    with local_stack(pat=pat) as stack, AmlComputeIdentityServer() as compute, MlflowServer(WORKSPACE) as mlflow:
+def make_world(azurite: str, table_name: str, tmp_path: Path, *, pat: bool = False,
+               tags: dict[str, str] | None = None) -> Iterator[World]:
+    """The stand-ins; the workspace holds the completed training run ``RUN_ID`` (tagged as train.py tags it),
+    which the component reads with the compute's identity (on the stand-in's own ARM URL)."""
+    with local_stack(pat=pat) as stack, AmlComputeIdentityServer() as compute, \
+            AmlServer(subscription="00000000-0000-0000-0000-000000000001", resource_group="rg-contoso",
+                      workspace="contoso-ml", own_audience=True) as aml, \
+            MlflowServer(WORKSPACE, audience=aml.url) as mlflow:
         stack.ado.add_bearer_token(compute.token_for(ADO_RESOURCE))  # the compute's identity may queue builds
+        aml.add_job(RUN_ID, "Completed", experiment_name=EXPERIMENT, tags=tags or {"model_name": "contoso-churn"})
         ledger_env = {"AMLRELAY_LEDGER": "true", "AMLRELAY_LEDGER_CONNECTION_STRING": azurite,
                       "AMLRELAY_LEDGER_TABLE": table_name}
         Ledger.from_connection_string(azurite, table=table_name).ensure_table()
-        yield World(stack, compute, mlflow, ledger_env, tmp_path)
+        yield World(stack, compute, mlflow, ledger_env, tmp_path, aml)
 
 
 @pytest.fixture
@@ -338,7 +351,7 @@ def test_bad_inputs_exit_2_before_any_call(world: World, inputs: dict[str, Any],
     command, out = world.component_command()
     spec = yaml.safe_load(COMPONENT_YML.read_text())
     given = {"ado_organization": "contoso", "routes": str(ROUTES_FILE), "model": str(world.tmp / "model"),
-             "model_name": "contoso-churn", **inputs}
+             "model_name": "contoso-churn", "arm_url": world.aml.url, **inputs}
     command = render_command(spec, {k: v for k, v in given.items() if v is not None}, {"ado_run": str(out)})
     done = subprocess.run(["bash", "-c", command], cwd=COMPONENT_DIR / "src", env=env, capture_output=True,
                           text=True, timeout=60, check=False)
@@ -361,7 +374,7 @@ def test_component_tags_the_training_run_and_survives_a_tag_outage(world: World)
     ledger = Ledger.from_connection_string(world.ledger_env["AMLRELAY_LEDGER_CONNECTION_STRING"],
                                            table=world.ledger_env["AMLRELAY_LEDGER_TABLE"])
     credential = _compute_credential(world)
-    [retried] = retry_tags(ledger, TagBack(credential, mlflow_url=world.mlflow.url))
+    [retried] = retry_tags(ledger, TagBack(credential, mlflow_url=world.mlflow.url, arm_url=world.aml.url))
     assert retried.ok, retried.warning
     assert world.mlflow.run_tags(RUN_ID) == {"amlrelay.ado_run_id": str(output["ado_run_id"]),
                                              "amlrelay.ado_run_url": output["ado_run_url"]}
@@ -453,3 +466,86 @@ def test_pat_from_key_vault_read_with_the_computes_identity(azurite: str, table_
         assert vault.requests, "the PAT was not read from Key Vault"
         assert world.compute.token_requests, "Key Vault was not asked with the compute's identity"
         assert PAT not in "\n".join(lines) + json.dumps(output)
+
+
+# ---- one ADO run per training pipeline (the example's routes), and the very event Event Grid sends ------------
+
+EXAMPLE_ROUTES = (PIPELINE_YML.parent / yaml.safe_load(PIPELINE_YML.read_text())["inputs"]["routes"]["path"]).resolve()
+ROOT_RUN, TRIGGER_RUN = "pipeline_root_1", "trigger_step_1"
+
+
+def test_the_example_pipeline_starts_one_ado_run_for_its_three_completions(world: World) -> None:
+    """Event Grid sends RunCompleted for the training step, the trigger step and the pipeline's root run:
+    three run ids, three ledger keys. The example's routes (the file its pipeline YAML binds) take only the
+    training run, so with the component that is one ADO run in all; the shipped top-level routes.json,
+    which takes every completed run, would start three."""
+    world.routes = EXAMPLE_ROUTES
+    world.aml.add_job(ROOT_RUN, "Completed", experiment_name=EXPERIMENT, job_type="Pipeline")
+    world.aml.add_job(TRIGGER_RUN, "Completed", experiment_name=EXPERIMENT, tags={"project": "amlrelay"})
+    trigger_inputs = yaml.safe_load(PIPELINE_YML.read_text())["jobs"]["trigger"]["inputs"]
+    assert "route" not in trigger_inputs  # the component applies the route filters, as Event Grid's path does
+    code, lines, output = world.run_component(model_name=trigger_inputs["model_name"])
+    assert code == 0, lines
+    outcomes: dict[str, list[str]] = {}
+    for run_id in (RUN_ID, TRIGGER_RUN, ROOT_RUN):
+        code, lines, _ = world.run_runbook(run_id)
+        assert code == 0, lines
+        outcomes[run_id] = [json.loads(line)["outcome"] for line in lines if line.startswith("{")]
+    assert outcomes[RUN_ID] == ["duplicate"]
+    assert "triggered" not in outcomes[TRIGGER_RUN] + outcomes[ROOT_RUN], outcomes
+    assert len(world.stack.ado.runs) == 1
+    assert world.stack.ado.runs[0]["id"] == output["ado_run_id"]
+
+
+@pytest.mark.parametrize("first", ["component", "event-grid"])
+def test_either_order_sends_the_same_request_built_from_the_runs_own_tags(
+        azurite: str, table_name: str, tmp_path: Path, first: str) -> None:
+    """The training run is tagged branch=release (not an input of the component). Whichever path claims the
+    ledger first, ADO gets the same request: branch from the run's tag, experiment from the run."""
+    bodies: dict[str, tuple[str, Any]] = {}
+    for order in ("component", "event-grid"):
+        with make_world(azurite, f"{table_name}{order[0]}", tmp_path / order,
+                        tags={"model_name": "contoso-churn", "branch": "release"}) as world:
+            world.routes = EXAMPLE_ROUTES
+            (tmp_path / order).mkdir(exist_ok=True)
+            steps: list[Callable[[], tuple[int, list[str], Any]]] = [world.run_component, world.run_runbook]
+            for step in steps if order == "component" else steps[::-1]:
+                code, lines, _ = step()
+                assert code == 0, lines
+            [request] = world.stack.ado.run_requests
+            bodies[order] = (request.path, request.json)
+    assert bodies["component"] == bodies["event-grid"]
+    body = bodies[first][1]
+    assert body is not None
+    assert body["resources"]["repositories"]["self"]["refName"] == "refs/heads/release"
+    assert body["variables"]["AML_EXPERIMENT"]["value"] == EXPERIMENT
+
+
+def test_a_run_that_is_not_completed_is_refused_before_any_call(world: World) -> None:
+    world.aml.set_status(RUN_ID, "Running")
+    code, lines, output = world.run_component()
+    assert code == 2
+    assert any(line.startswith("ERROR: ") and "is Running, not Completed" in line for line in lines), lines
+    assert world.stack.ado.requests == []
+    assert output is None
+    assert world.aml.job_gets(RUN_ID), "the run was not read from AML"
+    assert world.aml.job_gets(RUN_ID)[0].headers["Authorization"] == (
+        f"Bearer {world.compute.token_for(world.aml.url)}")  # the compute's identity, on ARM
+
+
+def test_input_tags_that_disagree_with_the_run_are_refused(world: World) -> None:
+    code, lines, _ = world.run_component(model_name="another-model")
+    assert code == 2
+    assert any("disagree with AML run" in line and "model_name='another-model'" in line for line in lines), lines
+    assert world.stack.ado.requests == []
+
+
+def test_aml_refusing_the_compute_identity_fails_the_step_with_what_to_do(world: World) -> None:
+    from tests.servers.aml_identity import COMPUTE_OBJECT_ID
+
+    world.aml.forbid(COMPUTE_OBJECT_ID)
+    code, lines, _ = world.run_component()
+    assert code == 1
+    assert any("HTTP 403" in line for line in lines), lines
+    assert any("jobs/read" in line and "What to do" in line for line in lines), lines
+    assert world.stack.ado.requests == []

@@ -8,6 +8,13 @@ version is given — and hands it to the runbook's manual-start path (:func:`aml
 takes the same routes, claims the same ledger key (workspace + run id + status + route), uses the same
 retries and reconciliation, and whichever path comes second reports ``duplicate`` with the first's run.
 
+The event is the one Event Grid sends, not one assembled from the component's inputs: before relaying,
+the component reads the training run (``Jobs_Get``) or the model version with the compute's identity and
+takes the run's *own* tags, experiment and status (refusing a run that is not ``Completed``), so a route
+whose template reads a tag (``{{ runTags.branch | main }}``) builds the same ADO request whichever path
+wins the ledger. Tags given as inputs must agree with the run's: an event carrying tags the run does not
+have is one Event Grid never sends. The one field that differs is the event id (``manual-<uuid>``).
+
 AML specifics handled here, so the entry point stays three lines:
 
 * the workspace comes from ``AZUREML_ARM_SUBSCRIPTION/_RESOURCEGROUP/_WORKSPACE_NAME`` (set in every job),
@@ -31,6 +38,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +47,7 @@ from ..errors import AmlRelayError
 OUTPUT_FILE = "ado_run.json"
 _SETTINGS_PASSED = ("ado_organization", "ado_base_url", "routes", "allowed_workspaces", "auth", "key_vault_url",
                     "pat_secret_name", "ledger_table_url", "ledger_table", "managed_identity_client_id",
-                    "tag_back", "aml_region", "mlflow_url", "dry_run")
+                    "tag_back", "aml_region", "mlflow_url", "arm_url", "arm_audience", "dry_run")
 _MLMODEL_DEPTH = 2  # a uri_folder may hold the MLflow model one level down (e.g. <folder>/model/MLmodel)
 Printer = Callable[[str], None]
 
@@ -127,38 +135,100 @@ def workspace_from_env(env: Mapping[str, str]) -> str | None:
     return None
 
 
-def runbook_argv(ns: argparse.Namespace, env: Mapping[str, str]) -> list[str]:
-    """The manual start the runbook would get for this run: the same event, route and settings."""
+@dataclass(frozen=True)
+class Source:
+    """What AML says about the entity the event reports (read with the compute's identity): the event's
+    tags, experiment and status come from here, as Event Grid's do."""
+
+    tags: dict[str, str]
+    experiment_name: str | None = None
+    status: str | None = None
+
+
+SourceReader = Callable[[str, "Target"], Source]
+
+
+@dataclass(frozen=True)
+class Target:
+    """The entity to report: a run (``name`` = run id) or a model version."""
+
+    kind: str  # "run" or "model"
+    name: str
+    version: str | None = None
+
+
+def target_of(ns: argparse.Namespace) -> Target:
+    if ns.model_version is not None:
+        if not ns.model_name:
+            raise ComponentError("A model registration needs both model_name and model_version.",
+                                 hint="Give both, or no model_version to report the training run.")
+        return Target("model", ns.model_name, ns.model_version)
+    run_id = ns.run_id or (read_run_id(ns.model) if ns.model else None)
+    if not run_id:
+        raise ComponentError("No AML run to report: neither a model with an MLmodel file nor run_id.",
+                             hint="Bind the training step's mlflow_model output to model.")
+    return Target("run", run_id)
+
+
+def workspace_of(ns: argparse.Namespace, env: Mapping[str, str]) -> str:
     workspace = ns.workspace or workspace_from_env(env)
     if not workspace:
         raise ComponentError("Cannot tell which AML workspace this run belongs to.",
                              hint="Run the component inside an AML job (AZUREML_ARM_* are set there) or pass "
                              "workspace.")
+    return str(workspace)
+
+
+def read_source(ns: argparse.Namespace, env: Mapping[str, str]) -> SourceReader:
+    """Reads the run (``Jobs_Get``) or model version through :class:`amlrelay.aml.JobsClient` with the compute's
+    managed identity (``DEFAULT_IDENTITY_CLIENT_ID`` when AML sets it), on ARM (``arm_url``, default public)."""
+
+    def read(workspace: str, target: Target) -> Source:
+        from ..auth import managed_identity
+        from ._client import JobsClient
+        from ._contract import DEFAULT_ARM_URL
+
+        client_id = ns.managed_identity_client_id or env.get("DEFAULT_IDENTITY_CLIENT_ID") or None
+        client = JobsClient(workspace, managed_identity(client_id), arm_url=ns.arm_url or DEFAULT_ARM_URL,
+                            audience=ns.arm_audience or None, retries=3, max_retry_after=30.0)
+        if target.kind == "model":
+            version = client.get_model_version(target.name, target.version or "")
+            return Source(dict(version.tags))
+        job = client.get_job(target.name)
+        return Source(dict(job.tags), job.experiment_name, job.status_text or str(job.status))
+
+    return read
+
+
+def runbook_argv(ns: argparse.Namespace, env: Mapping[str, str], source: Source | None = None) -> list[str]:
+    """The manual start the runbook would get for this run: the same event, route and settings. With
+    ``source`` (what AML says about the run or model), its tags, experiment and status make the event; the
+    component's tag inputs must agree with them."""
+    workspace = workspace_of(ns, env)
+    target = target_of(ns)
     argv = ["--workspace", workspace]
-    if ns.model_version is not None:
-        if not ns.model_name:
-            raise ComponentError("A model registration needs both model_name and model_version.",
-                                 hint="Give both, or no model_version to report the training run.")
-        argv += ["--event-type", "ModelRegistered", "--model-name", ns.model_name,
-                 "--model-version", ns.model_version]
+    given = _given_tags(ns)
+    if target.kind == "model":
+        argv += ["--event-type", "ModelRegistered", "--model-name", target.name,
+                 "--model-version", target.version or ""]
     else:
-        run_id = ns.run_id or (read_run_id(ns.model) if ns.model else None)
-        if not run_id:
-            raise ComponentError("No AML run to report: neither a model with an MLmodel file nor run_id.",
-                                 hint="Bind the training step's mlflow_model output to model.")
-        experiment = ns.experiment_name or env.get("MLFLOW_EXPERIMENT_NAME")
+        given = {"model_name": ns.model_name, **given} if ns.model_name else given
+        experiment = (source.experiment_name if source is not None else None) or ns.experiment_name \
+            or env.get("MLFLOW_EXPERIMENT_NAME")
         if not experiment:
-            raise ComponentError(f"The experiment of run {run_id!r} is unknown.",
+            raise ComponentError(f"The experiment of run {target.name!r} is unknown.",
                                  hint="Pass experiment_name (inside AML, MLFLOW_EXPERIMENT_NAME gives it).")
-        argv += ["--event-type", "RunCompleted", "--run-id", run_id, "--experiment-name", experiment,
-                 "--experiment-id", env.get("MLFLOW_EXPERIMENT_ID") or "component"]
-        if ns.model_name:
-            argv += ["--tag", f"model_name={ns.model_name}"]
-    for tag in ns.tag:
-        if "=" not in tag:
-            raise ComponentError(f"Tag {tag!r} is not KEY=VALUE.",
-                                 hint="Write it as KEY=VALUE, e.g. --tag branch=main.")
-        argv += ["--tag", tag]
+        if source is not None and source.status is not None and source.status.lower() != "completed":
+            raise ComponentError(f"AML run {target.name!r} is {source.status}, not Completed: Event Grid sends "
+                                 "no RunCompleted for it, so neither does the component.",
+                                 hint="Put the component after the training step (bind its model output), so "
+                                 "it runs once training completed; or report a run that completed.")
+        same_experiment = experiment == env.get("MLFLOW_EXPERIMENT_NAME")
+        argv += ["--event-type", "RunCompleted", "--run-id", target.name, "--experiment-name", experiment,
+                 "--experiment-id", (env.get("MLFLOW_EXPERIMENT_ID") if same_experiment else None) or "component"]
+    tags = given if source is None else _agreed_tags(target, source.tags, given)
+    for key, value in tags.items():
+        argv += ["--tag", f"{key}={value}"]
     for flag in ("route", "pipeline_id", "branch"):
         if getattr(ns, flag) is not None:
             argv += ["--" + flag.replace("_", "-"), str(getattr(ns, flag))]
@@ -177,8 +247,34 @@ def runbook_argv(ns: argparse.Namespace, env: Mapping[str, str]) -> list[str]:
     return argv
 
 
+def _given_tags(ns: argparse.Namespace) -> dict[str, str]:
+    tags: dict[str, str] = {}
+    for tag in ns.tag:
+        if "=" not in tag:
+            raise ComponentError(f"Tag {tag!r} is not KEY=VALUE.",
+                                 hint="Write it as KEY=VALUE, e.g. --tag branch=main.")
+        key, value = tag.split("=", 1)
+        tags[key] = value
+    return tags
+
+
+def _agreed_tags(target: Target, actual: dict[str, str], given: dict[str, str]) -> dict[str, str]:
+    """The entity's own tags; an input tag it lacks, or has with another value, is refused: Event Grid would
+    send the entity's tags, so the two paths would start different ADO requests."""
+    wrong = {k: v for k, v in given.items() if actual.get(k) != v}
+    if wrong:
+        what = "run" if target.kind == "run" else "model version"
+        listed = ", ".join(f"{k}={v!r} (the {what} has {actual[k]!r})" if k in actual else f"{k}={v!r} (not on "
+                           f"the {what})" for k, v in sorted(wrong.items()))
+        raise ComponentError(f"The component's tags disagree with AML {what} {target.name!r}: {listed}.",
+                             hint="Set the tags in training (mlflow.set_tag) or at registration, and drop them "
+                             "from the component's inputs (model_name is a tag too): Event Grid sends the "
+                             f"{what}'s own tags, and both paths must send the same event.")
+    return actual
+
+
 def main(argv: Sequence[str] | None = None, *, env: Mapping[str, str] | None = None,
-         out: Printer | None = None) -> int:
+         out: Printer | None = None, reader: SourceReader | None = None) -> int:
     """Run the component: 0 when an ADO run stands for this training run (started now or before), else
     non-zero with ``ERROR:`` lines (1: ADO/identity/ledger trouble, a retry may help; 2: bad inputs)."""
     from ..runbook import main as runbook_main
@@ -188,12 +284,17 @@ def main(argv: Sequence[str] | None = None, *, env: Mapping[str, str] | None = N
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         ns = parser().parse_args(args)
-        relay_argv = runbook_argv(ns, environ)
+        workspace, target = workspace_of(ns, environ), target_of(ns)
     except AmlRelayError as exc:
-        emit(f"ERROR: {exc.message}")
-        if exc.hint:
-            emit(f"ERROR: What to do: {exc.hint}")
-        return 2
+        return _refused(exc, emit, 2)
+    try:
+        source = (reader or read_source(ns, environ))(workspace, target)
+    except AmlRelayError as exc:  # AML unreachable, no role, no such run: nothing was sent
+        return _refused(exc, emit, 1)
+    try:
+        relay_argv = runbook_argv(ns, environ, source)
+    except AmlRelayError as exc:
+        return _refused(exc, emit, 2)
     code, lines, outcomes = _relay_until_recorded(relay_argv, ns.busy_wait, emit, runbook_main)
     for line in lines:
         emit(line)
@@ -211,6 +312,13 @@ def main(argv: Sequence[str] | None = None, *, env: Mapping[str, str] | None = N
         emit(f"ERROR: No ADO pipeline run was started for this AML run: {reasons}.")
         emit("ERROR: What to do: name the route (route input), or check the routes' filters against this run.")
         return 1
+    return code
+
+
+def _refused(exc: AmlRelayError, emit: Printer, code: int) -> int:
+    emit(f"ERROR: {exc.message}")
+    if exc.hint:
+        emit(f"ERROR: What to do: {exc.hint}")
     return code
 
 
