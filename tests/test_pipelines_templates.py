@@ -199,6 +199,48 @@ def test_sync_submissions_do_not_also_trigger_the_async_route(tmp_path: Path, pi
     assert (tags.get("amlrelay-started-by") == "ado") is not async_route_runs
 
 
+def run_install(tmp_path: Path, params: dict[str, Any]) -> list[list[str]]:
+    """The template's install step, run with a ``python`` on PATH that records pip calls (and runs the
+    metadata query with the real interpreter, where amlrelay is installed)."""
+    bash = shutil.which("bash")
+    assert bash
+    spec = load(TEMPLATE)
+    step = next(s for s in spec["steps"] if s.get("displayName") == "Install amlrelay")
+    values = {p["name"]: p.get("default") for p in spec["parameters"]} | params
+    env = {k: re.sub(r"\$\{\{ parameters\.(\w+) \}\}", lambda m: str(values[m.group(1)]), v)
+           for k, v in step["env"].items()}
+    env = {k: v.replace("$(Build.SourcesDirectory)", "/agent/_work/1/s") for k, v in env.items()}  # ADO macro
+    calls = tmp_path / "pip-calls.jsonl"
+    fake = tmp_path / "bin" / "python"
+    fake.parent.mkdir(exist_ok=True)
+    fake.write_text(f"#!{sys.executable}\nimport json, os, sys\nif sys.argv[1] == '-m':\n"
+                    f"    open({str(calls)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n"
+                    f"else:\n    os.execv({sys.executable!r}, [{sys.executable!r}, *sys.argv[1:]])\n")
+    fake.chmod(0o755)
+    done = subprocess.run([bash, "-c", step["script"]], env={"PATH": f"{fake.parent}:/usr/bin:/bin", **env},
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    return [json.loads(line) for line in calls.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("mode", ["wait", "submit", "submit-and-wait"])
+def test_install_step_works_from_a_foreign_checkout(tmp_path: Path, mode: str) -> None:
+    """In a team's own repo Build.SourcesDirectory is their code: the package is a required parameter (here
+    amlrelay checked out next to it with resources.repositories), and only submitting pulls azure-ai-ml."""
+    assert "default" not in next(p for p in load(TEMPLATE)["parameters"] if p["name"] == "package")
+    calls = run_install(tmp_path, {"package": "$(Build.SourcesDirectory)/amlrelay", "mode": mode})
+    assert calls[0][-1] == "/agent/_work/1/s/amlrelay"  # no [aml]: a wait needs no 140 MB SDK
+    extra = calls[1][calls[1].index("-q") + 1:] if len(calls) > 1 else []
+    assert any(r.startswith("azure-ai-ml") for r in extra) is (mode != "wait")
+    assert len(calls) == (1 if mode == "wait" else 2)
+
+
+def test_shipped_pipelines_pin_the_package() -> None:
+    for name, _, params in template_uses():
+        assert params["package"] == "$(amlrelayPackage)", name
+        assert "@v" in load(PIPELINES / name)["variables"]["amlrelayPackage"], name  # a release, not a branch
+
+
 WIF = {"AZURESUBSCRIPTION_CLIENT_ID": "c", "AZURESUBSCRIPTION_TENANT_ID": "t",
        "AZURESUBSCRIPTION_SERVICE_CONNECTION_ID": "s", "SYSTEM_ACCESSTOKEN": "ado-token"}
 
