@@ -134,7 +134,8 @@ def test_the_handshake_is_answered_with_the_validation_code(both: Pair) -> None:
                                                                       VALIDATION["data"]["validationCode"]})
 
 
-@pytest.mark.parametrize("fault", ["400", "403", "404", "429-once", "429-always", "503-once", "502", "timeout"])
+@pytest.mark.parametrize("fault", ["400", "403", "404", "429-once", "429-always", "503-once", "502", "timeout",
+                                   "203-signin", "429-then-203-signin"])
 def test_ado_faults(both: Pair, fault: str) -> None:
     delivery = body(sample("event-grid-schema", "model_deployed"))
     for side in (both.runbook, both.logicapp):
@@ -143,6 +144,11 @@ def test_ado_faults(both: Pair, fault: str) -> None:
             ado.delay(2.5)  # longer than both handlers' 2 s timeout; ADO still queues the run afterwards
         elif fault == "429-always":
             ado.fail(429, retry_after=1, times=5)
+        elif fault == "203-signin":  # how ADO answers a credential it does not accept: a failure, never a 200
+            ado.signin_page()
+        elif fault == "429-then-203-signin":
+            ado.fail(429, retry_after=1, times=1)
+            ado.signin_page()
         else:
             ado.fail(int(fault[:3]), times=1)
     runbook, logicapp = both.deliver(delivery)

@@ -254,7 +254,7 @@ class _Builder:
             "Claim": {"type": "Http", "runAfter": {},
                       "inputs": self.table("POST", insert, self.claim_entity("@int(1)"))},
         }
-        actions.update(self.start_and_record("", {"Claim": ["Succeeded"]}, "@{outputs('Claim')?['headers']?['ETag']}"))
+        actions.update(self.start_and_record("", {"Claim": ["Succeeded"]}, "outputs('Claim')?['headers']?['ETag']"))
         actions["Read"] = {"type": "Http", "runAfter": {"Claim": ["Failed", "TimedOut"]},
                            "inputs": self.table("GET", self.entity_url())}
         actions["Note_ledger_failed"] = self.note({"Read": ["Failed", "TimedOut"]},
@@ -277,7 +277,7 @@ class _Builder:
                                                "another holder took the failed record over first"),
         }
         retry_actions.update(self.start_and_record("_again", {"Take_over": ["Succeeded"]},
-                                                   "@{outputs('Take_over')?['headers']?['ETag']}"))
+                                                   "outputs('Take_over')?['headers']?['ETag']"))
         unsettled = ("@{concat('the ledger record is ', string(body('Read')?['state']), ' (', "
                      "string(body('Read')?['reason']), '): an earlier attempt may have started the run; "
                      "amlrelay replay --stale --failed reconciles it')}")
@@ -296,11 +296,9 @@ class _Builder:
         start, record = f"Start{suffix}", f"Record{suffix}"
         retry, until, record_retry = f"Start_retry{suffix}", f"Until_not_throttled{suffix}", f"Record_retry{suffix}"
         record_failure = f"Record_failure{suffix}"
-        actions: dict[str, Any] = {
-            start: self.start(after),
-            record: self.record({start: ["Succeeded"]}, start, etag),
-            f"Note_unrecorded{suffix}": self.note({record: ["Failed", "TimedOut"]}, _UNRECORDED),
-        }
+        actions: dict[str, Any] = {start: self.start(after)}
+        actions.update(self.record_run({start: ["Succeeded"]}, start, etag, record, f"Note_failed_2xx{suffix}",
+                                       f"Note_unrecorded{suffix}"))
         inner = {
             retry: self.start({}),
             f"Wait_for_ADO{suffix}": self.wait({retry: ["Failed", "TimedOut"]}, retry),
@@ -310,13 +308,12 @@ class _Builder:
             until: {"type": "Until", "runAfter": {f"Wait_first{suffix}": ["Succeeded"]},
                     "expression": "@" + call("not", _throttled(retry)),
                     "limit": {"count": max(self.retries, 1), "timeout": "PT1H"}, "actions": inner},
-            record_retry: self.record({until: ["Succeeded", "Failed", "TimedOut"]}, retry, etag),
-            f"Note_failed_retry{suffix}": self.note({record_retry: ["Succeeded"], until: ["Failed", "TimedOut"]},
-                                                    "@{" + _reason(retry) + "}"),
-            f"Note_unrecorded_retry{suffix}": self.note({record_retry: ["Failed", "TimedOut"]}, _UNRECORDED),
         }
+        throttled_branch.update(self.record_run({until: ["Succeeded", "Failed", "TimedOut"]}, retry, etag,
+                                                record_retry, f"Note_failed_retry{suffix}",
+                                                f"Note_unrecorded_retry{suffix}"))
         other_branch: dict[str, Any] = {
-            record_failure: self.record({}, start, etag),
+            record_failure: self.record({}, start, "@{" + etag + "}"),
             f"Note_failed{suffix}": self.note({record_failure: ["Succeeded"]}, "@{" + _reason(start) + "}"),
             f"Note_unrecorded_failure{suffix}": self.note({record_failure: ["Failed", "TimedOut"]}, _UNRECORDED),
         }
@@ -326,6 +323,26 @@ class _Builder:
             "actions": throttled_branch if self.retries > 0 else {}, "else": {"actions": other_branch},
         }
         return actions
+
+    def record_run(self, after: dict[str, list[str]], start: str, etag: str, record: str, note_failed: str,
+                   note_unrecorded: str) -> dict[str, Any]:
+        """Record ADO's answer after an HTTP action that may have *succeeded without a run*: a 203 sign-in
+        page (how ADO answers a credential it does not accept) or a 2xx without a run id. The runbook fails
+        such an event (``AdoClient._refusal``), so Event Grid must get a 5xx; but telling it apart with an
+        ``If`` would bill one more action on every successful event. Instead ``record`` carries an ETag that
+        can never match when there is no run (Table storage answers 412 and writes nothing), and only then
+        does ``<record>_failure`` write the failure with the claim's real ETag and note it. The success path
+        stays one action; a ``record`` that fails for a real reason (lost claim) makes the second write
+        fail too (its ETag never matches when there *is* a run), which is noted as unrecorded, as before."""
+        ok = _ok(start)
+        second = f"{record}_no_run"
+        return {
+            record: self.record(after, start, "@{" + call("if", ok, etag, q(_NEVER_ETAG)) + "}"),
+            second: self.record({record: ["Failed", "TimedOut"]}, start,
+                                "@{" + call("if", ok, q(_NEVER_ETAG), etag) + "}"),
+            note_failed: self.note({second: ["Succeeded"]}, "@{" + _reason(start) + "}"),
+            note_unrecorded: self.note({second: ["Failed", "TimedOut"]}, _UNRECORDED),
+        }
 
     def start(self, after: dict[str, list[str]]) -> dict[str, Any]:
         http: dict[str, Any] = {
@@ -354,7 +371,7 @@ class _Builder:
         """Merge ADO's answer into the claim (If-Match its ETag): triggered with the run, or failed."""
         answer = _answer(start)
         run_id = f"{answer}?['id']"
-        ok = call("and", call("equals", _code(start), "200"), f.present(run_id))
+        ok = _ok(start)
         url = call("coalesce", f"{answer}?['_links']?['web']?['href']", f"{answer}?['url']", "''")
         triggered = call("setProperty", call("setProperty", "json('{\"state\":\"triggered\"}')", "'ado_run_id'",
                                              run_id), "'ado_run_url'", url)
@@ -372,6 +389,13 @@ class _Builder:
 
 
 _UNRECORDED = "the ledger could not record the outcome (the claim was lost?)"
+# A well-formed Table ETag no entity can carry (its timestamp is year 1): If-Match with it is always a 412.
+_NEVER_ETAG = "W/\"datetime'0001-01-01T00%3A00%3A00.0000000Z'\""
+
+
+def _ok(start: str) -> str:
+    """ADO started a run: HTTP 200 with a run id (the runbook's ``_run_from`` needs an int id)."""
+    return call("and", call("equals", _code(start), "200"), f.present(f"{_answer(start)}?['id']"))
 
 
 def _code(start: str) -> str:
@@ -394,7 +418,8 @@ def _reason(start: str) -> str:
     return call("concat", call("if", ambiguous, q(AMBIGUOUS), "''"), "'ADO answered '",
                 call("if", call("equals", code, "0"), "'nothing (timeout or reset)'",
                      call("concat", "'HTTP '", call("string", code))),
-                call("if", call("equals", code, "200"), "' without a run (a sign-in page?)'", "''"),
+                call("if", call("contains", "createArray(200, 203)", code),
+                     "' without a run (a sign-in page: was the credential accepted?)'", "''"),
                 "' for '", f"parameters('routes')[{ROUTE}]['path']",
                 call("if", f.present(f"{answer}?['message']"),
                      call("concat", "': '", f"string({answer}?['message'])"), "''"))
