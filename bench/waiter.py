@@ -45,8 +45,8 @@ from tests.servers._jwt import mint_token  # noqa: E402
 from tests.servers.aml import ARM_RESOURCE, AmlServer  # noqa: E402
 from tests.servers.identity import CONFLICTING_ENV, IdentityServer  # noqa: E402
 
-from amlrelay.aml import JobsClient, WaitOptions, begin_wait  # noqa: E402
-from amlrelay.aml._wait import SystemClock, waiter_client  # noqa: E402
+from amlrelay.aml import JobsClient, WaitOptions, begin_wait, waiter_client  # noqa: E402
+from amlrelay.aml._wait import SystemClock  # noqa: E402
 from amlrelay.record import table  # noqa: E402
 
 AZ_VENV = ROOT / ".tools" / "azure-cli"

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from amlrelay.aml import EXIT_RESUMABLE, JobsClient, JobStatus, Outcome, WaitOptions, begin_wait
+from amlrelay.aml import EXIT_RESUMABLE, JobsClient, JobStatus, WaitOptions, WaitOutcome, begin_wait
 from amlrelay.aml._ado import escape_property, log_issue, set_output
 from amlrelay.aml._cli import _PIPELINES_ENV, OUTPUT_VARIABLES, _credential, duration, run
 from amlrelay.aml._submit import Submission, Submitted
@@ -89,12 +89,26 @@ def test_backoff_grows_to_the_cap_and_resets_on_a_change(aml_server: AmlServer, 
     clock.at(1800, lambda: aml_server.set_status("j", "Finalizing"))
     clock.at(2400, lambda: aml_server.set_status("j", "Completed"))
     result = begin_wait(client, ["j"], WaitOptions(poll_min=5, poll_max=60, backoff=1.5), clock=clock).result()
-    assert result.outcome is Outcome.COMPLETED
+    assert result.outcome is WaitOutcome.COMPLETED
     gaps = [round(b - a, 3) for a, b in itertools.pairwise(gets)]
     assert gaps[:5] == [5, 7.5, 11.25, 16.875, 25.312]
     assert max(gaps) == 60
     after_change = next(i for i, t in enumerate(gets) if t > 1800)
     assert gaps[after_change] == 5  # back to poll-min once Finalizing was seen
+
+
+def test_public_names_do_not_clash_with_the_relay() -> None:
+    """``from amlrelay.aml import *`` next to ``amlrelay.record``: no second ``Outcome``; the type of
+    ``WaitResult.jobs`` items is public."""
+    import amlrelay.aml as aml
+    import amlrelay.record as record
+
+    assert not set(aml.__all__) & {"Outcome"}
+    assert aml.WaitOutcome.__name__ != record.Outcome.__name__
+    assert aml.JobResult("j").name == "j"
+    assert {"JobResult", "WaitOutcome", "waiter_client"} <= set(aml.__all__)
+    with pytest.raises(AttributeError):
+        getattr(aml, "Outcome")  # noqa: B009
 
 
 # -- every status -----------------------------------------------------------------------------------------------
@@ -315,7 +329,7 @@ def test_transient_errors_are_polled_through(aml_server: AmlServer, aml_credenti
     clock = FakeClock()
     clock.at(900, lambda: aml_server.set_status("j", "Completed"))
     result = begin_wait(client, ["j"], clock=clock, report=lambda kind, msg, job: seen.append(kind)).result()
-    assert result.outcome is Outcome.COMPLETED
+    assert result.outcome is WaitOutcome.COMPLETED
     assert seen.count("warning") == 3
 
 

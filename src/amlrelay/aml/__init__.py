@@ -2,7 +2,10 @@
 
 Public surface (the rest is private and may change): :class:`Workspace`, :class:`JobsClient`, :class:`Job`,
 :class:`ModelVersion`, :class:`JobStatus` and its groups, the errors, and the waiter (:func:`begin_wait`
-returns a :class:`WaitPoller` with ``result()`` and ``continuation_token()``, as azure-core pollers do).
+returns a :class:`WaitPoller` with ``result()`` and ``continuation_token()``, as azure-core pollers do; its
+:class:`WaitResult` holds a :class:`WaitOutcome` and one :class:`JobResult` per job; :func:`waiter_client`
+is the jobs client a waiter should use). ``WaitOutcome`` is not ``amlrelay.record.Outcome`` (the relay's
+outcome of one event): the names differ so both can be imported side by side.
 The ``amlrelay aml`` commands are in ``amlrelay.aml._cli`` and are registered through ``amlrelay.cli.COMMAND_GROUPS``.
 """
 
@@ -23,13 +26,13 @@ if TYPE_CHECKING:
         EXIT_INTERRUPTED,
         EXIT_RESUMABLE,
         EXIT_USAGE,
-        Outcome,
+        WaitOutcome,
     )
     from ._errors import AmlError, AmlNotFoundError
     from ._mlflow import MlflowClient, MlflowError, tracking_url
     from ._status import FINAL_STATES, QUEUE_STATES, RUN_STATES, JobStatus, parse_status
     from ._tagback import RUN_ID_TAG, RUN_URL_TAG, TagBack, TagRetry, retry_tags, tag_back_from_settings
-    from ._wait import WaitOptions, WaitPoller, WaitResult, begin_wait
+    from ._wait import JobResult, WaitOptions, WaitPoller, WaitResult, begin_wait, waiter_client
     from ._workspace import Workspace
 
 _EXPORTS: dict[str, tuple[str, str]] = {
@@ -49,18 +52,20 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "MlflowClient": ("._mlflow", "MlflowClient"),
     "MlflowError": ("._mlflow", "MlflowError"),
     "ModelVersion": ("._client", "ModelVersion"),
-    "Outcome": ("._contract", "Outcome"),
     "QUEUE_STATES": ("._status", "QUEUE_STATES"),
     "RUN_ID_TAG": ("._tagback", "RUN_ID_TAG"),
     "RUN_STATES": ("._status", "RUN_STATES"),
     "RUN_URL_TAG": ("._tagback", "RUN_URL_TAG"),
     "TagBack": ("._tagback", "TagBack"),
     "TagRetry": ("._tagback", "TagRetry"),
+    "JobResult": ("._wait", "JobResult"),
     "WaitOptions": ("._wait", "WaitOptions"),
+    "WaitOutcome": ("._contract", "WaitOutcome"),
     "WaitPoller": ("._wait", "WaitPoller"),
     "WaitResult": ("._wait", "WaitResult"),
     "Workspace": ("._workspace", "Workspace"),
     "begin_wait": ("._wait", "begin_wait"),
+    "waiter_client": ("._wait", "waiter_client"),
     "check_job_name": ("._client", "check_job_name"),
     "parse_status": ("._status", "parse_status"),
     "retry_tags": ("._tagback", "retry_tags"),
@@ -88,15 +93,16 @@ __all__ = [
     "AmlError",
     "AmlNotFoundError",
     "Job",
+    "JobResult",
     "JobStatus",
     "JobsClient",
     "MlflowClient",
     "MlflowError",
     "ModelVersion",
-    "Outcome",
     "TagBack",
     "TagRetry",
     "WaitOptions",
+    "WaitOutcome",
     "WaitPoller",
     "WaitResult",
     "Workspace",
@@ -107,6 +113,7 @@ __all__ = [
     "run_component",
     "tag_back_from_settings",
     "tracking_url",
+    "waiter_client",
 ]
 
 

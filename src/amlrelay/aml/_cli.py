@@ -27,7 +27,7 @@ from ._contract import (
     EXIT_INTERRUPTED,
     EXIT_RESUMABLE,
     EXIT_USAGE,
-    Outcome,
+    WaitOutcome,
 )
 from ._errors import AmlError
 
@@ -183,9 +183,9 @@ def _finish(ns: argparse.Namespace, client: JobsClient, credential: TokenCredent
     from ..record import table
 
     code = result.exit_code
-    if result.outcome is Outcome.HANDED_OFF and not ns.handoff_route:
+    if result.outcome is WaitOutcome.HANDED_OFF and not ns.handoff_route:
         say("handed off without a relay tag (empty --handoff-route): resume with the amlWaitToken output")
-    elif result.outcome is Outcome.HANDED_OFF:
+    elif result.outcome is WaitOutcome.HANDED_OFF:
         from ._handoff import HANDOFF_TAG, finished_meanwhile, tag_handoffs
 
         try:
@@ -214,9 +214,9 @@ def _finish(ns: argparse.Namespace, client: JobsClient, credential: TokenCredent
             say(_ado.set_output(name, value))
         say(_ado.upload_summary(_summary_file(result, ns.handoff_route)))
         for job in result.jobs:
-            if job.outcome in (Outcome.FAILED, Outcome.CANCELED, Outcome.TIMED_OUT):
+            if job.outcome in (WaitOutcome.FAILED, WaitOutcome.CANCELED, WaitOutcome.TIMED_OUT):
                 say(_ado.log_issue("error", f"AML job {job.name} {job.outcome}: {job.reason} - {job.studio_url}"))
-            elif job.outcome is Outcome.HANDED_OFF:
+            elif job.outcome is WaitOutcome.HANDED_OFF:
                 say(_ado.log_issue("warning", f"AML job {job.name} handed off to the relay ({ns.handoff_route}): "
                                    f"{job.reason} - {job.studio_url}"))
     return code
@@ -229,7 +229,7 @@ def _summary_file(result: WaitResult, route: str) -> str:
     lines = ["### AML jobs", "", "| job | status | outcome | |", "|---|---|---|---|"]
     lines += [f"| {j.name} | {j.status_text or j.status} | {j.outcome or 'still waiting'} | [studio]({j.studio_url}) |"
               for j in result.jobs]
-    if result.outcome is Outcome.HANDED_OFF and route:
+    if result.outcome is WaitOutcome.HANDED_OFF and route:
         lines += ["", f"Handed off: the relay route for `amlrelay-handoff={route}` continues when the jobs end."]
     folder = os.environ.get("AGENT_TEMPDIRECTORY") or tempfile.gettempdir()
     with tempfile.NamedTemporaryFile("w", suffix=".md", prefix="aml-jobs-", dir=folder, delete=False,

@@ -12,7 +12,7 @@ DEFAULT_ARM_URL = "https://management.azure.com"
 DEFAULT_API_VERSION = "2025-09-01"
 
 
-class Outcome(str, Enum):
+class WaitOutcome(str, Enum):
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELED = "canceled"
@@ -23,8 +23,8 @@ class Outcome(str, Enum):
         return self.value
 
 
-EXIT_CODES = {Outcome.COMPLETED: 0, Outcome.FAILED: 1, Outcome.CANCELED: 3, Outcome.TIMED_OUT: 4,
-              Outcome.HANDED_OFF: 5}
+EXIT_CODES = {WaitOutcome.COMPLETED: 0, WaitOutcome.FAILED: 1, WaitOutcome.CANCELED: 3, WaitOutcome.TIMED_OUT: 4,
+              WaitOutcome.HANDED_OFF: 5}
 EXIT_USAGE = 2  # argparse's own code, and what amlrelay's CLI returns for bad input
 EXIT_ERROR = 6  # AML could not be read: no token, 401/403/404, or tagging for a hand-off failed
 EXIT_RESUMABLE = 7  # the credential stopped giving ARM tokens mid-wait (e.g. AzureCLI@2's federated login

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ._client import Job, JobsClient
-from ._contract import Outcome
+from ._contract import WaitOutcome
 from ._errors import AmlError
 from ._mlflow import MlflowClient, tracking_url
 from ._status import FINAL_STATES
@@ -29,7 +29,7 @@ def tag_handoffs(client: JobsClient, credential: TokenCredential, jobs: list[Job
                  tracking_uri: str | None = None, audience: str | None = None) -> list[str]:
     """Tag every handed-off job; return their names. ``tracking_uri`` defaults to the workspace's
     ``mlFlowTrackingUri`` (right for private-link workspaces too, unlike a URL built from the region)."""
-    names = [j.name for j in jobs if j.outcome is Outcome.HANDED_OFF]
+    names = [j.name for j in jobs if j.outcome is WaitOutcome.HANDED_OFF]
     if not names:
         return []
     base = tracking_uri or str(client.get_workspace().get("properties", {}).get("mlFlowTrackingUri") or "")

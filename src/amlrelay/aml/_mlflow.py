@@ -53,9 +53,7 @@ def tracking_url(workspace_id: str, *, region: str | None = None, base: str = DE
     and used as it is, provided it names this workspace: that is the only correct way for private-link
     workspaces, whose host is not derived from the region."""
     ws = Workspace.parse(workspace_id)
-    text = base.strip().rstrip("/")
-    if text.lower().startswith("azureml://"):
-        text = "https://" + text[len("azureml://"):]
+    text = rest_url(base)
     if "/subscriptions/" in text.lower():
         named = text[text.lower().index("/subscriptions/"):]
         if Workspace.parse(named).arm_path.lower() != ws.arm_path.lower():
@@ -78,16 +76,27 @@ def tracking_url(workspace_id: str, *, region: str | None = None, base: str = DE
     return f"{text}/mlflow/v2.0{ws.arm_path}"
 
 
+_V1 = re.compile(r"/mlflow/v1\.0/", re.IGNORECASE)
+
+
+def rest_url(uri: str) -> str:
+    """A tracking URI as the REST client must call it: ``azureml://`` becomes ``https://``, and the
+    ``/mlflow/v1.0/`` that ``mlflow_tracking_uri`` and a job's ``MLFLOW_TRACKING_URI`` carry becomes
+    ``/mlflow/v2.0/``: azureml-mlflow rewrites it so with mlflow >= 2 (``_store/azureml_reststore.py``), and
+    v2.0 is the path documented for raw clients (AML-JOBS.md §3); v1.0 is the mlflow 1.x prefix."""
+    text = uri.strip().rstrip("/")
+    if text.lower().startswith("azureml://"):
+        text = "https://" + text[len("azureml://"):]
+    return _V1.sub("/mlflow/v2.0/", text, count=1)
+
+
 class MlflowClient:
     """Set tags on runs and model versions of one workspace (``tracking_url`` from :func:`tracking_url`)."""
 
     def __init__(self, tracking_url: str, credential: TokenCredential, *, timeout: float = 30.0,
                  arm_url: str = ARM_URL, retries: int = 3, backoff: float = 0.5,
                  session: requests.Session | None = None) -> None:
-        url = tracking_url.strip().rstrip("/")
-        if url.lower().startswith("azureml://"):
-            url = "https://" + url[len("azureml://"):]
-        self.tracking_url = url
+        self.tracking_url = rest_url(tracking_url)
         self._credential = credential
         self._scope = f"{arm_url.rstrip('/')}/.default"
         self._timeout = timeout

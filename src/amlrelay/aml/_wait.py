@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ._client import Job, JobsClient, check_job_name
-from ._contract import EXIT_CODES, Outcome
+from ._contract import EXIT_CODES, WaitOutcome
 from ._errors import AmlError
 from ._status import FINAL_STATES, QUEUE_STATES, JobStatus
 from ._token import JobClock, WaitState, decode, encode
@@ -42,9 +42,10 @@ from ._workspace import Workspace
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
 
-_SEVERITY = (Outcome.FAILED, Outcome.CANCELED, Outcome.TIMED_OUT, Outcome.HANDED_OFF, Outcome.COMPLETED)
-_FINAL_OUTCOME = {JobStatus.COMPLETED: Outcome.COMPLETED, JobStatus.FAILED: Outcome.FAILED,
-                  JobStatus.CANCELED: Outcome.CANCELED}
+_SEVERITY = (WaitOutcome.FAILED, WaitOutcome.CANCELED, WaitOutcome.TIMED_OUT, WaitOutcome.HANDED_OFF,
+             WaitOutcome.COMPLETED)
+_FINAL_OUTCOME = {JobStatus.COMPLETED: WaitOutcome.COMPLETED, JobStatus.FAILED: WaitOutcome.FAILED,
+                  JobStatus.CANCELED: WaitOutcome.CANCELED}
 
 
 class Clock(Protocol):
@@ -96,7 +97,7 @@ class JobResult:
     name: str
     status: JobStatus = JobStatus.UNKNOWN
     status_text: str = ""
-    outcome: Outcome | None = None
+    outcome: WaitOutcome | None = None
     reason: str = ""
     studio_url: str = ""
     experiment_name: str = ""
@@ -105,7 +106,7 @@ class JobResult:
 
 @dataclass(frozen=True)
 class WaitResult:
-    outcome: Outcome
+    outcome: WaitOutcome
     jobs: list[JobResult]
     token: str
     elapsed: float
@@ -205,7 +206,7 @@ class WaitPoller:
         else:
             self._interval = min(self._interval * self._options.backoff, self._options.poll_max)
         decided = [live.result.outcome for live in self._live if live.result.outcome is not None]
-        if not self._pending() or (self._options.fail_fast and any(o is not Outcome.COMPLETED for o in decided)):
+        if not self._pending() or (self._options.fail_fast and any(o is not WaitOutcome.COMPLETED for o in decided)):
             self._done = True
 
     def _observe(self, live: _Live, job: Job, now: float) -> bool:
@@ -232,10 +233,10 @@ class WaitPoller:
         live.not_responding_since = (live.not_responding_since or now) if job.status is \
             JobStatus.NOT_RESPONDING else None
         if job.status in FINAL_STATES:
-            res.outcome = Outcome.TIMED_OUT if live.timed_out else _FINAL_OUTCOME[job.status]
+            res.outcome = WaitOutcome.TIMED_OUT if live.timed_out else _FINAL_OUTCOME[job.status]
             res.reason = f"{live.timed_out}; then {job.status}" if live.timed_out else str(job.status)
         elif job.status is JobStatus.PAUSED and self._options.paused_is_final and not live.timed_out:
-            res.outcome, res.reason = Outcome.FAILED, "Paused (--paused-is-final)"
+            res.outcome, res.reason = WaitOutcome.FAILED, "Paused (--paused-is-final)"
         else:
             self._check_deadlines(live, now)
         return changed
@@ -243,7 +244,7 @@ class WaitPoller:
     def _check_deadlines(self, live: _Live, now: float) -> None:
         if live.timed_out:
             if live.cancel_until is None or now >= live.cancel_until:
-                live.result.outcome = Outcome.TIMED_OUT
+                live.result.outcome = WaitOutcome.TIMED_OUT
                 live.result.reason = live.timed_out + ("; cancel requested, not confirmed within "
                                                       f"{_span(self._options.cancel_grace)}"
                                                       if live.cancel_until is not None else "")
@@ -258,14 +259,14 @@ class WaitPoller:
                 self._client.cancel_job(live.clock.name)
             except AmlError as exc:
                 self._report("warning", f"{live.clock.name}: cancel failed: {exc.message}", live.result)
-                live.result.outcome, live.result.reason = Outcome.TIMED_OUT, f"{reason}; cancel failed"
+                live.result.outcome, live.result.reason = WaitOutcome.TIMED_OUT, f"{reason}; cancel failed"
                 return
             live.timed_out += "; canceled by amlrelay"
             live.cancel_until = now + self._options.cancel_grace
             self._interval = self._options.poll_min
             self._report("cancel", f"{live.clock.name}: cancel requested", live.result)
         else:
-            live.result.outcome, live.result.reason = Outcome.TIMED_OUT, reason
+            live.result.outcome, live.result.reason = WaitOutcome.TIMED_OUT, reason
 
     def _overdue(self, live: _Live, now: float) -> str:
         opts, clock, status = self._options, live.clock, live.result.status
@@ -308,7 +309,7 @@ class WaitPoller:
     def _hand_off(self) -> None:
         now = self._clock.time()
         for live in self._pending():
-            live.result.outcome = Outcome.HANDED_OFF
+            live.result.outcome = WaitOutcome.HANDED_OFF
             live.result.reason = f"still {live.result.status_text or live.result.status} after " \
                                  f"{_span(now - self._session_start)} on this agent"
             self._report("handoff", f"{live.clock.name}: {live.result.reason}; handing off", live.result)
@@ -324,11 +325,11 @@ class WaitPoller:
         self._report("heartbeat", f"waiting {_span(now - self._state.started)}: " + ", ".join(parts)
                      + f"; next poll in {_span(max(0.0, wake - now))}", None)
 
-    def _outcome(self) -> Outcome:
+    def _outcome(self) -> WaitOutcome:
         outcomes = {live.result.outcome for live in self._live if live.result.outcome is not None}
-        if self._handed_off and not outcomes - {Outcome.COMPLETED, Outcome.HANDED_OFF}:
-            return Outcome.HANDED_OFF
-        return next((o for o in _SEVERITY if o in outcomes), Outcome.TIMED_OUT)
+        if self._handed_off and not outcomes - {WaitOutcome.COMPLETED, WaitOutcome.HANDED_OFF}:
+            return WaitOutcome.HANDED_OFF
+        return next((o for o in _SEVERITY if o in outcomes), WaitOutcome.TIMED_OUT)
 
 
 WAITER_TIMEOUT = 20.0
