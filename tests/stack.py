@@ -111,11 +111,13 @@ class Stack:
             data = event.data
             with suppress(ValueError):  # a name AML could not hold: the verifier refuses it
                 if isinstance(data, RunEventData) and claimed_status(event):
-                    aml.add_job(data.run_id, str(claimed_status(event)), experiment_name=data.experiment_name)
+                    aml.add_job(data.run_id, str(claimed_status(event)), experiment_name=data.experiment_name,
+                                tags=data.run_tags, properties=data.run_properties)
                 elif isinstance(data, DatasetDriftData) and data.run_id:
                     aml.add_job(data.run_id, "Completed", experiment_name="datadrift")
                 elif isinstance(data, ModelRegisteredData):
-                    aml.add_model_version(data.model_name, data.model_version)
+                    aml.add_model_version(data.model_name, data.model_version, tags=data.model_tags,
+                                          properties=data.model_properties)
                 elif isinstance(data, ModelDeployedData):
                     for model_id in data.model_ids:
                         name, _, version = model_id.rpartition(":")

@@ -4,7 +4,9 @@ final status differs, or a run of another experiment is rejected: 100 % rejected
 
 The forgeries are generated (hypothesis, derandomized, so CI is reproducible) from the official samples,
 keeping every field the routes filter on, so each forged event *would* start a pipeline without
-verification (checked: the same events with AML holding them are triggered)."""
+verification (checked: the same events with AML holding them are triggered). Forged values count too: a
+real run or model version with the tags a route reads changed (the branch, the loop-guard tag dropped) or a
+subject not in AML's shape is rejected (review MUST 1)."""
 
 from __future__ import annotations
 
@@ -35,6 +37,9 @@ WORLD_RUNS = {"train_completed_1": "Completed", "train_failed_1": "Failed", "tra
               "train_running_1": "Running"}
 WORLD_MODELS = {("sklearn_churn", "1"), ("sklearn_churn", "2"), ("sklearn_regression_model", "20")}
 DRIFT_RUN = "drift_run_1"
+ADO_RUN = "train_by_ado_1"  # a Completed run ADO started: the loop guard skips its genuine event
+MODEL_TAGS = {"area": "diabetes", "type": "regression"}  # what the official ModelRegistered sample carries
+MODEL_PROPERTIES = {"type": "test"}
 
 names = st.from_regex(re.compile(r"[a-z][a-z0-9_-]{2,40}", re.ASCII), fullmatch=True)
 versions = st.integers(min_value=1, max_value=10_000).map(str)
@@ -47,8 +52,10 @@ def hold_world(stack: Stack) -> None:
     for run_id, status in WORLD_RUNS.items():
         stack.aml.add_job(run_id, status, experiment_name=EXPERIMENT)
     stack.aml.add_job(DRIFT_RUN, "Completed", experiment_name="datadrift")
+    stack.aml.add_job(ADO_RUN, "Completed", experiment_name=EXPERIMENT,
+                      tags={"amlrelay-started-by": "ado", "branch": "main"})
     for name, version in WORLD_MODELS:
-        stack.aml.add_model_version(name, version)
+        stack.aml.add_model_version(name, version, tags=MODEL_TAGS, properties=MODEL_PROPERTIES)
 
 
 def event(schema: str, name: str, topic: str, **data: Any) -> dict[str, Any]:
@@ -71,7 +78,9 @@ def forged(draw: st.DrawFn) -> tuple[str, dict[str, Any]]:
     """(the kind of forgery, the event)."""
     schema, topic = draw(schemas), draw(topics)
     kind = draw(st.sampled_from(["unknown run", "other final status", "other experiment", "unknown model",
-                                 "unknown model version", "deployment of an unknown model", "unknown drift run"]))
+                                 "unknown model version", "deployment of an unknown model", "unknown drift run",
+                                 "loop-guard tag dropped, branch chosen", "branch tag added", "model tag changed",
+                                 "subject of another shape"]))
     unknown = draw(names.filter(lambda n: n not in WORLD_RUNS and n != DRIFT_RUN))
     if kind == "unknown run":
         status = draw(st.sampled_from([None, "Failed", "Canceled", "Completed", "failed"]))
@@ -97,6 +106,21 @@ def forged(draw: st.DrawFn) -> tuple[str, dict[str, Any]]:
         ghost = f"sklearn_{unknown}:{draw(versions)}"
         ids = draw(st.permutations(["sklearn_churn:1", ghost]))
         return kind, event(schema, "model_deployed", topic, modelIds=",".join(ids))
+    if kind == "loop-guard tag dropped, branch chosen":
+        return kind, event(schema, "run_completed", topic, runId=ADO_RUN, experimentName=EXPERIMENT,
+                           runTags={"branch": unknown})
+    if kind == "branch tag added":  # AML's run has no tags at all: the route would fall back to main
+        return kind, event(schema, "run_completed", topic, runId="train_completed_1", experimentName=EXPERIMENT,
+                           runTags={"branch": unknown})
+    if kind == "model tag changed":
+        version = draw(st.sampled_from(sorted(v for n, v in WORLD_MODELS if n == "sklearn_churn")))
+        return kind, event(schema, "model_registered", topic, modelName="sklearn_churn", modelVersion=version,
+                           modelTags={**MODEL_TAGS, "area": unknown})
+    if kind == "subject of another shape":
+        raw = event(schema, "run_completed", topic, runId="train_completed_1", experimentName=EXPERIMENT)
+        raw["subject"] = draw(st.sampled_from(["", "runs/train_completed_1", f"experiments/{unknown}",
+                                               "experiments/x/runs/train_completed_1/extra"]))
+        return kind, raw
     return kind, event(schema, "dataset_drift_detected", topic, runId=unknown)
 
 
@@ -131,7 +155,7 @@ def test_forged_events_are_all_rejected_and_never_reach_ado(monkeypatch: pytest.
         assert stack.ado.requests == []  # 0 ADO calls, whatever was forged
         assert stack.aml is not None
         assert {r.method for r in stack.aml.requests} == {"GET"}
-    assert len(seen) == 7, seen  # every kind of forgery was tried
+    assert len(seen) == 11, seen  # every kind of forgery was tried
     assert sum(seen.values()) >= 150
 
 
@@ -149,10 +173,23 @@ def test_the_same_events_are_triggered_when_aml_holds_them(monkeypatch: pytest.M
                    event("event-grid-schema", "dataset_drift_detected", SAMPLE_WORKSPACE, runId=DRIFT_RUN),
                    event("event-grid-schema", "run_status_changed", SAMPLE_WORKSPACE, runId="train_running_1",
                          runStatus="Failed", experimentName=EXPERIMENT)]  # not yet Failed: tried again later
+        genuine.append(event("event-grid-schema", "run_completed", SAMPLE_WORKSPACE, runId=ADO_RUN,
+                             experimentName=EXPERIMENT, runTags={"amlrelay-started-by": "ado", "branch": "main"}))
         outcomes = relay.handle(parse_events(genuine), raw=genuine)
-        assert [o.outcome for o in outcomes] == ["triggered"] * 5 + ["failed"]
+        assert [o.outcome for o in outcomes] == ["triggered"] * 5 + ["failed", "skipped"]
         assert "not yet Failed" in str(outcomes[5].reason)
+        assert "amlrelay-started-by" in str(outcomes[6].reason)  # the loop guard, before any AML read
         assert len(stack.ado.run_requests) == 5
+        # A tag AML does hold is confirmed, and the pipeline runs on the branch AML says.
+        assert stack.aml is not None
+        stack.aml.add_job("train_on_branch_1", "Completed", experiment_name=EXPERIMENT,
+                          tags={"branch": "feature-x"})
+        tagged = [event("event-grid-schema", "run_completed", SAMPLE_WORKSPACE, runId="train_on_branch_1",
+                        experimentName=EXPERIMENT, runTags={"branch": "feature-x"})]
+        [outcome] = relay.handle(parse_events(tagged), raw=tagged)
+        assert outcome.outcome == "triggered", outcome
+        body = stack.ado.run_requests[-1].json
+        assert body["resources"]["repositories"]["self"]["refName"] == "refs/heads/feature-x"
 
 
 def test_a_forged_batch_through_the_runbook_exits_2_with_no_ado_call() -> None:

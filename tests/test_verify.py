@@ -16,7 +16,18 @@ from amlrelay.models import AmlEvent
 from amlrelay.routes import load_routes
 from amlrelay.runbook import build_relay
 from amlrelay.settings import resolve
-from amlrelay.verify import MAX_MODEL_IDS, AmlVerifier, Read, Refusal, claimed_status, judge_job, plan
+from amlrelay.verify import (
+    MAX_MODEL_IDS,
+    AmlVerifier,
+    Held,
+    Read,
+    Refusal,
+    claimed_status,
+    fields_read,
+    judge_job,
+    judge_values,
+    plan,
+)
 from tests import secret_guard
 from tests.conftest import ROUTES_FILE, all_samples, sample
 from tests.servers.aml import ARM_RESOURCE, AmlServer
@@ -141,6 +152,57 @@ def test_what_aml_could_never_have_sent_is_refused_before_any_read(name: str, da
     assert planned.refusal is not None
     assert planned.refusal.outcome == "rejected"
     assert reason in planned.refusal.reason
+
+
+@pytest.mark.parametrize(("name", "subject"), [
+    ("run_completed", ""), ("run_completed", "runs/" + RUN_ID), ("run_status_changed", "experiments/x"),
+    ("model_registered", "sklearn_regression_model:20"), ("model_deployed", "services/my-sklearn-service"),
+    ("dataset_drift_detected", "drift/x")])
+def test_a_subject_not_in_amls_shape_is_rejected_when_verifying(name: str, subject: str) -> None:
+    raw = sample("event-grid-schema", name)
+    raw["topic"], raw["subject"] = WS, subject
+    [event] = parse_events([raw])
+    assert isinstance(event, AmlEvent)
+    refusal = plan(event).refusal
+    assert refusal is not None
+    assert refusal.outcome == "rejected"
+    assert "is not in the shape AML sends" in refusal.reason
+
+
+def test_the_fields_routes_read_are_their_filters_and_templates() -> None:
+    routes = load_routes(ROUTES_FILE).routes
+    evaluate = next(r for r in routes if r.name == "evaluate-trained-model")
+    read = fields_read([evaluate])
+    assert {"runStatus", "runTags.amlrelay-started-by", "runTags.branch", "runId", "experimentName",
+            "workspaceName", "eventId"} <= set(read)
+    assert "modelTags.area" in fields_read(routes)
+
+
+def test_every_tag_and_property_a_route_reads_must_be_amls() -> None:
+    event = event_in(WS, "run_completed", runTags={"branch": "evil", "Stage": "prod"},
+                     runProperties={"owner": "me"})
+    read = Read("job", RUN_ID)
+    held = Held("Completed", EXPERIMENT, JOB_ID, {"stage": "prod"}, {"owner": "me"})
+    assert judge_values(event, read, held, ["runTags.stage", "runProperties.owner", "runId"]) is None  # key case
+    refusal = judge_values(event, read, held, ["runTags.branch"])
+    assert refusal == Refusal("rejected", f"AML has runTags.branch absent for run {RUN_ID!r}, but the event says "
+                                          "'evil'; a route reads it, so the event is not acted on")
+    dropped = judge_values(event, read, Held("Completed", EXPERIMENT, JOB_ID, {"amlrelay-started-by": "ado"}),
+                           ["runTags.amlrelay-started-by"])
+    assert dropped is not None
+    assert "AML has runTags.amlrelay-started-by 'ado'" in dropped.reason
+    assert "the event says absent" in dropped.reason
+    other = judge_values(event, read, Held("Completed", EXPERIMENT, JOB_ID, {}, {"owner": "you"}),
+                         ["runProperties.owner"])
+    assert other is not None
+    assert other.outcome == "rejected"
+    assert judge_values(event, read, held, ["runTags.unread"]) is None  # what no route reads is not compared
+    model = event_in(WS, "model_registered")
+    version = Read("model", "sklearn_regression_model", "20")
+    assert judge_values(model, version, Held("", "", "", {"area": "diabetes"}), ["modelTags.area"]) is None
+    forged = judge_values(model, version, Held("", "", "", {"area": "finance"}), ["modelTags.area"])
+    assert forged is not None
+    assert "modelTags.area 'finance'" in forged.reason
 
 
 def test_what_each_event_type_reads() -> None:
@@ -400,7 +462,14 @@ def test_with_the_ledger_a_refused_event_leaves_no_record_and_a_genuine_one_stay
     assert [o.outcome for o in first] == ["failed", "failed"]
     assert ledger.recent() == []  # nothing claimed: the journal or a replay retries the whole event
     second = relay.handle(parse_events([genuine, forged]), raw=[genuine, forged])
-    third = relay.handle(parse_events([genuine]), raw=[genuine])  # a redelivery, verified again
+    reads = len(stack.aml.requests)
+    relay = build_relay(resolve({}, env=env), load_routes(ROUTES_FILE))  # a new job: nothing cached
+    third = relay.handle(parse_events([genuine]), raw=[genuine])  # a redelivery: the ledger answers
     assert [o.outcome for o in second + third] == ["triggered", "rejected", "duplicate"]
     assert [r.state for r in ledger.recent()] == ["triggered"]
     assert len(stack.ado.run_requests) == 1
+    assert len(stack.aml.requests) == reads  # a triggered outcome costs no AML read (review SHOULD 3)
+    stack.aml.fail(403, times=10, method="GET")  # and an ARM outage or a lost role cannot fail it
+    fourth = relay.handle(parse_events([genuine]), raw=[genuine])
+    assert [(o.outcome, o.reason) for o in fourth] == [("duplicate", "already triggered")]
+    assert fourth[0].ado_run_id == third[0].ado_run_id is not None

@@ -8,14 +8,17 @@ a duplicate delivery finds the claim and reports the original ADO run instead of
 Nothing is triggered without a claim, so a ledger that cannot be reached fails the event, loudly.
 
 Verification (``amlrelay.verify``, AMLRELAY_VERIFY) comes after routing, so an event no route takes costs
-no AML read, and before the claim, so an event AML refutes leaves no trace in the ledger and an event AML
+no AML read, and it confirms every tag/property the matched routes read. Before it, a read-only ledger
+lookup answers a route already ``triggered`` for this outcome as a ``duplicate`` with no AML read (a
+webhook job's event swept again, a redelivery), so duplicates cost nothing and an AML outage cannot keep
+them failing. Verification comes before the claim, so an event AML refutes claims nothing and an event AML
 could not be asked about is retried whole (journal, replay), verification included.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Protocol
@@ -49,7 +52,7 @@ class Verifier(Protocol):
     """Verification against AML (``amlrelay.verify``): None when AML confirms the event, else the refusal
     (``outcome`` ``rejected`` or ``failed``, and ``reason``)."""
 
-    def check(self, event: AmlEvent) -> Refusal | None: ...
+    def check(self, event: AmlEvent, fields: Collection[str] = ()) -> Refusal | None: ...
 
 
 class TagBack(Protocol):
@@ -103,11 +106,37 @@ class Relay:
             routes, reasons = select(self.routes, event)
             if not routes:
                 return [self._outcome(event, None, "skipped", reason="no route matches (" + "; ".join(reasons) + ")")]
+        done: list[Outcome] = []
         if self.verifier is not None:  # after routing, so an event no route takes costs no AML read
-            refusal = self.verifier.check(event)
+            from .verify import fields_read
+
+            done, routes = self._already_triggered(event, routes)
+            if not routes:
+                return done
+            refusal = self.verifier.check(event, fields_read(routes))
             if refusal is not None:
-                return [self._outcome(event, None, refusal.outcome, reason=refusal.reason)]
-        return [self._run_route(event, route, original) for route in routes]
+                return [*done, self._outcome(event, None, refusal.outcome, reason=refusal.reason)]
+        return done + [self._run_route(event, route, original) for route in routes]
+
+    def _already_triggered(self, event: AmlEvent, routes: list[Route]) -> tuple[list[Outcome], list[Route]]:
+        """Read-only ledger lookup before verification: a route whose record is ``triggered`` is a duplicate
+        (exactly what its claim would answer), without an AML read. Anything else — no record, failed, held,
+        the ledger unreadable — goes on to verification and the claim, which decide as before."""
+        if self.ledger is None or self.dry_run or self.trigger is None:
+            return [], routes
+        done: list[Outcome] = []
+        rest: list[Route] = []
+        for route in routes:
+            try:
+                record = self.ledger.get(_key(event, route))
+            except LedgerError:
+                record = None
+            if record is not None and record.state == "triggered":
+                done.append(self._outcome(event, route, "duplicate", run_id=record.ado_run_id,
+                                          run_url=record.ado_run_url, reason="already triggered"))
+            else:
+                rest.append(route)
+        return done, rest
 
     def _run_route(self, event: AmlEvent, route: Route, original: Any) -> Outcome:
         try:
@@ -121,7 +150,7 @@ class Relay:
         if self.ledger is None:
             return self._unrecorded(event, route, request)
         try:
-            claim = self.ledger.claim(f"{event.outcome_key()}|{route.name.lower()}", route=route.name,
+            claim = self.ledger.claim(_key(event, route), route=route.name,
                                       event_id=event.id, event_type=event.type,
                                       event_json=json.dumps(original) if original is not None else None)
         except LedgerError as exc:
@@ -234,6 +263,11 @@ class _Hold:
 
 def _ambiguous(exc: AmlRelayError) -> bool:
     return (isinstance(exc, AdoError) and exc.ambiguous) or isinstance(exc, CannotReconcileError)
+
+
+def _key(event: AmlEvent, route: Route) -> str:
+    """The ledger key of an AML outcome taken by a route."""
+    return f"{event.outcome_key()}|{route.name.lower()}"
 
 
 def _short(event_type: str) -> str:

@@ -153,9 +153,11 @@ class AmlServer(LoopbackServer):
         with self._lock:
             self._jobs[name].tags[key] = value
 
-    def add_model_version(self, name: str, version: str | int, *, tags: dict[str, str] | None = None) -> None:
+    def add_model_version(self, name: str, version: str | int, *, tags: dict[str, str] | None = None,
+                          properties: dict[str, str] | None = None) -> None:
         with self._lock:
-            self._models[(name, str(version))] = _ModelVersion(name, str(version), dict(tags or {}))
+            self._models[(name, str(version))] = _ModelVersion(name, str(version), dict(tags or {}),
+                                                               dict(properties or {}))
 
     def add_bearer_token(self, token: str) -> None:
         with self._lock:

@@ -12,7 +12,12 @@ event's claims are checked against it, read with the handler's identity:
   no ARM read, so it is *not* verified);
 * DatasetDriftDetected: the drift run (``runId``) exists (the v1 drift monitor and its coefficient have no
   ARM read and are *not* verified);
-* the ``subject``, when it has the documented shape, names the same run / model / service as ``data``.
+* the ``subject`` has the documented shape and names the same run / model / service as ``data`` (subject
+  filters may be pushed down to Event Grid, so a subject of another shape would be routed unchecked);
+* every ``runTags.*`` / ``runProperties.*`` (``modelTags.*`` / ``modelProperties.*``) value that a matched
+  route's filters or templates read equals the job's (model version's) ``properties.tags`` /
+  ``properties.properties`` in AML; "absent" is a value too. Otherwise a forger could take a real run and
+  choose the branch or parameters the pipeline runs with, or drop the loop-guard tag.
 
 Statuses. A terminal status (Completed, Failed, Canceled) never changes, so a terminal claim must match
 exactly, and a job that ended differently refutes the event (``rejected``). A job may have moved on since
@@ -25,8 +30,9 @@ forgery or ARM not showing the change yet; it is not refuted but not confirmed e
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
 
 from ..models import (
     DATASET_DRIFT_DETECTED,
@@ -37,6 +43,9 @@ from ..models import (
     ModelRegisteredData,
     RunEventData,
 )
+
+if TYPE_CHECKING:
+    from ..routes import Route
 
 MAX_MODEL_IDS = 20
 """Model versions read for one ModelDeployed event; more is not a real deployment (and would let one
@@ -58,6 +67,9 @@ _CANONICAL = {name.lower(): name for name in (
 _RUN_SUBJECT = re.compile(r"^experiments/([^/]+)/runs/([^/]+)$")
 _MODEL_SUBJECT = re.compile(r"^models/([^/]+):([^/:]+)$")
 _SERVICE_SUBJECT = re.compile(r"^endpoints/([^/]+)$")
+_DRIFT_SUBJECT = re.compile(r"^datadrifts?/[^/]*/runs?/[^/]*$")  # the official sample: datadrifts/{}/runs/{}
+_MAPS = {"job": ("runTags", "runProperties"), "model": ("modelTags", "modelProperties")}
+"""The event maps AML holds for a read: (tags, properties) of the job / model version."""
 _WORKSPACE = re.compile(r"^/subscriptions/([^/]+)/resourceGroups/([^/]+)/providers/"
                         r"Microsoft\.MachineLearningServices/workspaces/([^/]+)$", re.IGNORECASE)
 
@@ -86,6 +98,18 @@ class Read:
 
 
 @dataclass(frozen=True)
+class Held:
+    """What AML answered for one read: the job's status and experiment (empty for a model version), its ARM
+    id, and its ``properties.tags`` / ``properties.properties``."""
+
+    status: str
+    experiment: str
+    resource_id: str
+    tags: Mapping[str, str] = field(default_factory=dict)
+    properties: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Plan:
     """What to read for an event, or why it is refused before any read."""
 
@@ -100,7 +124,17 @@ def workspace_parts(source: str) -> tuple[str, str, str] | None:
 
 
 def plan(event: AmlEvent) -> Plan:
-    """The reads that can confirm ``event``; refuses outright what AML could never have sent."""
+    """The reads that can confirm ``event``; refuses outright what AML could never have sent, including a
+    subject not in the documented shape for its event type."""
+    planned = _plan(event)
+    if planned.refusal is None and event.schema != "Manual":  # a hand-started job has no subject
+        odd = _subject_shape(event)
+        if odd:
+            return _reject(odd)
+    return planned
+
+
+def _plan(event: AmlEvent) -> Plan:
     subject = _subject_mismatch(event)
     if subject:
         return _reject(subject)
@@ -136,6 +170,49 @@ def plan(event: AmlEvent) -> Plan:
             return _reject(f"the {DATASET_DRIFT_DETECTED} event names no runId, so AML has nothing to confirm")
         return _job(data.run_id)
     return _reject(f"amlrelay does not know how to verify {event.type} events")
+
+
+def fields_read(routes: Iterable[Route]) -> tuple[str, ...]:
+    """Every event field the routes' filters and templates (branch, variables, templateParameters) read:
+    the values verification must confirm, because they decide whether and with what a pipeline runs."""
+    names: dict[str, None] = {}
+    for route in routes:
+        names.update((f.field, None) for f in route.filters)
+        target = route.pipeline
+        templates = [target.branch] if target.branch is not None else []
+        templates += [v.value for v in target.variables.values()] + list(target.template_parameters.values())
+        for template in templates:
+            names.update((name, None) for name in template.fields)
+    return tuple(names)
+
+
+def judge_values(event: AmlEvent, read: Read, held: Held, fields: Collection[str]) -> Refusal | None:
+    """Each tag / property value the routes read (``fields``) must be what AML holds for ``read``; a key
+    absent on one side and present on the other refutes too (dropping the loop-guard tag is a forgery).
+    Keys are looked up case-insensitively, as the router looks them up."""
+    tags_name, properties_name = _MAPS[read.kind]
+    if read.kind == "model" and not isinstance(event.data, ModelRegisteredData):
+        return None  # ModelDeployed carries the service's tags, which no ARM read confirms (README)
+    event_fields = event.fields()
+    event_index = {k.lower(): k for k in event_fields}
+    held_fields = {f"{tags_name}.{k}": str(v) for k, v in held.tags.items()}
+    held_fields |= {f"{properties_name}.{k}": str(v) for k, v in held.properties.items()}
+    held_index = {k.lower(): k for k in held_fields}
+    prefixes = (tags_name.lower() + ".", properties_name.lower() + ".")
+    for name in fields:
+        low = name.lower()
+        if not low.startswith(prefixes):
+            continue
+        claimed = event_fields.get(event_index.get(low, ""))
+        actual = held_fields.get(held_index.get(low, ""))
+        if claimed != actual:
+            return Refusal("rejected", f"AML has {name} {_shown(actual)} for {read.describe()}, but the event says "
+                                       f"{_shown(claimed)}; a route reads it, so the event is not acted on")
+    return None
+
+
+def _shown(value: str | None) -> str:
+    return "absent" if value is None else repr(value[:100])
 
 
 def claimed_status(event: AmlEvent) -> str | None:
@@ -210,6 +287,21 @@ def _subject_mismatch(event: AmlEvent) -> str | None:
         found = _SERVICE_SUBJECT.match(subject)
         if found and found.group(1) != data.service_name:
             return f"the subject {subject[:200]!r} names another service than data ({data.service_name!r})"
+    return None
+
+
+_SHAPES = ((RunEventData, _RUN_SUBJECT, "experiments/<experimentId>/runs/<runId>"),
+           (ModelRegisteredData, _MODEL_SUBJECT, "models/<modelName>:<modelVersion>"),
+           (ModelDeployedData, _SERVICE_SUBJECT, "endpoints/<serviceName>"),
+           (DatasetDriftData, _DRIFT_SUBJECT, "datadrifts/<dataDriftId>/runs/<runId>"))
+
+
+def _subject_shape(event: AmlEvent) -> str | None:
+    """AML always sends its documented subject; any other shape is not AML's (and would reach routes and
+    Event Grid subject filters unchecked)."""
+    for data_type, shape, spelled in _SHAPES:
+        if isinstance(event.data, data_type) and not shape.match(event.subject):
+            return f"the subject {event.subject[:200]!r} is not in the shape AML sends for {event.type} ({spelled})"
     return None
 
 

@@ -17,11 +17,12 @@ one run in one batch cost one read.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 from ..errors import AmlRelayError
 from ..models import AmlEvent
-from ._decide import Read, Refusal, judge_job, judge_model, missing, plan, workspace_parts
+from ._decide import Held, Read, Refusal, judge_job, judge_model, judge_values, missing, plan, workspace_parts
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
@@ -46,35 +47,36 @@ class AmlVerifier:
             "arm_url": self._arm_url, "audience": audience, "timeout": timeout, "retries": retries,
             "backoff": backoff, "max_retry_after": max_retry_after}
         self._clients: dict[str, JobsClient] = {}
-        self._answers: dict[tuple[str, Read], Refusal | tuple[str, str, str] | None] = {}
+        self._answers: dict[tuple[str, Read], Refusal | Held] = {}
         self.reads = 0  # ARM reads made (for tests and the bench)
 
-    def check(self, event: AmlEvent) -> Refusal | None:
+    def check(self, event: AmlEvent, fields: Collection[str] = ()) -> Refusal | None:
+        """``fields``: the event fields the matched routes read (``fields_read``); each tag or property
+        among them must be what AML holds."""
         planned = plan(event)
         if planned.refusal is not None:
             return planned.refusal
         for read in planned.reads:
-            refusal = self._check_one(event, read)
+            refusal = self._check_one(event, read, fields)
             if refusal is not None:
                 return refusal
         return None
 
-    def _check_one(self, event: AmlEvent, read: Read) -> Refusal | None:
+    def _check_one(self, event: AmlEvent, read: Read, fields: Collection[str]) -> Refusal | None:
         key = (event.source.strip().rstrip("/").lower(), read)
         if key not in self._answers:
             self._answers[key] = self._read(event.source, read)
         answer = self._answers[key]
-        if answer is None or isinstance(answer, Refusal):
-            if isinstance(answer, Refusal) and answer.outcome == "failed":
+        if isinstance(answer, Refusal):
+            if answer.outcome == "failed":
                 del self._answers[key]  # AML's trouble: ask again for the next event
             return answer
-        status, experiment, resource_id = answer
-        if read.kind == "job":
-            return judge_job(event, status, experiment, resource_id)
-        return judge_model(event, read, resource_id)
+        refusal = (judge_job(event, answer.status, answer.experiment, answer.resource_id) if read.kind == "job"
+                   else judge_model(event, read, answer.resource_id))
+        return refusal or judge_values(event, read, answer, fields)
 
-    def _read(self, source: str, read: Read) -> Refusal | tuple[str, str, str] | None:
-        """(status, experiment name, ARM id) of what AML holds, or the refusal its answer means."""
+    def _read(self, source: str, read: Read) -> Refusal | Held:
+        """What AML holds for ``read``, or the refusal its answer means."""
         from ..aml import AmlError, AmlNotFoundError
 
         client = self._client(source)
@@ -87,9 +89,10 @@ class AmlVerifier:
             self.reads += 1
             if read.kind == "job":
                 job = client.get_job(read.name)
-                return job.status_text, job.experiment_name, str(job.raw.get("id") or "")
+                return Held(job.status_text, job.experiment_name, str(job.raw.get("id") or ""),
+                            *_maps(job.raw))
             model = client.get_model_version(read.name, read.version)
-            return "", "", str(model.raw.get("id") or "")
+            return Held("", "", str(model.raw.get("id") or ""), *_maps(model.raw))
         except AmlNotFoundError:
             return self._not_found(client, read)
         except AmlError as exc:
@@ -135,6 +138,15 @@ class AmlVerifier:
             why = identity_error(exc, f"No token for ARM ({self._scope}) to verify the event")
             return Refusal("failed", f"not verified: {why.message} {why.hint}")
         return None
+
+
+def _maps(raw: dict[str, Any]) -> tuple[dict[str, str], dict[str, str]]:
+    """``properties.tags`` and ``properties.properties`` of an ARM answer (absent or null: empty)."""
+    props = raw.get("properties") if isinstance(raw.get("properties"), dict) else {}
+    assert isinstance(props, dict)
+    tags, properties = props.get("tags"), props.get("properties")
+    return ({str(k): str(v) for k, v in tags.items()} if isinstance(tags, dict) else {},
+            {str(k): str(v) for k, v in properties.items()} if isinstance(properties, dict) else {})
 
 
 def _failure(what: str, exc: AmlRelayError) -> Refusal:
