@@ -20,6 +20,7 @@ from amlrelay.cli import _parser
 from tests.servers.aml import ARM_RESOURCE, AmlServer
 from tests.servers.identity import CONFLICTING_ENV, IdentityServer
 from tests.servers.mlflow import MlflowServer
+from tests.servers.tls import TlsMaterial
 
 ROOT = Path(__file__).resolve().parent.parent
 TOY_JOB = ROOT / "pipelines" / "aml" / "toy-train.yml"
@@ -93,10 +94,14 @@ def agent_temp(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def mlflow_server(aml_server: AmlServer) -> Iterator[MlflowServer]:
-    """AML's MLflow endpoint for the stand-in workspace; the workspace GET advertises it as mlFlowTrackingUri."""
-    with MlflowServer(aml_server.workspace_id) as server:
-        aml_server.tracking_uri = server.tracking_url
+def mlflow_server(aml_server: AmlServer, loopback_tls: TlsMaterial,
+                  monkeypatch: pytest.MonkeyPatch) -> Iterator[MlflowServer]:
+    """AML's MLflow endpoint for the stand-in workspace, over TLS (trusted through REQUESTS_CA_BUNDLE); the
+    workspace GET advertises it as AML does: ``azureml://<host>/mlflow/v1.0/<workspace>`` (the stand-in serves
+    v2.0 only, so the clients' rewrite is exercised)."""
+    with MlflowServer(aml_server.workspace_id, tls=loopback_tls) as server:
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(loopback_tls.cert_file))
+        aml_server.tracking_uri = server.workspace_tracking_uri
         yield server
 
 

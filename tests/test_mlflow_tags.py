@@ -15,6 +15,7 @@ from tests.servers._jwt import decode_claims
 from tests.servers.ado import ADO_RESOURCE
 from tests.servers.identity import CONFLICTING_ENV, IdentityServer
 from tests.servers.mlflow import ARM_RESOURCE, MlflowServer
+from tests.servers.tls import TlsMaterial
 
 WORKSPACE = ("/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/rg-contoso/providers/"
              "Microsoft.MachineLearningServices/workspaces/contoso-ml")
@@ -51,9 +52,13 @@ def test_tracking_url_base_is_configurable_for_other_clouds() -> None:
     assert url.startswith("https://chinaeast2.api.ml.azure.cn/mlflow/v2.0/subscriptions/")
 
 
-def test_a_full_mlflow_tracking_uri_is_used_as_it_is_for_its_own_workspace_only() -> None:
+def test_a_full_mlflow_tracking_uri_is_used_for_its_own_workspace_only_on_the_v2_path() -> None:
+    """AML advertises ``…/mlflow/v1.0/<workspace>``; the REST calls go to ``/mlflow/v2.0/`` (azureml-mlflow's
+    rewrite with mlflow >= 2): the host (private link) is kept, the prefix normalised."""
     uri = "azureml://privatelink.contoso.example/mlflow/v1.0" + WORKSPACE
-    assert tracking_url(WORKSPACE, base=uri) == "https://privatelink.contoso.example/mlflow/v1.0" + WORKSPACE
+    assert tracking_url(WORKSPACE, base=uri) == "https://privatelink.contoso.example/mlflow/v2.0" + WORKSPACE
+    assert tracking_url(WORKSPACE, base=uri.replace("v1.0", "v2.0") + "/") == (
+        "https://privatelink.contoso.example/mlflow/v2.0" + WORKSPACE)
     other = WORKSPACE.replace("contoso-ml", "other-ws")
     with pytest.raises(MlflowError, match="another workspace"):
         tracking_url(other, base=uri)
@@ -223,3 +228,46 @@ def test_client_sees_a_token_for_another_audience_refused(monkeypatch: pytest.Mo
         wrong.set_run_tag("r1", "k", "v")
     assert caught.value.status == 401
     assert "AzureML Data Scientist" in caught.value.hint
+
+
+# ---- the URI AML advertises, and an identity without a role ----------------------------------------------
+
+def test_the_workspaces_own_tracking_uri_reaches_the_v2_endpoint(monkeypatch: pytest.MonkeyPatch,
+                                                                  identity_server: IdentityServer,
+                                                                  loopback_tls: TlsMaterial) -> None:
+    """Configured with what AML advertises (``azureml://…/mlflow/v1.0/…``, HTTPS), the client tags through
+    the v2.0 path; the stand-in serves only v2.0, so calling the advertised path unchanged would be a 404."""
+    from azure.identity import ManagedIdentityCredential
+
+    for name in CONFLICTING_ENV:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in identity_server.env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(loopback_tls.cert_file))
+    with MlflowServer(WORKSPACE, tls=loopback_tls) as server:
+        server.add_run("r1")
+        uri = server.workspace_tracking_uri
+        assert uri.startswith("azureml://")
+        assert "/mlflow/v1.0/subscriptions/" in uri
+        advertised = "https" + uri[len("azureml"):]
+        stale = requests.post(f"{advertised}/api/2.0/mlflow/runs/set-tag", json={"run_id": "r1", "key": "k"},
+                              timeout=5, headers={"Authorization": f"Bearer {identity_server.token_for(ARM_RESOURCE)}"})
+        assert stale.status_code == 404  # the stand-in does not serve the v1.0 prefix
+        MlflowClient(uri, ManagedIdentityCredential(), timeout=5, backoff=0).set_run_tag("r1", "k", "v")
+        MlflowClient(tracking_url(WORKSPACE, base=uri), ManagedIdentityCredential(), timeout=5,
+                     backoff=0).set_run_tag("r1", "k2", "v2")
+        assert server.run_tags("r1") == {"k": "v", "k2": "v2"}
+        assert all("/mlflow/v2.0/" in r.path for r in server.tag_requests[1:])
+
+
+def test_an_identity_without_a_role_is_403_not_retried_and_says_which_role(client: MlflowClient,
+                                                                           identity_server: IdentityServer,
+                                                                           mlflow_server: MlflowServer) -> None:
+    mlflow_server.add_run("r1")
+    mlflow_server.forbid(identity_server.object_id)
+    with pytest.raises(MlflowError) as caught:
+        client.set_run_tag("r1", "k", "v")
+    assert (caught.value.status, caught.value.code, caught.value.retryable) == (403, "PERMISSION_DENIED", False)
+    assert "AzureML Data Scientist" in caught.value.hint
+    assert len(mlflow_server.tag_requests) == 1  # a permanent refusal is not retried
+    assert mlflow_server.run_tags("r1") == {}

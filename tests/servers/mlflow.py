@@ -15,6 +15,12 @@ The contract is MLflow's REST API (``service.proto`` / ``model_registry.proto`` 
 * success is 200 with ``{}``; errors are ``{"error_code", "message"}``;
 * a bearer token whose audience is ARM (``https://management.azure.com``), as azureml-mlflow asks for: any
   other audience (an ADO token, say) is 401. (AML's 401 body is not documented; MLflow's shape is used.)
+* a role: an identity without one on the workspace (``forbid(object_id)``) is 403 ``PERMISSION_DENIED``
+  (MLflow's code for 403; AML's 403 body is not documented either), the tag not applied;
+* only the ``/mlflow/v2.0/`` prefix (what azureml-mlflow calls with mlflow >= 2). The workspace's
+  ``mlflow_tracking_uri`` and a job's ``MLFLOW_TRACKING_URI`` say ``azureml://<host>/mlflow/v1.0/<workspace>``
+  (:attr:`MlflowServer.workspace_tracking_uri`, served over TLS with ``tls``): a client that calls that path
+  unchanged gets 404 here, so the tests prove the client rewrites it.
 
 Faults: ``fail(status, times)`` answers 5xx/429 without applying the tag; ``down()``/``up()`` refuse
 connections (from the base class). ``tag_requests`` is the request log of tag calls.
@@ -28,6 +34,7 @@ from typing import Any
 
 from ._base import Fault, LoopbackServer, RecordedRequest, Reply
 from ._jwt import decode_claims
+from .tls import TlsMaterial
 
 ARM_RESOURCE = "https://management.azure.com"
 MAX_KEY_BYTES = 250
@@ -40,10 +47,13 @@ _SEE_DOCS = " See the API docs for more information about request parameters."
 class MlflowServer(LoopbackServer):
     """One workspace's MLflow endpoint; ``tracking_url`` is what a client is configured with."""
 
-    def __init__(self, workspace_id: str, *, audience: str = ARM_RESOURCE) -> None:
-        super().__init__()
+    def __init__(self, workspace_id: str, *, audience: str = ARM_RESOURCE, tls: TlsMaterial | None = None) -> None:
+        super().__init__(ssl_context=tls.server_context() if tls is not None else None)
+        if tls is not None:
+            self.scheme = "https"
         self.workspace_id = workspace_id.rstrip("/")
         self.audience = audience
+        self._forbidden: set[str] = set()
         self._state = threading.Lock()
         self._runs: dict[str, dict[str, str]] = {}
         self._versions: dict[tuple[str, str], dict[str, str]] = {}
@@ -55,6 +65,19 @@ class MlflowServer(LoopbackServer):
     @property
     def tracking_url(self) -> str:
         return f"{self.url}{self.prefix}"
+
+    @property
+    def workspace_tracking_uri(self) -> str:
+        """What AML advertises (workspace ``mlFlowTrackingUri``, a job's ``MLFLOW_TRACKING_URI``): the
+        ``azureml://`` scheme (HTTPS, so this needs ``tls``) and the ``/mlflow/v1.0/`` prefix."""
+        if self.scheme != "https":
+            raise ValueError("azureml:// means HTTPS: build the MlflowServer with tls=")
+        return f"azureml://127.0.0.1:{self.port}/mlflow/v1.0{self.workspace_id}"
+
+    def forbid(self, object_id: str) -> None:
+        """The identity with this object id has no role on the workspace: 403 on every tag call."""
+        with self._state:
+            self._forbidden.add(object_id)
 
     # ---- test API -----------------------------------------------------------------------------------
 
@@ -120,6 +143,10 @@ class MlflowServer(LoopbackServer):
         if str(claims.get("aud", "")).rstrip("/") != self.audience:
             return _error(401, "UNAUTHENTICATED",
                           f"The token's audience {claims.get('aud')!r} is not {self.audience!r}.")
+        with self._state:
+            if str(claims.get("oid")) in self._forbidden:
+                return _error(403, "PERMISSION_DENIED", f"The identity {claims.get('oid')} has no role on workspace "
+                              f"{self.workspace_id} that allows writing runs or models.")
         return None
 
     def _set_run_tag(self, body: dict[str, Any]) -> Reply:
