@@ -42,7 +42,8 @@ def test_a_job_that_finishes_at_the_handoff_point_is_not_handed_off(aml_server: 
     mlflow_server.add_run("j")
     clock = FakeClock()
     clock.at(3000, lambda: aml_server.set_status("j", "Completed"))
-    result = cli(aml_server, clock, "wait", "j", "--handoff-after", "50m", credential=aml_credential)
+    result = cli(aml_server, clock, "wait", "j", "--handoff-after", "50m", "--handoff-route", "ci-handoff",
+                 credential=aml_credential)
     assert result.code == 0
     assert mlflow_server.tag_requests == []
 
@@ -50,7 +51,8 @@ def test_a_job_that_finishes_at_the_handoff_point_is_not_handed_off(aml_server: 
 def test_handoff_that_cannot_tag_fails_the_step(aml_server: AmlServer, mlflow_server: MlflowServer,
                                                 aml_credential: Any, capsys: pytest.CaptureFixture[str]) -> None:
     aml_server.add_job("long", "Running")  # no MLflow run: the tag is refused with RESOURCE_DOES_NOT_EXIST
-    result = cli(aml_server, FakeClock(), "wait", "long", "--handoff-after", "10m", credential=aml_credential)
+    result = cli(aml_server, FakeClock(), "wait", "long", "--handoff-after", "10m", "--handoff-route", "ci-handoff",
+                 credential=aml_credential)
     assert result.code == 6
     assert "NOT handed off" in result.text()
     assert "RESOURCE_DOES_NOT_EXIST" in capsys.readouterr().err
@@ -112,6 +114,16 @@ def test_handoff_without_a_route_only_ends_this_agent_job(aml_server: AmlServer,
     assert result.outputs()["amlWaitToken"]
 
 
+def test_handoff_without_a_named_route_is_refused(aml_server: AmlServer, aml_credential: Any,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """A default tag value no shipped route filters on would end the step 'handed off' with nothing to continue."""
+    aml_server.add_job("long", "Running")
+    result = cli(aml_server, FakeClock(), "wait", "long", "--handoff-after", "50m", credential=aml_credential)
+    assert result.code == 2
+    assert "--handoff-after needs --handoff-route" in capsys.readouterr().err
+    assert aml_server.requests == []
+
+
 class FinishingMlflow(MlflowServer):
     """AML's MLflow endpoint, plus the job finishing right as the tag lands (the hand-off race)."""
 
@@ -131,7 +143,8 @@ def test_a_job_finishing_during_the_handoff_is_reported(aml_server: AmlServer, a
         aml_server.tracking_uri = mlflow.tracking_url
         aml_server.add_job("racy", "Running")
         mlflow.add_run("racy")
-        result = cli(aml_server, FakeClock(), "wait", "racy", "--handoff-after", "50m", credential=aml_credential)
+        result = cli(aml_server, FakeClock(), "wait", "racy", "--handoff-after", "50m", "--handoff-route",
+                     "ci-handoff", credential=aml_credential)
     assert result.code == 5  # the tag is written: the relay may well continue, so the step does not redo it
     warnings = [line for _, line in result.lines if line.startswith("##vso[task.logissue type=warning]")]
     assert any("became Completed while it was being handed off" in w for w in warnings)

@@ -263,8 +263,8 @@ def test_resume_keeps_the_deadlines_counting(aml_server: AmlServer, mlflow_serve
     aml_server.add_job("long", "Running")
     mlflow_server.add_run("long")
     clock = FakeClock()
-    first = cli(aml_server, clock, "wait", "long", "--handoff-after", "50m", "--run-timeout", "3h",
-                credential=aml_credential)
+    first = cli(aml_server, clock, "wait", "long", "--handoff-after", "50m", "--handoff-route", "ci",
+                "--run-timeout", "3h", credential=aml_credential)
     assert first.code == 5
     token = first.outputs()["amlWaitToken"]
     assert len(token) < 400

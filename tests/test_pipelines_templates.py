@@ -163,6 +163,10 @@ def test_template_script_passes_arguments_the_cli_accepts(tmp_path: Path, use: t
     if ns.action != "submit":
         assert ns.cancel_on_timeout is (str(params.get("cancelOnTimeout", "true")).lower() == "true")
         assert ns.handoff_after == (None if not params.get("handoffAfter") else _minutes(params["handoffAfter"]) * 60)
+        if params.get("handoffAfter"):  # a route the relay filters on, or explicitly none
+            route = params.get("handoffRoute")
+            assert ns.handoff_route == ("" if route == "resume-only" else route)
+            assert ns.handoff_route is not None
     if params.get("jobFile"):
         assert ns.job_files == [Path(params["jobFile"])]
         assert "ado.buildId=4242" in ns.tag  # the AML run links back to the ADO run
@@ -269,7 +273,7 @@ def test_template_picks_a_credential_that_outlives_an_hour(tmp_path: Path, crede
 def test_template_exit_codes(tmp_path: Path, handoff: str, cli_code: int, step_code: int) -> None:
     params = {"azureSubscription": "sc", "workspace": "/subscriptions/s/resourceGroups/r/providers/"
               "Microsoft.MachineLearningServices/workspaces/mlw", "jobFile": "pipelines/aml/toy-train.yml",
-              "handoffAfter": handoff}
+              "handoffAfter": handoff, "handoffRoute": "ci-handoff"}
     assert run_script(tmp_path, params, cli_code)[0] == step_code
 
 

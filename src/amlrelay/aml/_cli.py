@@ -102,8 +102,9 @@ def _wait_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run-timeout", type=duration, help="max time from leaving the queue to an outcome")
     parser.add_argument("--handoff-after", type=duration,
                         help="after this long on this agent, tag still-running jobs and exit 5 (handed off)")
-    parser.add_argument("--handoff-route", default="handoff",
-                        help="value of the amlrelay-handoff tag; empty: no tag (a later job resumes the wait)")
+    parser.add_argument("--handoff-route",
+                        help="value of the amlrelay-handoff tag that a relay route filters on (required with "
+                        "--handoff-after); empty: no tag, a later job resumes the wait with the token")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: the workspace's)")
     parser.add_argument("--cancel-on-timeout", action="store_true", help="cancel a job whose deadline passed")
     parser.add_argument("--fail-fast", action="store_true", help="stop at the first job that does not complete")
@@ -129,6 +130,11 @@ def run(ns: argparse.Namespace, *, credential: TokenCredential | None = None, su
         credential = credential or _credential(ns.credential, ns.client_id)
         client = waiter_client(ns.workspace, credential, arm_url=ns.arm_url, api_version=ns.api_version,
                                audience=ns.audience)
+        if getattr(ns, "handoff_after", None) is not None and ns.handoff_route is None:
+            raise AmlError("--handoff-after needs --handoff-route.", status=None,
+                           hint="Pass the value a route of your routes.json filters on (runTags.amlrelay-handoff), "
+                           "e.g. --handoff-route ci-handoff, or --handoff-route '' to end the step untagged and "
+                           "resume with the amlWaitToken. A tag no route knows would continue nothing.")
         names = list(getattr(ns, "jobs", []) or [])
         if ns.action in ("submit", "submit-and-wait"):
             names = _submit(ns, client, credential, submitter, say, ado)
@@ -212,7 +218,7 @@ def _finish(ns: argparse.Namespace, client: JobsClient, credential: TokenCredent
                    "amlOutcome": str(result.outcome), "amlWaitToken": result.token, "amlExitCode": str(code)}
         for name, value in outputs.items():
             say(_ado.set_output(name, value))
-        say(_ado.upload_summary(_summary_file(result, ns.handoff_route)))
+        say(_ado.upload_summary(_summary_file(result, ns.handoff_route or "")))
         for job in result.jobs:
             if job.outcome in (WaitOutcome.FAILED, WaitOutcome.CANCELED, WaitOutcome.TIMED_OUT):
                 say(_ado.log_issue("error", f"AML job {job.name} {job.outcome}: {job.reason} - {job.studio_url}"))
