@@ -255,6 +255,20 @@ def test_fail_fast(aml_server: AmlServer, aml_credential: Any, fail_fast: bool) 
     result = cli(aml_server, clock, *args, credential=aml_credential)
     assert result.code == 1
     assert (clock.elapsed < 700) is fail_fast
+    assert aml_server.cancels() == []  # not asked to cancel: "ok" keeps running
+
+
+def test_fail_fast_cancels_the_other_jobs_when_asked(aml_server: AmlServer, aml_credential: Any) -> None:
+    aml_server.add_job("ok", "Running")
+    aml_server.add_job("bad", "Running")
+    clock = FakeClock()
+    clock.at(600, lambda: aml_server.set_status("bad", "Failed"))
+    result = cli(aml_server, clock, "wait", "ok", "bad", "--fail-fast", "--cancel-on-fail-fast",
+                 credential=aml_credential)
+    assert result.code == 1  # failed outranks the canceled bystander
+    assert clock.elapsed < 700
+    assert [r.path.rsplit("/", 2)[-2] for r in aml_server.cancels()] == ["ok"]
+    assert "canceled by amlrelay: another job did not complete" in result.text()
 
 
 # -- resume -------------------------------------------------------------------------------------------------------

@@ -162,6 +162,7 @@ def test_template_script_passes_arguments_the_cli_accepts(tmp_path: Path, use: t
     assert ns.ado == "on"
     if ns.action != "submit":
         assert ns.cancel_on_timeout is (str(params.get("cancelOnTimeout", "true")).lower() == "true")
+        assert ns.cancel_on_fail_fast is (ns.cancel_on_timeout and ns.fail_fast)
         assert ns.handoff_after == (None if not params.get("handoffAfter") else _minutes(params["handoffAfter"]) * 60)
         if params.get("handoffAfter"):  # a route the relay filters on, or explicitly none
             route = params.get("handoffRoute")

@@ -108,6 +108,8 @@ def _wait_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: the workspace's)")
     parser.add_argument("--cancel-on-timeout", action="store_true", help="cancel a job whose deadline passed")
     parser.add_argument("--fail-fast", action="store_true", help="stop at the first job that does not complete")
+    parser.add_argument("--cancel-on-fail-fast", action="store_true",
+                        help="with --fail-fast, cancel the jobs still running when one does not complete")
     parser.add_argument("--poll-min", type=duration, default=5.0)
     parser.add_argument("--poll-max", type=duration, default=30.0,
                         help="cap of the backoff (default 30s; the worst-case delay in noticing the end)")
@@ -142,7 +144,8 @@ def run(ns: argparse.Namespace, *, credential: TokenCredential | None = None, su
                 return 0
         options = WaitOptions(ns.queue_timeout, ns.run_timeout, ns.handoff_after, ns.poll_min, ns.poll_max,
                               heartbeat=ns.heartbeat, cancel_on_timeout=ns.cancel_on_timeout,
-                              fail_fast=ns.fail_fast, not_responding_timeout=ns.not_responding_timeout,
+                              fail_fast=ns.fail_fast, cancel_on_fail_fast=ns.cancel_on_fail_fast,
+                              not_responding_timeout=ns.not_responding_timeout,
                               paused_is_final=ns.paused_is_final)
         poller = begin_wait(client, names, options, continuation_token=ns.resume if ns.action == "wait" else None,
                             clock=clock, report=lambda kind, message, job: say(_line(kind, message, job, ado)))

@@ -74,6 +74,7 @@ class WaitOptions:
     cancel_on_timeout: bool = False
     cancel_grace: float = 300.0
     fail_fast: bool = False
+    cancel_on_fail_fast: bool = False
     not_responding_timeout: float | None = 1800.0
     paused_is_final: bool = False
 
@@ -206,8 +207,24 @@ class WaitPoller:
         else:
             self._interval = min(self._interval * self._options.backoff, self._options.poll_max)
         decided = [live.result.outcome for live in self._live if live.result.outcome is not None]
-        if not self._pending() or (self._options.fail_fast and any(o is not WaitOutcome.COMPLETED for o in decided)):
+        failed = self._options.fail_fast and any(o is not WaitOutcome.COMPLETED for o in decided)
+        if failed and self._options.cancel_on_fail_fast:
+            self._cancel_pending()
+        if not self._pending() or failed:
             self._done = True
+
+    def _cancel_pending(self) -> None:
+        """Fail-fast gave up on the other jobs: without a cancel they would train on, unwatched, for nothing."""
+        for live in self._pending():
+            try:
+                self._client.cancel_job(live.clock.name)
+            except AmlError as exc:
+                self._report("warning", f"{live.clock.name}: cancel failed: {exc.message}; it keeps running",
+                             live.result)
+                continue
+            live.result.outcome = WaitOutcome.CANCELED
+            live.result.reason = "canceled by amlrelay: another job did not complete (--fail-fast)"
+            self._report("cancel", f"{live.clock.name}: cancel requested ({live.result.reason})", live.result)
 
     def _observe(self, live: _Live, job: Job, now: float) -> bool:
         res, clock = live.result, live.clock
