@@ -20,7 +20,7 @@ from amlrelay.aml._ado import escape_property, log_issue, set_output
 from amlrelay.aml._cli import _PIPELINES_ENV, OUTPUT_VARIABLES, _credential, duration, run
 from amlrelay.aml._submit import Submission, Submitted
 from amlrelay.cli import _parser
-from tests.aml_waiting import FakeClock, cli
+from tests.aml_waiting import TOY_JOB, FakeClock, cli
 from tests.servers.aml import ARM_RESOURCE, AmlServer
 from tests.servers.identity import IdentityServer
 from tests.servers.mlflow import MlflowServer
@@ -242,6 +242,29 @@ def test_several_jobs_all_complete(aml_server: AmlServer, aml_credential: Any) -
     assert result.code == 0
     assert result.outputs()["amlJobNames"] == "a,b,c"
     assert clock.elapsed >= 1800
+
+
+def test_job_names_chain_from_a_submit_step(aml_server: AmlServer, aml_credential: Any) -> None:
+    """amlJobNames is comma-separated; the template's jobNames and the command line split on spaces: both work."""
+    for name in ("a", "b", "c"):
+        aml_server.add_job(name, "Completed")
+    submitted = cli(aml_server, FakeClock(), "submit", str(TOY_JOB), str(TOY_JOB), credential=aml_credential,
+                    submitter=_fake_submitter(["a", "b"]))
+    chained = submitted.outputs()["amlJobNames"]
+    assert chained == "a,b"
+    result = cli(aml_server, FakeClock(), "wait", chained, "c", credential=aml_credential)
+    assert result.code == 0
+    assert result.outputs()["amlJobNames"] == "a,b,c"
+
+
+def _fake_submitter(names: list[str]) -> Any:
+    pending = list(names)
+
+    def submit(request: Submission) -> Submitted:
+        name = pending.pop(0)
+        return Submitted(name, f"https://ml.azure.com/runs/{name}", "NotStarted")
+
+    return submit
 
 
 @pytest.mark.parametrize("fail_fast", [True, False])

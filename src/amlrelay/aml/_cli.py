@@ -67,7 +67,8 @@ def register(commands: Any) -> None:
         parser.add_argument("--experiment", help="experiment name (default: the YAML's)")
         parser.add_argument("--display-name")
         parser.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE", help="repeatable")
-    wait.add_argument("jobs", nargs="*", metavar="JOB", help="job names (= run ids)")
+    wait.add_argument("jobs", nargs="*", metavar="JOB", help="job names (= run ids), separated by spaces or commas "
+                      "(amlJobNames of a submit step works as it is)")
     wait.add_argument("--resume", metavar="TOKEN", help="continue a wait from its amlWaitToken")
     for parser in (wait, both):
         _wait_options(parser)
@@ -137,7 +138,8 @@ def run(ns: argparse.Namespace, *, credential: TokenCredential | None = None, su
                            hint="Pass the value a route of your routes.json filters on (runTags.amlrelay-handoff), "
                            "e.g. --handoff-route ci-handoff, or --handoff-route '' to end the step untagged and "
                            "resume with the amlWaitToken. A tag no route knows would continue nothing.")
-        names = list(getattr(ns, "jobs", []) or [])
+        # "a,b" as amlJobNames publishes it, or "a b" as the template's jobNames passes it: both name two jobs
+        names = [n for arg in getattr(ns, "jobs", []) or [] for n in re.split(r"[,\s]+", arg) if n]
         if ns.action in ("submit", "submit-and-wait"):
             names = _submit(ns, client, credential, submitter, say, ado)
             if ns.action == "submit":
