@@ -47,6 +47,8 @@ def test_table_pads_columns_and_cuts_long_cells_with_an_ellipsis() -> None:
     text = table([("a", "x" * 10), ("bbb", "y")], ("h1", "header2"), width=5)
     assert text.splitlines() == ["h1   header2", "---  -------", "a    xxxx…", "bbb  y"]
     assert table([("12345",)], ("h",), width=5).splitlines()[2] == "12345"  # exactly the width is kept
+    assert table([("a", "a long value")], ("h1", "h2")).splitlines()[0] == "h1  h2"  # no trailing blanks
+    assert table([("x" * 60,)], ("h",)).splitlines()[2] == "x" * 47 + "…"  # 48 characters by default
 
 
 def test_outcomes_table_shows_the_run_or_the_reason() -> None:
@@ -56,4 +58,6 @@ def test_outcomes_table_shows_the_run_or_the_reason() -> None:
     assert rows[2].split() == ["ModelRegistered", "deploy", "triggered", "7", "https://x/7"]
     assert rows[3].split() == ["ModelRegistered", "-", "skipped", "-", "no", "route", "matches"]
     long_reason = outcomes_table([outcome("failed", reason="r" * 100)]).splitlines()[2]
-    assert long_reason.endswith("r" * 69 + "…")
+    assert long_reason.split()[-1] == "r" * 69 + "…"  # 70 characters per cell
+    bare = outcomes_table([outcome("duplicate", route="deploy")]).splitlines()[2]
+    assert bare.split() == ["ModelRegistered", "deploy", "duplicate", "-"]  # neither link nor reason: blank
