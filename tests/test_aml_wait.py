@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from amlrelay.aml import EXIT_RESUMABLE, JobsClient, JobStatus, WaitOptions, WaitOutcome, begin_wait
+from amlrelay.aml import EXIT_INTERNAL, EXIT_RESUMABLE, JobsClient, JobStatus, WaitOptions, WaitOutcome, begin_wait
 from amlrelay.aml._ado import escape_property, log_issue, set_output
 from amlrelay.aml._cli import _PIPELINES_ENV, OUTPUT_VARIABLES, _credential, duration, run
 from amlrelay.aml._submit import Submission, Submitted
@@ -403,6 +403,20 @@ def test_permanent_errors_exit_6(aml_server: AmlServer, identity_server: Identit
     err = capsys.readouterr().err
     assert ("AzureML Data Scientist" if problem == "forbidden" else "case-sensitive") in err
     assert any(line.startswith("##vso[task.logissue type=error]") for _, line in result.lines)
+
+
+def test_an_unexpected_error_is_not_reported_as_a_failed_job(aml_server: AmlServer, aml_credential: Any,
+                                                              monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """The run summary cannot be written (the agent's temp folder is gone): exit 8 naming the exception, not
+    1 ("the AML job failed") with a traceback."""
+    aml_server.add_job("j", "Completed")
+    monkeypatch.setenv("AGENT_TEMPDIRECTORY", str(tmp_path / "gone"))
+    result = cli(aml_server, FakeClock(), "wait", "j", credential=aml_credential)
+    assert result.code == EXIT_INTERNAL == 8
+    assert "amlrelay failed unexpectedly: FileNotFoundError" in capsys.readouterr().err
+    assert result.outputs()["amlExitCode"] == "8"
+    assert result.outputs()["amlWaitToken"]  # published before the failure: the wait can be resumed
 
 
 def test_usage_errors_exit_2(aml_server: AmlServer, aml_credential: Any) -> None:

@@ -3,7 +3,8 @@
 Exit codes (also in the README): 0 completed, 1 failed, 2 usage error (bad arguments, job file, token),
 3 canceled, 4 timed out (queue, run or NotResponding deadline), 5 handed off to the async relay, 6 AML could
 not be read, tagged or submitted to (no token, 401/403/404, a refused submission), 7 resumable: the credential
-stopped giving tokens in the middle of a wait (the jobs keep running, the token is published), 130
+stopped giving tokens in the middle of a wait (the jobs keep running, the token is published), 8 amlrelay
+itself failed unexpectedly (the exception is named; the jobs keep running), 130
 interrupted (the jobs keep running; the token is printed).
 In ADO a step fails on any non-zero code, so the hand-off template turns 5 into success when a hand-off was
 asked for; the output variable ``amlOutcome`` tells later steps which outcome it was.
@@ -24,6 +25,7 @@ from ._contract import (
     DEFAULT_API_VERSION,
     DEFAULT_ARM_URL,
     EXIT_ERROR,
+    EXIT_INTERNAL,
     EXIT_INTERRUPTED,
     EXIT_RESUMABLE,
     EXIT_USAGE,
@@ -121,10 +123,30 @@ def _wait_options(parser: argparse.ArgumentParser) -> None:
 
 def run(ns: argparse.Namespace, *, credential: TokenCredential | None = None, submitter: Submitter | None = None,
         clock: Clock | None = None, out: Out | None = None) -> int:
-    """The command; the keyword arguments are the seams the tests and the benchmark use."""
+    """The command; the keyword arguments are the seams the tests and the benchmark use.
+
+    An unexpected exception (a bug, a full disk, an unwritable agent folder) must not exit 1, which means "the
+    AML job failed": it exits 8 with the exception named; the AML jobs keep running, and the token published
+    after the first poll still resumes the wait."""
+    say: Out = out or (lambda line: print(line, flush=True))
+    try:
+        return _run(ns, credential, submitter, clock, say)
+    except Exception as exc:  # the last line of defence; AmlError is handled inside
+        lines = str(exc).strip().splitlines()
+        text = f"amlrelay failed unexpectedly: {type(exc).__name__}: {(lines[0] if lines else '')[:300]}"
+        print(f"error: {text}", file=sys.stderr)
+        print("what to do: the AML jobs were not touched; rerun, or resume with the amlWaitToken output if it was "
+              "set. If it repeats, report it with this message.", file=sys.stderr)
+        if ns.ado == "on" or (ns.ado == "auto" and os.environ.get("TF_BUILD", "").lower() == "true"):
+            say(_ado.log_issue("error", text))
+            say(_ado.set_output("amlExitCode", str(EXIT_INTERNAL)))
+        return EXIT_INTERNAL
+
+
+def _run(ns: argparse.Namespace, credential: TokenCredential | None, submitter: Submitter | None,
+         clock: Clock | None, say: Out) -> int:
     from ._wait import WaitOptions, begin_wait, waiter_client
 
-    say: Out = out or (lambda line: print(line, flush=True))
     ado = ns.ado == "on" or (ns.ado == "auto" and os.environ.get("TF_BUILD", "").lower() == "true")
     try:
         if not ns.workspace:

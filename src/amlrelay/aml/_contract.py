@@ -29,4 +29,5 @@ EXIT_USAGE = 2  # argparse's own code, and what amlrelay's CLI returns for bad i
 EXIT_ERROR = 6  # AML could not be read: no token, 401/403/404, or tagging for a hand-off failed
 EXIT_RESUMABLE = 7  # the credential stopped giving ARM tokens mid-wait (e.g. AzureCLI@2's federated login
 # expired): the jobs keep running and the token is published, so a later job resumes the wait
+EXIT_INTERNAL = 8  # amlrelay itself failed (a bug, an unwritable agent folder): not "the AML job failed" (1)
 EXIT_INTERRUPTED = 130  # SIGINT (Ctrl-C, an ADO cancel): the shell's own code for it
