@@ -80,7 +80,8 @@ class Stack:
         })
         if self.aml is not None:
             env.update({"AMLRELAY_VERIFY": "true", "AMLRELAY_ARM_URL": self.aml.arm_url,
-                        "AMLRELAY_ARM_AUDIENCE": ARM_RESOURCE})
+                        "AMLRELAY_ARM_AUDIENCE": ARM_RESOURCE,
+                        "AMLRELAY_VERIFY_LAG": "0"})  # no real waiting for ARM: tests/test_verify.py fakes it
         else:
             env["AMLRELAY_VERIFY"] = "false"
         if self.vault is not None:

@@ -473,3 +473,56 @@ def test_with_the_ledger_a_refused_event_leaves_no_record_and_a_genuine_one_stay
     fourth = relay.handle(parse_events([genuine]), raw=[genuine])
     assert [(o.outcome, o.reason) for o in fourth] == [("duplicate", "already triggered")]
     assert fourth[0].ado_run_id == third[0].ado_run_id is not None
+
+
+# --- ARM lagging the event (review SHOULD 2) --------------------------------------------------------------------
+
+def test_a_job_not_yet_in_the_claimed_status_is_read_again_before_the_event_fails(aml_server: AmlServer,
+                                                                                   credential: Any) -> None:
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:  # ARM catches up during the second wait
+        slept.append(seconds)
+        if len(slept) == 2:
+            aml_server.set_status(RUN_ID, "Completed")
+
+    lagging = AmlVerifier(credential, arm_url=aml_server.arm_url, audience=ARM_RESOURCE, backoff=0, retries=0,
+                          sleep=sleep)
+    aml_server.add_job(RUN_ID, "Finalizing", experiment_name=EXPERIMENT)
+    assert lagging.check(event_in(aml_server.workspace_id, "run_completed")) is None
+    assert slept == [5.0, 15.0]
+    assert lagging.reads == 3
+
+
+def test_a_job_that_never_catches_up_fails_after_bounded_waits_and_a_refutation_never_waits(
+        aml_server: AmlServer, credential: Any) -> None:
+    slept: list[float] = []
+    lagging = AmlVerifier(credential, arm_url=aml_server.arm_url, audience=ARM_RESOURCE, backoff=0, retries=0,
+                          sleep=slept.append, lag_budget=60)
+    aml_server.add_job(RUN_ID, "Running", experiment_name=EXPERIMENT)
+    refusal = lagging.check(event_in(aml_server.workspace_id, "run_completed"))
+    assert refusal is not None
+    assert (refusal.outcome, refusal.lagging) == ("failed", True)
+    assert slept == [5.0, 15.0, 30.0]
+    again = lagging.check(event_in(aml_server.workspace_id, "run_status_changed", runStatus="Completed"))
+    assert again is not None
+    assert slept == [5.0, 15.0, 30.0, 5.0]  # the job's budget (60 s) bounds the waits of a whole batch
+    aml_server.set_status(RUN_ID, "Failed")
+    fresh = AmlVerifier(credential, arm_url=aml_server.arm_url, audience=ARM_RESOURCE, backoff=0, retries=0,
+                        sleep=slept.append)
+    refuted = fresh.check(event_in(aml_server.workspace_id, "run_completed"))
+    assert refuted is not None
+    assert refuted.outcome == "rejected"
+    assert len(slept) == 4  # a final status that differs is no lag
+
+
+def test_the_job_s_lag_budget_is_a_setting(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    env = relay_env(stack, monkeypatch)
+    assert resolve({}, env={k: v for k, v in env.items() if k != "AMLRELAY_VERIFY_LAG"}).verify_lag == 120.0
+    relay = build_relay(resolve({}, env=env), load_routes(ROUTES_FILE))  # AMLRELAY_VERIFY_LAG=0: no wait
+    assert stack.aml is not None
+    stack.aml.add_job(RUN_ID, "Finalizing", experiment_name=EXPERIMENT)
+    [outcome] = relay.handle(parse_events([sample("event-grid-schema", "run_completed")]))
+    assert outcome.outcome == "failed"
+    assert "not yet Completed" in str(outcome.reason)
+    assert len(stack.aml.job_gets()) == 1

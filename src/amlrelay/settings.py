@@ -61,6 +61,7 @@ class Settings:
     arm_url: str = "https://management.azure.com"  # the cloud's ARM endpoint: the audience of AML's MLflow tokens
     verify: bool = True  # confirm each event against AML before acting on it (amlrelay.verify)
     arm_audience: str | None = None  # ARM token audience when AMLRELAY_ARM_URL is a proxy or alias (default: it)
+    verify_lag: float = 120.0  # seconds a job may wait in all for ARM to show a status an event claims (0: none)
 
     @property
     def blob_account_url(self) -> str | None:
@@ -272,7 +273,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "journal_retry_after": _positive(float),
 }
 _PARSERS.update(tag_back=_bool, aml_region=_region, mlflow_url=_mlflow_url, arm_url=_url)
-_PARSERS.update(verify=_bool, arm_audience=_url)
+_PARSERS.update(verify=_bool, arm_audience=_url, verify_lag=_positive(float))
 _HELP = {
     "ado_organization": "the ADO organization name, e.g. contoso",
     "routes": "path to routes.json or its JSON content",

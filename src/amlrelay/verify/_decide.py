@@ -83,6 +83,9 @@ class Refusal:
 
     outcome: Outcome
     reason: str
+    lagging: bool = False
+    """The job is not yet in the status the event claims: ARM may lag the event, so reading again a few
+    seconds later may confirm it (:class:`AmlVerifier` does, a bounded number of times)."""
 
 
 @dataclass(frozen=True)
@@ -248,7 +251,7 @@ def judge_job(event: AmlEvent, status: str, experiment_name: str, resource_id: s
     if _RANK[current.lower()] >= _RANK[claimed.lower()]:
         return None  # the job moved on since the event: the event was true when it was sent
     return Refusal("failed", f"AML shows {run} as {current}, not yet {claimed} as the event says; the event is "
-                             "not confirmed now and is tried again later")
+                             "not confirmed now and is tried again later", lagging=True)
 
 
 def judge_model(event: AmlEvent, read: Read, resource_id: str) -> Refusal | None:

@@ -13,11 +13,17 @@ What AML's answers mean here:
 
 One verifier serves one job: answers are cached for it, so RunCompleted and RunStatusChanged(Completed) of
 one run in one batch cost one read.
+
+ARM may show a job's new status a little after AML sent the event. A job not yet in the claimed status is
+read again after ``lag_waits`` (5, 15, 30 s), within ``lag_budget`` seconds per job, before the event is
+``failed`` (and left to the journal sweep or replay): a real RunCompleted that beats ARM is then triggered in
+its own job instead of failing it (and the failed-job alert) and waiting for the next sweep.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import time
+from collections.abc import Callable, Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import AmlRelayError
@@ -39,7 +45,9 @@ class AmlVerifier:
     """Confirms events against the workspaces they name; ``check`` returns None (confirmed) or a refusal."""
 
     def __init__(self, credential: TokenCredential, *, arm_url: str = DEFAULT_ARM_URL, audience: str | None = None,
-                 timeout: float = 30.0, retries: int = 4, backoff: float = 1.0, max_retry_after: float = 60.0) -> None:
+                 timeout: float = 30.0, retries: int = 4, backoff: float = 1.0, max_retry_after: float = 60.0,
+                 lag_waits: Sequence[float] = (5.0, 15.0, 30.0), lag_budget: float = 120.0,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         self._credential = credential
         self._arm_url = arm_url.rstrip("/")
         self._scope = f"{(audience or self._arm_url).rstrip('/')}/.default"
@@ -49,6 +57,9 @@ class AmlVerifier:
         self._clients: dict[str, JobsClient] = {}
         self._answers: dict[tuple[str, Read], Refusal | Held] = {}
         self.reads = 0  # ARM reads made (for tests and the bench)
+        self._lag_waits = tuple(lag_waits)
+        self._lag_left = lag_budget
+        self._sleep = sleep
 
     def check(self, event: AmlEvent, fields: Collection[str] = ()) -> Refusal | None:
         """``fields``: the event fields the matched routes read (``fields_read``); each tag or property
@@ -71,9 +82,24 @@ class AmlVerifier:
             if answer.outcome == "failed":
                 del self._answers[key]  # AML's trouble: ask again for the next event
             return answer
-        refusal = (judge_job(event, answer.status, answer.experiment, answer.resource_id) if read.kind == "job"
-                   else judge_model(event, read, answer.resource_id))
+        refusal = self._judge(event, read, answer)
+        for wait in self._lag_waits:
+            if refusal is None or not refusal.lagging or wait > self._lag_left:
+                break
+            self._lag_left -= wait
+            self._sleep(wait)
+            again = self._read(event.source, read)
+            if isinstance(again, Refusal):
+                return again
+            self._answers[key] = answer = again
+            refusal = self._judge(event, read, answer)
         return refusal or judge_values(event, read, answer, fields)
+
+    @staticmethod
+    def _judge(event: AmlEvent, read: Read, held: Held) -> Refusal | None:
+        if read.kind == "job":
+            return judge_job(event, held.status, held.experiment, held.resource_id)
+        return judge_model(event, read, held.resource_id)
 
     def _read(self, source: str, read: Read) -> Refusal | Held:
         """What AML holds for ``read``, or the refusal its answer means."""
@@ -160,10 +186,11 @@ def _failure(what: str, exc: AmlRelayError) -> Refusal:
 
 def verifier_from_settings(settings: Settings) -> AmlVerifier:
     """The verifier a handler uses: its own managed identity (``AMLRELAY_CREDENTIAL=default`` from a
-    workstation), the cloud's ARM endpoint, and the same timeout and retry policy as the ADO calls."""
+    workstation), the cloud's ARM endpoint, the same timeout and retry policy as the ADO calls, and at most
+    AMLRELAY_VERIFY_LAG seconds of waiting for ARM to catch up with the events."""
     from ..auth import managed_identity
 
     credential = managed_identity(settings.managed_identity_client_id, kind=settings.credential)
     return AmlVerifier(credential, arm_url=settings.arm_url, audience=settings.arm_audience,
                        timeout=settings.timeout, retries=settings.max_retries, backoff=settings.backoff,
-                       max_retry_after=settings.max_retry_after)
+                       max_retry_after=settings.max_retry_after, lag_budget=settings.verify_lag)
