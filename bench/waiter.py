@@ -46,7 +46,7 @@ from tests.servers.aml import ARM_RESOURCE, AmlServer  # noqa: E402
 from tests.servers.identity import CONFLICTING_ENV, IdentityServer  # noqa: E402
 
 from amlrelay.aml import JobsClient, WaitOptions, begin_wait, waiter_client  # noqa: E402
-from amlrelay.aml._wait import SystemClock  # noqa: E402
+from amlrelay.aml._wait_types import SystemClock  # noqa: E402
 from amlrelay.record import table  # noqa: E402
 
 AZ_VENV = ROOT / ".tools" / "azure-cli"

@@ -33,7 +33,8 @@ if TYPE_CHECKING:
     from ._mlflow import MlflowClient, MlflowError, tracking_url
     from ._status import FINAL_STATES, QUEUE_STATES, RUN_STATES, JobStatus, parse_status
     from ._tagback import RUN_ID_TAG, RUN_URL_TAG, TagBack, TagRetry, retry_tags, tag_back_from_settings
-    from ._wait import JobResult, WaitOptions, WaitPoller, WaitResult, begin_wait, waiter_client
+    from ._wait import WaitPoller, begin_wait, waiter_client
+    from ._wait_types import JobResult, WaitOptions, WaitResult
     from ._workspace import Workspace
 
 _EXPORTS: dict[str, tuple[str, str]] = {
@@ -60,11 +61,11 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "RUN_URL_TAG": ("._tagback", "RUN_URL_TAG"),
     "TagBack": ("._tagback", "TagBack"),
     "TagRetry": ("._tagback", "TagRetry"),
-    "JobResult": ("._wait", "JobResult"),
-    "WaitOptions": ("._wait", "WaitOptions"),
+    "JobResult": ("._wait_types", "JobResult"),
+    "WaitOptions": ("._wait_types", "WaitOptions"),
     "WaitOutcome": ("._contract", "WaitOutcome"),
     "WaitPoller": ("._wait", "WaitPoller"),
-    "WaitResult": ("._wait", "WaitResult"),
+    "WaitResult": ("._wait_types", "WaitResult"),
     "Workspace": ("._workspace", "Workspace"),
     "begin_wait": ("._wait", "begin_wait"),
     "waiter_client": ("._wait", "waiter_client"),

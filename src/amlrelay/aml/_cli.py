@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
     from ._client import JobsClient
     from ._submit import Submitter
-    from ._wait import Clock, JobResult, WaitResult
+    from ._wait_types import Clock, JobResult, WaitResult
 
 _DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)d)?(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?$")
 Out = Callable[[str], None]
@@ -145,7 +145,8 @@ def run(ns: argparse.Namespace, *, credential: TokenCredential | None = None, su
 
 def _run(ns: argparse.Namespace, credential: TokenCredential | None, submitter: Submitter | None,
          clock: Clock | None, say: Out) -> int:
-    from ._wait import WaitOptions, begin_wait, waiter_client
+    from ._wait import begin_wait, waiter_client
+    from ._wait_types import WaitOptions
 
     ado = ns.ado == "on" or (ns.ado == "auto" and os.environ.get("TF_BUILD", "").lower() == "true")
     try:

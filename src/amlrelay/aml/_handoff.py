@@ -17,7 +17,7 @@ from ._contract import WaitOutcome
 from ._errors import AmlError
 from ._mlflow import MlflowClient, tracking_url
 from ._status import FINAL_STATES
-from ._wait import JobResult
+from ._wait_types import JobResult
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential

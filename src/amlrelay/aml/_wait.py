@@ -27,16 +27,16 @@ Why each rule:
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from ._client import Job, JobsClient, check_job_name
-from ._contract import EXIT_CODES, WaitOutcome
+from ._contract import WaitOutcome
 from ._errors import AmlError
 from ._status import FINAL_STATES, QUEUE_STATES, JobStatus
 from ._token import JobClock, WaitState, decode, encode
+from ._wait_types import Clock, JobResult, Report, SystemClock, WaitOptions, WaitResult, quiet
 from ._workspace import Workspace
 
 if TYPE_CHECKING:
@@ -46,84 +46,6 @@ _SEVERITY = (WaitOutcome.FAILED, WaitOutcome.CANCELED, WaitOutcome.TIMED_OUT, Wa
              WaitOutcome.COMPLETED)
 _FINAL_OUTCOME = {JobStatus.COMPLETED: WaitOutcome.COMPLETED, JobStatus.FAILED: WaitOutcome.FAILED,
                   JobStatus.CANCELED: WaitOutcome.CANCELED}
-
-
-class Clock(Protocol):
-    def time(self) -> float: ...
-
-    def sleep(self, seconds: float) -> None: ...
-
-
-class SystemClock:
-    def time(self) -> float:
-        return time.time()
-
-    def sleep(self, seconds: float) -> None:
-        time.sleep(seconds)
-
-
-@dataclass(frozen=True)
-class WaitOptions:
-    queue_timeout: float | None = None
-    run_timeout: float | None = None
-    handoff_after: float | None = None
-    poll_min: float = 5.0
-    poll_max: float = 30.0
-    backoff: float = 1.5
-    heartbeat: float = 60.0
-    cancel_on_timeout: bool = False
-    cancel_grace: float = 300.0
-    fail_fast: bool = False
-    cancel_on_fail_fast: bool = False
-    not_responding_timeout: float | None = 1800.0
-    paused_is_final: bool = False
-
-    def check(self) -> None:
-        problems = [f"{name} must be more than 0 s" for name in
-                    ("queue_timeout", "run_timeout", "handoff_after", "not_responding_timeout")
-                    if (getattr(self, name) is not None and getattr(self, name) <= 0)]
-        if not 0 < self.heartbeat <= 60:
-            problems.append("the heartbeat must be between 0 and 60 s (a line at least every minute)")
-        if not 0 < self.poll_min <= self.poll_max:
-            problems.append("poll intervals need 0 < poll-min <= poll-max")
-        if self.backoff < 1:
-            problems.append("backoff must be at least 1")
-        if problems:
-            raise AmlError("Invalid wait options: " + "; ".join(problems) + ".", status=None,
-                           hint="See 'amlrelay aml wait --help'.")
-
-
-@dataclass
-class JobResult:
-    name: str
-    status: JobStatus = JobStatus.UNKNOWN
-    status_text: str = ""
-    outcome: WaitOutcome | None = None
-    reason: str = ""
-    studio_url: str = ""
-    experiment_name: str = ""
-    tags: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class WaitResult:
-    outcome: WaitOutcome
-    jobs: list[JobResult]
-    token: str
-    elapsed: float
-    polls: int
-
-    @property
-    def exit_code(self) -> int:
-        return EXIT_CODES[self.outcome]
-
-
-Report = Callable[[str, str, "JobResult | None"], None]
-"""``report(kind, message, job)``: kind is found, status, heartbeat, warning, timeout, cancel or handoff."""
-
-
-def _quiet(kind: str, message: str, job: JobResult | None) -> None:
-    """The default reporter: say nothing."""
 
 
 @dataclass
@@ -139,7 +61,7 @@ class WaitPoller:
     """Waits on the jobs of one :class:`WaitState`; ``result()`` blocks, ``poll()`` does one round."""
 
     def __init__(self, client: JobsClient, state: WaitState, options: WaitOptions, *, clock: Clock,
-                 report: Report = _quiet) -> None:
+                 report: Report = quiet) -> None:
         options.check()
         self._client, self._state, self._options, self._clock, self._report = client, state, options, clock, report
         self._live = [_Live(c, JobResult(c.name)) for c in state.jobs]
@@ -366,7 +288,7 @@ def waiter_client(workspace: str | Workspace, credential: TokenCredential, **opt
 
 def begin_wait(client: JobsClient, names: Sequence[str] = (), options: WaitOptions | None = None, *,
                continuation_token: str | None = None, clock: Clock | None = None,
-               report: Report = _quiet) -> WaitPoller:
+               report: Report = quiet) -> WaitPoller:
     """Start (``names``) or resume (``continuation_token``) a wait; nothing is sent until ``poll``/``result``."""
     options = options or WaitOptions()
     clock = clock or SystemClock()
