@@ -47,7 +47,8 @@ def template_uses() -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
     """(pipeline, job, parameters) for every use of the steps template."""
     uses = []
     for path in PIPELINES.glob("*.yml"):
-        for job in load(path)["jobs"]:
+        spec = load(path)
+        for job in spec.get("jobs") or [j for stage in spec["stages"] for j in stage["jobs"]]:
             for step in job["steps"]:
                 if isinstance(step, dict) and step.get("template") == "templates/aml-wait-steps.yml":
                     uses.append((path.name, job, step["parameters"]))
@@ -57,7 +58,7 @@ def template_uses() -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
 def test_there_is_a_template_for_every_pattern() -> None:
     names = {p.name for p in FILES}
     assert {"build-validation.yml", "async-submit.yml", "relay-triggered.yml", "handoff.yml", "self-hosted.yml",
-            "resumable-wait.yml", "aml-wait-steps.yml"} <= names
+            "resumable-wait.yml", "resumable-wait-stages.yml", "aml-wait-steps.yml"} <= names
 
 
 def test_every_file_passes_the_azure_pipelines_schema() -> None:
@@ -98,6 +99,38 @@ def test_relay_triggered_pipeline_declares_what_the_routes_send() -> None:
     evaluate = next(r for r in routes if r["name"] == "evaluate-trained-model")
     assert set(evaluate["pipeline"]["templateParameters"]) <= declared
     assert {"runId", "experimentName", "modelName", "modelVersion"} <= declared
+
+
+FINAL = ("'completed', 'failed', 'canceled', 'timed-out'")
+
+
+def _jobs_by_stage(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    stages = spec.get("stages") or [{"stage": "", "jobs": spec["jobs"]}]
+    return {f"{st['stage']}.{j['job']}".lstrip("."): j for st in stages for j in st["jobs"]}
+
+
+@pytest.mark.parametrize("name", ["resumable-wait.yml", "resumable-wait-stages.yml"])
+def test_resumed_waits_follow_any_unfinished_wait(name: str) -> None:
+    """A wait killed at the job limit (no amlOutcome, only the early token) or ended resumable (7) must be
+    resumed too, not only a handed-off one; and every token expression names a job and step that exist."""
+    spec = load(PIPELINES / name)
+    jobs = _jobs_by_stage(spec)
+    text = (PIPELINES / name).read_text(encoding="utf-8")
+    assert "'handed-off')" not in text  # keyed on the token and a non-final outcome instead
+    conditions = [j.get("condition", "") for j in jobs.values()] + [s.get("condition", "") for s in
+                                                                   spec.get("stages", [])]
+    resuming = [c for c in conditions if "amlWaitToken" in c]
+    assert resuming
+    for condition in resuming:
+        assert "ne(" in condition
+        assert "not(in(" in condition
+        assert FINAL in condition
+        assert "not(canceled())" in condition  # runs after a job the limit killed (canceled/failed)
+    for stage, job, step in re.findall(r"stageDependencies\.(\w+)\.(\w+)\.outputs\['(\w+)\.amlWaitToken'\]", text):
+        assert f"{stage}.{job}" in jobs
+        assert step == "amlWait"
+    for stage, job, step in re.findall(r"dependencies\.(\w+)\.outputs\['(\w+)\.(\w+)\.amlWaitToken'\]", text):
+        assert f"{stage}.{job}" in jobs
 
 
 def test_output_variables_used_by_the_pipelines_exist() -> None:
