@@ -131,6 +131,7 @@ def test_resumed_waits_follow_any_unfinished_wait(name: str) -> None:
         assert step == "amlWait"
     for stage, job, step in re.findall(r"dependencies\.(\w+)\.outputs\['(\w+)\.(\w+)\.amlWaitToken'\]", text):
         assert f"{stage}.{job}" in jobs
+        assert step == "amlWait"
 
 
 def test_output_variables_used_by_the_pipelines_exist() -> None:
