@@ -134,6 +134,26 @@ def test_resumed_waits_follow_any_unfinished_wait(name: str) -> None:
         assert step == "amlWait"
 
 
+def _strings_at(node: Any, keys: set[str]) -> list[str]:
+    if isinstance(node, dict):
+        found = [v for k, v in node.items() if k in keys and isinstance(v, str)]
+        return found + [s for v in node.values() for s in _strings_at(v, keys)]
+    if isinstance(node, list):
+        return [s for v in node for s in _strings_at(v, keys)]
+    return []
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_parameters_never_become_script_or_expression_text(path: Path) -> None:
+    """${{ parameters.x }} is pasted into the text before it runs: in a script a model name from an AML event
+    like 'x"; curl …' would run as code, in a condition it would change the expression. Parameters go
+    through env: and variables, which the script and the expression read as data."""
+    texts = _strings_at(load(path), {"script", "inlineScript", "bash", "pwsh", "powershell", "condition"})
+    assert texts
+    allowed = {"${{ parameters.condition }}"}  # the template's condition parameter is an expression by contract
+    assert [t for t in texts if "${{" in t and t not in allowed] == []
+
+
 def test_output_variables_used_by_the_pipelines_exist() -> None:
     used = set()
     for path in PIPELINES.glob("*.yml"):
