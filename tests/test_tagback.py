@@ -272,3 +272,62 @@ def test_the_scheduled_replay_runbook_retags(stack: Stack, azurite: str, table_n
     assert "tag-back: 1 tagged, 0 still owed" in done.stdout, done.stdout + done.stderr
     assert mlflow_server.run_tags(RUN_ID)[RUN_ID_TAG] == str(outcome.ado_run_id)
     assert len(stack.ado.runs) == 1
+
+
+def test_permanent_refusals_are_given_up_after_n_tries_and_cannot_starve_other_tags(
+        stack: Stack, azurite: str, table_name: str, mlflow_server: MlflowServer) -> None:
+    """A tag MLflow refuses for good (404: the run is gone) is counted on the record, retried behind the
+    least-tried ones, and given up at the N-th try with one WARNING naming it; a tag owed because the server
+    was down is written meanwhile, even with room for one record per pass."""
+    from amlrelay.aml._tagback import given_up_warning
+
+    relay = relay_for(stack, azurite, table_name, mlflow_server)
+    assert relay.ledger is not None
+    tag_back = relay.tag_back
+    assert isinstance(tag_back, TagBack)
+    [gone] = deliver(relay, event("run_completed", runId="Gone_Run_1"))  # no such run in MLflow: 404
+    assert gone.warning is not None
+    assert "404" in gone.warning
+    mlflow_server.down()
+    [later] = deliver(relay, event("run_completed"))
+    mlflow_server.up()
+    [first] = retry_tags(relay.ledger, tag_back, limit=1, give_up_after=3)
+    assert (first.ado_run_id, first.ok, first.attempts, first.gave_up) == (gone.ado_run_id, False, 1, None)
+    [second] = retry_tags(relay.ledger, tag_back, limit=1, give_up_after=3)  # the least-tried goes first
+    assert (second.ado_run_id, second.ok) == (later.ado_run_id, True)
+    assert mlflow_server.run_tags(RUN_ID)[RUN_ID_TAG] == str(later.ado_run_id)
+    tries = [retry_tags(relay.ledger, tag_back, limit=1, give_up_after=3) for _ in range(2)]
+    assert [(r.attempts, r.gave_up) for [r] in tries] == [(2, None), (3, True)]
+    warning = given_up_warning(tries[-1])
+    assert warning is not None
+    assert warning.startswith("WARNING: tag-back gave up on 1 tag(s) after 3 refused tries")
+    assert "AML run 'Gone_Run_1'" in warning
+    assert f"ADO run {gone.ado_run_id}" in warning
+    assert relay.ledger.untagged() == []  # no longer retried ...
+    [kept] = relay.ledger.untagged(include_given_up=True)  # ... but still visible as owed, with the reason
+    assert (kept.tag_attempts, kept.tag_gave_up, kept.tagged) == (3, True, False)
+    assert kept.tag_error is not None
+    assert "RESOURCE_DOES_NOT_EXIST" in kept.tag_error
+    assert retry_tags(relay.ledger, tag_back) == []
+    assert len(stack.ado.runs) == 2
+
+
+def test_an_outage_is_retried_without_end(stack: Stack, azurite: str, table_name: str,
+                                          mlflow_server: MlflowServer) -> None:
+    from azure.identity import ManagedIdentityCredential
+
+    from amlrelay.aml._mlflow import MlflowClient
+
+    relay = relay_for(stack, azurite, table_name, mlflow_server)
+    assert relay.ledger is not None
+    mlflow_server.down()
+    deliver(relay, event("run_completed"))
+    credential = ManagedIdentityCredential()  # the handler's identity (the stack's endpoint)
+    quick = TagBack(None, mlflow_url=mlflow_server.url,  # no client-side retries: each pass is one try
+                    client_factory=lambda url: MlflowClient(url, credential, retries=0, backoff=0, timeout=5))
+    for attempt in (1, 2):
+        [result] = retry_tags(relay.ledger, quick, give_up_after=1)
+        assert (result.ok, result.attempts, result.gave_up) == (False, attempt, None)
+    mlflow_server.up()
+    [done] = retry_tags(relay.ledger, quick, give_up_after=1)
+    assert done.ok

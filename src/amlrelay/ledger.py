@@ -104,6 +104,12 @@ class LedgerRecord:
     """Tag-back (AMLRELAY_TAG_BACK): the AML run or model version to tag with the ADO run, as JSON."""
     tagged: bool | None = None
     """Tag-back: False until the tag is written (the sweeper retries it), then True; None when off."""
+    tag_attempts: int | None = None
+    """Tag-back: failed retries so far (None: none yet). The sweeper tries the least-tried first."""
+    tag_error: str | None = None
+    """Tag-back: why the last retry failed."""
+    tag_gave_up: bool | None = None
+    """Tag-back: True once a permanent refusal (403, 404, 400) repeated too often: no longer retried."""
 
 
 @dataclass(frozen=True)
@@ -398,10 +404,20 @@ class Ledger:
             self._table.update_entity({"PartitionKey": PARTITION, "RowKey": record.row_key, "tagged": True},
                                       mode=UpdateMode.MERGE)
 
-    def untagged(self) -> list[LedgerRecord]:
-        """Triggered records whose tag-back has not been written yet (oldest first), for the sweeper."""
+    def record_tag_failure(self, record: LedgerRecord, error: str, *, attempts: int, give_up: bool) -> None:
+        """Tag-back retry failed: count it, keep why, and (``give_up``) stop retrying it. A merge, like
+        :meth:`set_tagged`; the tag stays owed (``tagged`` False) so it remains visible."""
+        with self._errors("record a tag-back failure"), suppress(ResourceNotFoundError):
+            self._table.update_entity({"PartitionKey": PARTITION, "RowKey": record.row_key, "tag_attempts": attempts,
+                                       "tag_error": _clean(error, limit=2000), "tag_gave_up": give_up},
+                                      mode=UpdateMode.MERGE)
+
+    def untagged(self, *, include_given_up: bool = False) -> list[LedgerRecord]:
+        """Triggered records whose tag-back has not been written yet, for the sweeper: least-tried first,
+        then oldest, so a few permanently refused tags cannot starve the rest; given-up ones left out."""
         found = self._query("state eq @state and tagged eq @tagged", {"state": "triggered", "tagged": False})
-        return sorted(found, key=lambda r: r.updated_at)
+        kept = [r for r in found if include_given_up or not r.tag_gave_up]
+        return sorted(kept, key=lambda r: (r.tag_attempts or 0, r.updated_at))
 
     # ---- internals ----------------------------------------------------------------------------------
 
@@ -508,7 +524,7 @@ def _with_event(record: LedgerRecord, event_json: str | None) -> LedgerRecord:
 
 _PLAIN = ("key", "route", "event_id", "event_type", "state", "claimed_at", "updated_at", "attempts", "holder",
           "claim_id", "event_json_truncated", "ado_run_id", "ado_run_url", "reason",
-          "tag_target", "tagged")  # fmt: skip
+          "tag_target", "tagged", "tag_attempts", "tag_error", "tag_gave_up")  # fmt: skip
 
 
 def _to_entity(pk: str, rk: str, r: LedgerRecord) -> dict[str, Any]:
@@ -539,5 +555,7 @@ def _from_entity(e: Mapping[str, Any]) -> LedgerRecord:
         event_json="".join(p for p in parts if p) if parts[0] is not None else None,
         row_key=str(e.get("RowKey", "")),
         tagged=None if v["tagged"] is None else bool(v["tagged"]),
+        tag_attempts=None if v["tag_attempts"] is None else int(v["tag_attempts"]),
+        tag_gave_up=None if v["tag_gave_up"] is None else bool(v["tag_gave_up"]),
     )
     return LedgerRecord(**v)

@@ -102,10 +102,15 @@ class TagBack:
 
     def apply(self, target: str, run_id: int, run_url: str | None) -> str | None:
         """Write both tags; None when done, else the warning to show (the tag stays owed)."""
+        return self.attempt(target, run_id, run_url)[0]
+
+    def attempt(self, target: str, run_id: int, run_url: str | None) -> tuple[str | None, bool]:
+        """Like :meth:`apply`, and says whether a failure may pass by itself (throttling, 5xx, no answer:
+        ``True``) or will repeat until someone acts (403, 404, 400, an unreadable target: ``False``)."""
         try:
             where = TagTarget.from_json(target)
         except (ValueError, KeyError) as exc:
-            return f"tag-back skipped: the ledger's tag target is unreadable ({exc})"
+            return f"tag-back skipped: the ledger's tag target is unreadable ({exc})", False
         try:
             client = self._client(where.workspace)
             for key, value in ((RUN_ID_TAG, str(run_id)), (RUN_URL_TAG, run_url or "")):
@@ -115,13 +120,15 @@ class TagBack:
                     client.set_model_version_tag(where.name, where.version or "", key, value)
         except AmlRelayError as exc:
             return (f"ADO run {run_id} was started, but tagging {where.describe()} with it failed: {exc.message}"
-                    f" {exc.hint} (the tag is retried by `amlrelay sweep`; the run is not started again)")
-        return None
+                    f" {exc.hint} (the tag is retried by `amlrelay sweep`; the run is not started again)",
+                    bool(getattr(exc, "retryable", False)))
+        return None, True
 
     def after_trigger(self, target: str, run_id: int, run_url: str | None, *, ledger: Ledger | None,
-                      record: LedgerRecord | None) -> str | None:
-        """Tag, then mark the ledger record tagged. Returns the warning for the outcome, or None."""
-        warning = self.apply(target, run_id, run_url)
+                      record: LedgerRecord | None, tagged: bool = False) -> str | None:
+        """Tag (unless ``tagged``: already written), then mark the ledger record tagged. Returns the
+        warning for the outcome, or None."""
+        warning = None if tagged else self.apply(target, run_id, run_url)
         if warning is not None:
             return warning if record is not None else warning.replace(
                 "(the tag is retried by `amlrelay sweep`;", "(no ledger record, so nothing retries the tag;")
@@ -156,22 +163,48 @@ class TagRetry:
     ado_run_id: int | None
     ok: bool
     warning: str | None = None
+    attempts: int | None = None
+    """Failed tries so far, this one included (None when it succeeded)."""
+    gave_up: bool | None = None
+    """True: refused permanently ``give_up_after`` times; no longer retried (tag it by hand)."""
 
     def to_json(self) -> str:
         return json.dumps({k: v for k, v in self.__dict__.items() if v is not None}, separators=(",", ":"))
 
 
-def retry_tags(ledger: Ledger, tag_back: TagBack, *, limit: int = 500) -> list[TagRetry]:
-    """Write the tags still owed (triggered records with ``tagged=False``), oldest first. For the sweeper
-    (``amlrelay sweep``) or any scheduled job; never touches ADO. Safe to run concurrently with handlers and
-    with itself: the worst case is the same tag value written twice."""
+GIVE_UP_AFTER = 5
+"""A tag refused for a reason that does not pass by itself (403 no role, 404 run or model gone, 400) is
+retried this many times in all (a role may be granted meanwhile), then given up with a warning."""
+
+
+def retry_tags(ledger: Ledger, tag_back: TagBack, *, limit: int = 500,
+               give_up_after: int = GIVE_UP_AFTER) -> list[TagRetry]:
+    """Write the tags still owed (triggered records with ``tagged=False``). For the sweeper (``amlrelay
+    sweep``) or any scheduled job; never touches ADO. Safe to run concurrently with handlers and with
+    itself: the worst case is the same tag value written twice.
+
+    Each failed try is counted on the record; the least-tried go first, so records that keep failing sink
+    behind new ones and cannot fill ``limit`` for ever. A permanent refusal stops being retried at its
+    ``give_up_after``-th try (``gave_up`` in the result: the caller prints a ``WARNING:`` listing them);
+    throttling and outages are retried without end, as they pass."""
     done: list[TagRetry] = []
     for record in ledger.untagged()[:limit]:
         if record.ado_run_id is None or not record.tag_target:
             continue
-        warning = tag_back.after_trigger(record.tag_target, record.ado_run_id, record.ado_run_url, ledger=ledger,
-                                         record=record)
-        done.append(TagRetry(record.key, record.tag_target, record.ado_run_id, warning is None, warning))
+        warning, transient = tag_back.attempt(record.tag_target, record.ado_run_id, record.ado_run_url)
+        if warning is None:
+            warning = tag_back.after_trigger(record.tag_target, record.ado_run_id, record.ado_run_url,
+                                             ledger=ledger, record=record, tagged=True)
+            done.append(TagRetry(record.key, record.tag_target, record.ado_run_id, warning is None, warning))
+            continue
+        attempts = (record.tag_attempts or 0) + 1
+        give_up = not transient and attempts >= give_up_after
+        try:
+            ledger.record_tag_failure(record, warning, attempts=attempts, give_up=give_up)
+        except AmlRelayError as exc:  # the count is lost this time; the tag stays owed all the same
+            warning = f"{warning}; the ledger could not count the try: {exc.message}"
+        done.append(TagRetry(record.key, record.tag_target, record.ado_run_id, False, warning, attempts,
+                             give_up or None))
     return done
 
 
@@ -190,5 +223,18 @@ def tag_back_from_settings(settings: Settings, credential: TokenCredential | Non
 
 
 def describe(results: list[TagRetry]) -> dict[str, Any]:
-    """Counts for a sweeper's summary line."""
-    return {"tagged": sum(r.ok for r in results), "still_owed": sum(not r.ok for r in results)}
+    """Counts for a sweeper's summary line (``given_up`` are among ``still_owed``: owed, no longer tried)."""
+    return {"tagged": sum(r.ok for r in results), "still_owed": sum(not r.ok for r in results),
+            "given_up": sum(bool(r.gave_up) for r in results)}
+
+
+def given_up_warning(results: list[TagRetry]) -> str | None:
+    """One ``WARNING:`` line naming every tag given up in this pass (None when there is none)."""
+    gone = [r for r in results if r.gave_up]
+    if not gone:
+        return None
+    listed = "; ".join(f"{TagTarget.from_json(r.target).describe()} -> ADO run {r.ado_run_id} ({r.key})"
+                       for r in gone)
+    return (f"WARNING: tag-back gave up on {len(gone)} tag(s) after {gone[0].attempts} refused tries each: "
+            f"{listed}. Fix the cause (the identity's role on the workspace, a deleted run or model) and tag "
+            "them by hand; the ADO runs stand.")

@@ -17,7 +17,8 @@ def register(commands: Any) -> None:
         description="For every triggered ledger record whose tag-back is still owed, write amlrelay.ado_run_id "
         "and amlrelay.ado_run_url on the AML run or model version (MLflow, the handler's identity). Never "
         "calls ADO.")
-    retag.add_argument("--limit", type=int, default=500, help="at most this many records (oldest first)")
+    retag.add_argument("--limit", type=int, default=500,
+                       help="at most this many records (least-tried, then oldest, first)")
     retag.add_argument("--json", action="store_true", help="one JSON line per record")
     retag.set_defaults(handler=run)
 
@@ -25,7 +26,7 @@ def register(commands: Any) -> None:
 def run(ns: argparse.Namespace) -> int:
     from ..runbook import open_ledger
     from ..settings import automation_lookup, resolve
-    from ._tagback import describe, retry_tags, tag_back_from_settings
+    from ._tagback import describe, given_up_warning, retry_tags, tag_back_from_settings
 
     settings = resolve({}, automation=automation_lookup(), ledger_only=True)
     tag_back = tag_back_from_settings(settings)
@@ -39,6 +40,10 @@ def run(ns: argparse.Namespace) -> int:
         if result.warning:
             print(f"WARNING: {result.key}: {result.warning}")
     counts = describe(results)
+    gave_up = given_up_warning(results)
+    if gave_up:
+        print(gave_up)
     if not ns.json:
-        print(f"tag-back: {counts['tagged']} tagged, {counts['still_owed']} still owed")
+        print(f"tag-back: {counts['tagged']} tagged, {counts['still_owed']} still owed"
+              + (f" ({counts['given_up']} given up)" if counts["given_up"] else ""))
     return 1 if counts["still_owed"] else 0
