@@ -39,6 +39,9 @@ param workspaceResourceGroupName string = resourceGroup().name
 @description('Optional. Event Grid system topic name. A workspace has at most one system topic: if it already has one, give its name. The default derives from the workspace name with underscores (allowed in workspace names, not in topic names) turned into hyphens.')
 param systemTopicName string = '${replace(workspaceName, '_', '-')}-amlrelay'
 
+@description('Optional. True when the workspace already has a system topic (give its name in systemTopicName): amlrelay then only adds its subscriptions and never changes the topic (tags, identity); the topic\'s system-assigned identity must be on. scripts/deploy finds the topic by its source and sets this.')
+param systemTopicExists bool = false
+
 @description('Optional. Extra workspace resource ids the handler accepts events from (AMLRELAY_ALLOWED_WORKSPACES); the deployed workspace is always allowed.')
 param additionalAllowedWorkspaceIds array = []
 
@@ -138,7 +141,7 @@ param webhookName string = 'amlrelay-eventgrid'
 @description('Optional. Webhook expiry (ISO 8601); re-run scripts/deploy before it.')
 param webhookExpiryTime string = dateTimeAdd(utcNow(), 'P1Y')
 
-@description('Optional. Run runbooks/replay_dead_letters.py (amlrelay replay --stale --failed) on a schedule (runbook handler). false: no schedule; scripts/deploy removes the one it made before, and the runbook can still be started by hand.')
+@description('Optional. Run runbooks/replay_dead_letters.py (amlrelay replay --stale --failed) on a schedule (both handlers: with the Logic App it settles [ambiguous] failures and stale claims the workflow answers 500 for). false: no schedule; scripts/deploy removes the one it made before, and the runbook can still be started by hand.')
 param replayScheduleEnabled bool = true
 
 @description('Optional. Hours between two scheduled replay runs (1-24); only with sweepIntervalMinutes = 60.')
@@ -146,7 +149,7 @@ param replayScheduleEnabled bool = true
 @maxValue(24)
 param replayIntervalHours int = 1
 
-@description('Optional. Minutes between two runs of the replay runbook, which sweeps the journal first (runbook handler): 15, 20, 30 or 60, as 60 / sweepIntervalMinutes offset hourly schedules. Worst-case recovery of a lost event: this plus AMLRELAY_JOURNAL_GRACE (10 min); see README "Across the webhook boundary".')
+@description('Optional. Minutes between two runs of the replay runbook, which sweeps the journal first (the runbook handler\'s; the Logic App handler has no journal): 15, 20, 30 or 60, as 60 / sweepIntervalMinutes offset hourly schedules. Worst-case recovery of a lost event: this plus AMLRELAY_JOURNAL_GRACE (10 min); see README "Across the webhook boundary".')
 @allowed([
   15
   20
@@ -190,7 +193,10 @@ var ledgerTableName = 'amlrelayledger'
 var deadLetterContainerName = 'deadletters'
 var packagesContainerName = 'packages'
 // The journal (issue 7): Event Grid copies every routed event to this queue; the replay runbook's
-// `amlrelay sweep` recovers those whose webhook job died. Only the runbook handler has that sweeper.
+// `amlrelay sweep` recovers those whose webhook job died. Only the runbook handler needs it: the webhook
+// answers 202 before the job runs. The Logic App answers after its work (5xx when an event failed), so
+// Event Grid's own retries and dead letters already cover it and a journal copy would only double the
+// event's Event Grid operations.
 var journalQueueName = 'amlrelay-journal'
 var journalEnabled = handler == 'runbook'
 var allTags = union(tags, {
@@ -249,7 +255,10 @@ module keyVault 'modules/key-vault/main.bicep' = if (auth == 'pat') {
   }
 }
 
-module automation 'modules/automation/main.bicep' = if (handler == 'runbook') {
+// The Automation account runs the replay runbook (journal sweep, dead letters, stale claims, [ambiguous]
+// failures) on a schedule for both handlers. With handler = 'logicapp' it is the workflow's recovery only:
+// no trigger runbook and no webhook (their content and URI are not passed), and its own identity.
+module automation 'modules/automation/main.bicep' = {
   name: 'amlrelay-automation'
   params: {
     name: automationAccountName
@@ -260,12 +269,12 @@ module automation 'modules/automation/main.bicep' = if (handler == 'runbook') {
     amlrelayPackageVersion: amlrelayPackageVersion
     amlrelayPackageSha256: amlrelayPackageSha256
     settings: settings
-    webhookUri: webhookUri
+    webhookUri: handler == 'runbook' ? webhookUri : ''
     webhookName: webhookName
     webhookExpiryTime: webhookExpiryTime
     replayScheduleEnabled: replayScheduleEnabled
     replayScheduleName: replayScheduleName
-    runbookContentUri: runbookContentUri
+    runbookContentUri: handler == 'runbook' ? runbookContentUri : ''
     runbookContentSha256: runbookContentSha256
     replayRunbookContentUri: replayRunbookContentUri
     replayRunbookContentSha256: replayRunbookContentSha256
@@ -296,12 +305,18 @@ module logicApp 'modules/logic-app/main.bicep' = if (handler == 'logicapp') {
 
 var logicAppTriggerName = 'When_an_AML_event_is_received'
 
+// Per deployment: scripts/deploy and scripts/teardown delete only subscriptions carrying this deployment's
+// label, so two amlrelay deployments on one workspace's topic never delete each other's.
+var subscriptionLabel = 'amlrelay:${resourceGroup().name}'
+
 module eventGrid 'modules/event-grid/main.bicep' = {
   name: 'amlrelay-event-grid'
   scope: resourceGroup(workspaceResourceGroupName)
   params: {
     workspaceName: workspaceName
     systemTopicName: systemTopicName
+    systemTopicExists: systemTopicExists
+    label: subscriptionLabel
     tags: allTags
     subscriptions: subscriptions
     endpointUrl: handler == 'logicapp' ? listCallbackUrl(resourceId('Microsoft.Logic/workflows/triggers', logicAppName, logicAppTriggerName), '2019-05-01').value : webhookUri
@@ -328,6 +343,8 @@ module eventGridTopic 'modules/event-grid/main.bicep' = {
   params: {
     workspaceName: workspaceName
     systemTopicName: systemTopicName
+    systemTopicExists: systemTopicExists
+    label: subscriptionLabel
     tags: allTags
     subscriptions: subscriptions
     endpointUrl: ''
@@ -356,6 +373,16 @@ var taggedWorkspaceIds = tagBack && handler == 'runbook' ? concat([
   workspaceId
 ], additionalAllowedWorkspaceIds) : []
 
+// With the Logic App handler the replay runbook (another identity) verifies what it replays too.
+module replayWorkspaceReaders 'modules/role-assignments/workspace-reader.bicep' = [for (id, i) in (handler == 'logicapp' ? verifiedWorkspaceIds : []): {
+  name: 'amlrelay-replay-workspace-reader-${i}'
+  scope: resourceGroup(split(id, '/')[2], split(id, '/')[4])
+  params: {
+    workspaceName: last(split(id, '/'))
+    handlerPrincipalId: automation.outputs.principalId
+  }
+}]
+
 module workspaceTaggers 'modules/role-assignments/workspace-tagger.bicep' = [for (id, i) in taggedWorkspaceIds: {
   name: 'amlrelay-workspace-tagger-${i}'
   scope: resourceGroup(split(id, '/')[2], split(id, '/')[4])
@@ -374,6 +401,7 @@ module roleAssignmentsForTopic 'modules/role-assignments/main.bicep' = {
     packagesContainerName: packagesContainerName
     handlerPrincipalId: handler == 'runbook' ? automation.outputs.principalId : logicApp.outputs.principalId
     handlerReadsDeadLetters: handler == 'runbook'
+    replayPrincipalId: handler == 'logicapp' ? automation.outputs.principalId : ''
     journalQueueName: journalEnabled ? journalQueueName : ''
     eventGridPrincipalId: eventGridTopic.outputs.principalId
     keyVaultName: auth == 'pat' ? keyVault.outputs.name : ''
@@ -421,17 +449,20 @@ output deadLetterContainerName string = deadLetterContainerName
 @description('AMLRELAY_LEDGER_TABLE_URL.')
 output ledgerTableUrl string = storage.outputs.tableEndpoint
 
-@description('Automation account name (runbook handler), else empty.')
-output automationAccountName string = handler == 'runbook' ? automation.outputs.name : ''
+@description('Automation account name: the runbook handler\'s, or the Logic App handler\'s replay account (no webhook, no trigger runbook).')
+output automationAccountName string = automation.outputs.name
 
 @description('Runbook name (runbook handler), else empty.')
 output runbookName string = handler == 'runbook' ? automation.outputs.runbookName : ''
 
-@description('Replay runbook name (runbook handler), else empty.')
-output replayRunbookName string = handler == 'runbook' ? automation.outputs.replayRunbookName : ''
+@description('Replay runbook name (both handlers).')
+output replayRunbookName string = automation.outputs.replayRunbookName
 
-@description('Replay schedule name (runbook handler, schedule on and second pass), else empty.')
-output replayScheduleName string = handler == 'runbook' ? automation.outputs.replayScheduleName : ''
+@description('Replay schedule name (schedule on and second pass, both handlers), else empty.')
+output replayScheduleName string = automation.outputs.replayScheduleName
+
+@description('Object id of the identity that runs the replay runbook: the handler\'s own with the runbook handler, the Automation account\'s beside the Logic App (add it to Azure DevOps too: scripts/grant-ado-access grants both).')
+output replayPrincipalId string = automation.outputs.principalId
 
 @description('Logic App name (logicapp handler), else empty.')
 output logicAppName string = handler == 'logicapp' ? logicApp.outputs.name : ''
@@ -448,11 +479,14 @@ output systemTopicName string = eventGrid.outputs.systemTopicName
 @description('Resource group of the system topic and its subscriptions.')
 output systemTopicResourceGroup string = workspaceResourceGroupName
 
+@description('Label on every event subscription of this deployment (scripts/deploy and scripts/teardown delete only subscriptions carrying it).')
+output subscriptionLabel string = subscriptionLabel
+
 @description('Names of the event subscriptions generated from routes.json, the journal\'s included (scripts/deploy keeps these and deletes other amlrelay-labelled ones).')
 output subscriptionNames array = concat(eventGrid.outputs.subscriptionNames, eventGrid.outputs.journalSubscriptionNames)
 
-@description('The runbook handler\'s Python runtime environment (scripts/deploy waits for its packages), else empty.')
-output runtimeEnvironmentName string = handler == 'runbook' ? automation.outputs.runtimeEnvironmentName : ''
+@description('The replay (and, with the runbook handler, trigger) runbooks\' Python runtime environment (scripts/deploy waits for its packages).')
+output runtimeEnvironmentName string = automation.outputs.runtimeEnvironmentName
 
 @description('Object id of the handler\'s system-assigned identity (AVM name; same as handlerPrincipalId).')
 output systemAssignedMIPrincipalId string = handler == 'runbook' ? automation.outputs.principalId : logicApp.outputs.principalId

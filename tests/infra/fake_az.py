@@ -146,6 +146,9 @@ def _body(options: dict[str, list[str]]) -> Any:
     return json.loads(raw) if raw else None
 
 
+REPLAY_PRINCIPAL = "22222222-2222-2222-2222-222222222222"  # the Logic App handler's Automation account
+
+
 def _outputs(state: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
     def value(name: str, default: Any) -> Any:
         return params.get(name, {}).get("value", default)
@@ -157,13 +160,16 @@ def _outputs(state: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
         schedule = ""
     out = {
         "handler": handler, "storageAccountName": "amlrst123", "packagesContainerName": "packages",
-        "automationAccountName": "amlr-aa-123" if handler == "runbook" else "",
+        # both handlers have the Automation account: the Logic App's runs only the replay runbook
+        "automationAccountName": "amlr-aa-123",
         "runbookName": "trigger-ado-pipeline" if handler == "runbook" else "",
-        "replayRunbookName": "replay_dead_letters" if handler == "runbook" else "",
+        "replayRunbookName": "replay_dead_letters",
         "replayScheduleName": schedule,
-        "runtimeEnvironmentName": "amlrelay-python310" if handler == "runbook" else "",
+        "runtimeEnvironmentName": "amlrelay-python310",
         "systemTopicName": state["topic"]["name"], "systemTopicResourceGroup": state["topic"]["resourceGroup"],
+        "subscriptionLabel": f"amlrelay:{state['rg']}",
         "handlerPrincipalId": state["handler_principal"], "systemAssignedMIPrincipalId": state["handler_principal"],
+        "replayPrincipalId": state["handler_principal"] if handler == "runbook" else REPLAY_PRINCIPAL,
         "keyVaultName": state["vault_name"] if auth == "pat" else "",
         "subscriptionNames": list(state["generated_subscriptions"]),
         "settings": {"AMLRELAY_ADO_ORGANIZATION": "contoso", "AMLRELAY_ALLOWED_WORKSPACES": (
@@ -204,20 +210,21 @@ def deploy(state: dict[str, Any], options: dict[str, list[str]]) -> Any:
     for kind, res in (("Microsoft.Storage/storageAccounts", "amlrst123"),
                       ("Microsoft.Automation/automationAccounts", "amlr-aa-123")):
         _add_resource(state, rg, kind, res)
-    topic = state["topic"]
-    topic["exists"] = True
-    topic.setdefault("tags", {"amlrelay-handler": "runbook"})
+    _deploy_topic(state, name, value("systemTopicName", state["topic"]["name"]), value("systemTopicExists", False))
     packages = [p["name"] for p in value("runbookPackages", [])]
     if value("amlrelayPackageUri", ""):
         packages.append("amlrelay")
     for package in packages:
         state["packages"][package] = 0  # index into PACKAGE_STEPS; advances on every poll
+    # main.bicep passes the trigger runbook's content and the webhook URI to Automation with the runbook
+    # handler only: beside the Logic App the account runs the replay runbook alone
+    runbook_handler = value("handler", "runbook") == "runbook"
     for param, runbook in (("runbookContentUri", "trigger-ado-pipeline"),
                            ("replayRunbookContentUri", "replay_dead_letters")):
-        if value(param, ""):
+        if value(param, "") and (runbook_handler or runbook == "replay_dead_letters"):
             state["published"].append(runbook)
     ready = all(PACKAGE_STEPS[i] == "Succeeded" for i in state["packages"].values()) and state["packages"]
-    if value("webhookUri", ""):
+    if value("webhookUri", "") and runbook_handler:
         if not ready:
             state["violations"].append(f"{name}: webhook live before every runtime package was imported")
         if "trigger-ado-pipeline" not in state["published"]:
@@ -225,7 +232,7 @@ def deploy(state: dict[str, Any], options: dict[str, list[str]]) -> Any:
         state["webhooks"].append(value("webhookName", "amlrelay-eventgrid"))
         for sub in state["generated_subscriptions"]:
             if sub not in [s["name"] for s in state["subscriptions"]]:
-                state["subscriptions"].append({"name": sub, "labels": ["amlrelay"]})
+                state["subscriptions"].append({"name": sub, "labels": [f"amlrelay:{rg}", f"route:{sub}"]})
     schedule = value("replayScheduleName", "")
     if schedule and value("replayScheduleEnabled", True):
         if "replay_dead_letters" not in state["published"]:
@@ -239,6 +246,28 @@ def deploy(state: dict[str, Any], options: dict[str, list[str]]) -> Any:
                                            "timestamp": f"2026-01-01T00:00:{state['clock']:02d}Z"}}
     state["deployments"].append(record)
     return record
+
+
+def _deploy_topic(state: dict[str, Any], deployment: str, name: str, exists: bool) -> None:
+    """modules/event-grid as written: an existing topic is only referenced (its identity must be on); otherwise
+    the topic is PUT with amlrelay's tags and a system-assigned identity -- which, over someone else's topic,
+    replaces their tags and identity: recorded as a violation."""
+    topic = state["topic"]
+    if name != topic["name"]:
+        raise AzError(f"the fake world's topic is {topic['name']}, the deployment names {name}")
+    if exists:
+        if not topic.get("exists"):
+            raise AzError(f"{{\"code\": \"ResourceNotFound\", \"message\": \"The Resource "
+                          f"'Microsoft.EventGrid/systemTopics/{name}' was not found.\"}}")
+        if "SystemAssigned" not in topic.get("identity", "None"):
+            raise AzError("{\"code\": \"InvalidTemplate\", \"message\": \"The language expression property "
+                          "'principalId' doesn't exist.\"}")
+        return
+    if topic.get("exists") and "amlrelay-created-topic" not in topic.get("tags", {}):
+        state["violations"].append(f"{deployment}: PUT over the workspace's existing topic {name} (tags "
+                                   f"{topic.get('tags')}, identity {topic.get('identity')} replaced)")
+    topic.update(exists=True, tags={"amlrelay-handler": "runbook", "amlrelay-created-topic": "true"},
+                 identity="SystemAssigned")
 
 
 def _add_resource(state: dict[str, Any], rg: str, kind: str, name: str) -> None:
@@ -324,7 +353,8 @@ def run(name: str, options: dict[str, list[str]], state: dict[str, Any], routes:
             raise AzError(f"Service principal '{_one(options, '--id')}' doesn't exist", 3)
         return sp
     if name == "bicep build-params":
-        parameters = {"namePrefix": {"value": "amlr"}, **state["build_params"]}
+        parameters = {"namePrefix": {"value": "amlr"}, "workspaceName": {"value": "ws"},
+                      "workspaceResourceGroupName": {"value": "rg-ml"}, **state["build_params"]}
         Path(_one(options, "--outfile")).write_text(json.dumps({"contentVersion": "1.0.0.0",
                                                                  "parameters": parameters}))
         return None
@@ -359,6 +389,17 @@ def run(name: str, options: dict[str, list[str]], state: dict[str, Any], routes:
     if name == "eventgrid system-topic event-subscription delete":
         state["subscriptions"] = [s for s in state["subscriptions"] if s["name"] != _one(options, "--name", "-n")]
         return None
+    if name == "eventgrid system-topic list":
+        topic = state["topic"]
+        if not topic.get("exists"):
+            return []
+        workspace = (f"/subscriptions/{state['account']['id']}/resourceGroups/{topic['resourceGroup']}/providers/"
+                     f"Microsoft.MachineLearningServices/workspaces/{topic.get('workspace', 'ws')}")
+        return [{"name": topic["name"], "resourceGroup": topic["resourceGroup"], "tags": topic.get("tags", {}),
+                 "source": workspace.lower() if topic.get("lowercase_source") else workspace,
+                 "topicType": "Microsoft.MachineLearningServices.Workspaces",
+                 "identity": {"type": topic.get("identity", "None")},
+                 "id": TOPIC_ID.format(sub=state["account"]["id"], rg=topic["resourceGroup"], name=topic["name"])}]
     if name == "eventgrid system-topic show":
         topic = state["topic"]
         if not topic.get("exists"):
@@ -435,7 +476,9 @@ def initial_state(**overrides: Any) -> dict[str, Any]:
         "packages": {}, "failing_package": None, "published": [], "webhooks": ["amlrelay-eventgrid-20200101000000",
                                                                                 "manual-hook"],
         "schedules": ["amlrelay-replay-20200101000000", "nightly-report"], "jobs": [], "blobs": [],
-        "subscriptions": [{"name": "old-route", "labels": ["amlrelay"]}, {"name": "someone-elses", "labels": []}],
+        "subscriptions": [{"name": "old-route", "labels": ["amlrelay:rg-amlrelay"]},
+                          {"name": "someone-elses", "labels": []},
+                          {"name": "other-deployment", "labels": ["amlrelay:rg-other"]}],
         "generated_subscriptions": ["triage-failed-run"],
         "topic": {"name": "ws-amlrelay", "resourceGroup": "rg-ml"},
         "upload_403": 0, "violations": [],

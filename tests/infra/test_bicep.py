@@ -371,7 +371,7 @@ def test_main_passes_the_replay_settings(bicep: dict[str, Any]) -> None:
     settings = main["variables"]["baseSettings"]["value"]
     assert settings["AMLRELAY_DEADLETTER_CONTAINER"] == "deadLetterContainerName"
     assert main["variables"]["deadLetterContainerName"]["value"] == "deadletters"
-    params = main["modules"]["automation"]["config"]["config"]["params"]
+    params = main["modules"]["automation"]["config"]["params"]  # unconditional: both handlers replay
     for name in ("replayScheduleEnabled", "replayScheduleName", "replayIntervalHours", "sweepIntervalMinutes"):
         assert params[name] == name
     assert main["parameters"]["replayScheduleEnabled"]["default"] is True
@@ -486,3 +486,26 @@ def test_no_unused_parameters_variables_or_existing_resources() -> None:
             if len(re.findall(rf"(?<![\w.']){name}(?![\w'])", text)) < 2:
                 unused.append(f"{path.relative_to(INFRA)}: {kind} {name}")
     assert unused == []
+
+
+def test_an_existing_system_topic_is_referenced_never_put(bicep: dict[str, Any]) -> None:
+    """MUST 5 of the review: PUTting a workspace's existing topic replaced its owner's tags and identity."""
+    doc = bicep["files"]["modules/event-grid/main.bicep"]
+    created, referenced = doc["resources"]["createdTopic"], doc["resources"]["systemTopic"]
+    assert created["config"]["condition"] == {"operator": {"type": "not", "operands": {
+        "bool_value": "systemTopicExists"}}}
+    assert _body(created)["tags"]["function"]["parameters"]["arg_2"] == {"'amlrelay-created-topic'": "true"}
+    assert referenced["existing"]
+    for name in ("eventSubscriptions", "journal"):
+        config = _body(doc["resources"][name])
+        assert config["parent"] == "systemTopic"
+        assert config["dependsOn"] == ["createdTopic"]
+    assert doc["parameters"]["systemTopicExists"]["default"] is False
+    main = bicep["files"]["main.bicep"]
+    for module in ("eventGrid", "eventGridTopic"):
+        params = main["modules"][module]["config"]["params"]
+        assert params["systemTopicExists"] == "systemTopicExists"
+        assert params["label"] == "subscriptionLabel"
+    # Per-deployment label (review SHOULD 9): scripts/deploy and teardown read it from the outputs.
+    assert main["variables"]["subscriptionLabel"]["value"] == "amlrelay:${resourceGroup().name}"
+    assert "subscriptionLabel" in main["outputs"]

@@ -19,7 +19,7 @@ from tests.servers._ado_rules import PipelineDef
 from .test_scripts import FakeAz
 
 HANDLER = "11111111-1111-1111-1111-111111111111"
-MI_TOKEN, ADMIN_TOKEN = "handler-mi-token", "pca-admin-token"
+MI_TOKEN, ADMIN_TOKEN, REPLAY_TOKEN = "handler-mi-token", "pca-admin-token", "replay-mi-token"
 TRAIN = PipelineDef(name="train", folder="\\ml\\train", variables_settable_at_queue_time=frozenset(
     {"AML_RUN_ID", "AML_EXPERIMENT", "AML_WORKSPACE", "AML_EVENT_ID"}),
     template_parameters=frozenset({"runId", "experimentName"}))
@@ -34,16 +34,16 @@ ROUTES = {"version": 1, "defaults": {"project": "mlops"}, "routes": [
 @pytest.fixture
 def ado() -> Any:
     with AdoServer("contoso", pipelines={("mlops", 12): TRAIN, ("mlops", 13): TRIAGE, ("mlops", 14): QUIET},
-                   bearer_tokens={MI_TOKEN, ADMIN_TOKEN}) as server:
+                   bearer_tokens={MI_TOKEN, ADMIN_TOKEN, REPLAY_TOKEN}) as server:
         server.permissions.register_identity(MI_TOKEN, HANDLER)
         server.permissions.add_admin(ADMIN_TOKEN)
         yield server
 
 
-def _fake(tmp_path: Path, ado: AdoServer, routes: dict[str, Any] | None = None) -> FakeAz:
+def _fake(tmp_path: Path, ado: AdoServer, routes: dict[str, Any] | None = None, handler: str = "runbook") -> FakeAz:
     fake = FakeAz(tmp_path, ado_token=ADMIN_TOKEN)
     params = tmp_path / "p.json"
-    params.write_text(json.dumps({"parameters": {}}))
+    params.write_text(json.dumps({"parameters": {"handler": {"value": handler}}}))
     done = fake.az("deployment", "group", "create", "-g", "rg-amlrelay", "-n", "amlrelay-infra-1",
                    "--template-file", "main.bicep", "--parameters", f"@{params}")
     assert done.returncode == 0, done.stderr
@@ -211,3 +211,21 @@ def test_stand_in_answers_are_checked_against_the_spec_schemas() -> None:
     mem = "memberEntitlementManagement/7.1/memberEntitlementManagement.json"
     assert _body_errors(mem, "ServicePrincipalEntitlementsPostResponse",
                         {"isSuccess": True, "operationResult": {"isSuccess": True, "result": {"id": "x"}}}) == []
+
+
+def test_beside_a_logic_app_the_replay_runbooks_identity_gets_the_same_grant(tmp_path: Path, ado: AdoServer) -> None:
+    """The Logic App deployment's Automation account replays (starts runs) with its own identity."""
+    from .fake_az import REPLAY_PRINCIPAL
+
+    ado.permissions.register_identity(REPLAY_TOKEN, REPLAY_PRINCIPAL)
+    done = _grant(_fake(tmp_path, ado, handler="logicapp"), ado, "12")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"Granted to {HANDLER}" in done.stdout
+    assert f"Granted to {REPLAY_PRINCIPAL}" in done.stdout
+    project_id = ado.project_id("mlops")
+    for who in (HANDLER, REPLAY_PRINCIPAL):
+        ident = ado.permissions.identity(who)
+        assert ado.permissions.acl[f"{project_id}/ml/train/12"][ident.descriptor] == 1 | 128 | 65536
+    replayed = requests.post(f"{ado.org_url}/mlops/_apis/pipelines/12/runs?api-version=7.1", json=WITH_VARIABLES,
+                             headers={"Authorization": f"Bearer {REPLAY_TOKEN}"}, timeout=10)
+    assert replayed.status_code == 200

@@ -74,3 +74,29 @@ def test_main_wires_the_workflow_like_the_runbook(bicep: dict[str, Any]) -> None
     outputs += [o["value"] for o in bicep["files"]["modules/logic-app/main.bicep"]["outputs"].values()]
     assert "listcallbackurl" not in json.dumps(outputs).lower()
     assert (REPO / "logicapps" / "workflow.json").is_file()
+
+
+def test_the_logic_app_deployment_also_schedules_replay_with_its_own_identity(bicep: dict[str, Any]) -> None:
+    """handler = 'logicapp' answers 500 for [ambiguous] failures and stale claims until `amlrelay replay`
+    settles them, and Event Grid gives up after 24 h: the Automation account (replay runbook and schedules
+    only, no webhook, no trigger runbook) is deployed for it too, and its identity gets the replay's roles."""
+    main = bicep["files"]["main.bicep"]
+    automation = main["modules"]["automation"]["config"]
+    assert "condition" not in automation  # both handlers
+    params = automation["params"]
+    for gated, value in (("webhookUri", "webhookUri"), ("runbookContentUri", "runbookContentUri")):
+        chosen = params[gated]["operator"]["operands"]["operand_2"]["operator"]["operands"]
+        assert (chosen["condition"], chosen["true_value"], chosen["false_value"]) == ("runbook", value, "")
+    assert "replayScheduleName" in params
+    assert "replayRunbookContentUri" in params
+    assert "handler" not in json.dumps(main["outputs"]["automationAccountName"]["value"])
+    assert "automation" in json.dumps(main["outputs"]["replayPrincipalId"]["value"])
+    replay = main["modules"]["roleAssignmentsForTopic"]["config"]["params"]["replayPrincipalId"]
+    assert "logicapp" in json.dumps(replay)
+    assert "automation" in json.dumps(replay)
+    roles = bicep["files"]["modules/role-assignments/main.bicep"]["resources"]
+    scopes = {name: roles[name]["config"]["config"]["scope"] for name in ("replayLedger", "replayDeadLetters",
+                                                                          "replaySecrets")}
+    assert scopes == {"replayLedger": "ledgerTable", "replayDeadLetters": "deadLetterContainer",
+                      "replaySecrets": "vault"}
+    assert "verifiedWorkspaceIds" in json.dumps(main["modules"]["replayWorkspaceReaders"])

@@ -193,7 +193,8 @@ def test_deploy_goes_live_only_after_packages_and_runbooks_and_never_prints_secr
     # This run's replay schedules (one per 15-minute offset, sweepIntervalMinutes' default) all stay.
     base = handler["replayScheduleName"]["value"]
     assert world["schedules"] == ["nightly-report", *(f"{base}-m{m}" for m in (0, 15, 30, 45))]
-    assert [s["name"] for s in world["subscriptions"]] == ["someone-elses", "triage-failed-run"]
+    # Only this deployment's label (amlrelay:rg-amlrelay): another amlrelay deployment's subscription stays.
+    assert [s["name"] for s in world["subscriptions"]] == ["someone-elses", "other-deployment", "triage-failed-run"]
     assert "--yes" in next(c for c in calls if c[:4] == ["eventgrid", "system-topic", "event-subscription",
                                                           "delete"])
     assert handler["replayScheduleName"]["value"] in done.stdout
@@ -356,13 +357,22 @@ def test_scripts_without_a_deployment_say_what_to_do(tmp_path: Path) -> None:
     assert "run scripts/deploy (or azd provision) first" in done.stderr
 
 
-def test_deploy_with_the_logic_app_handler_uploads_nothing_and_deploys_twice(tmp_path: Path) -> None:
+def test_deploy_with_the_logic_app_handler_schedules_the_replay_runbook_without_a_webhook(tmp_path: Path) -> None:
+    """Beside the Logic App the Automation account runs only the replay runbook (the workflow answers 500 for
+    [ambiguous] failures and stale claims until replay settles them): its packages and the replay runbook are
+    published before the schedules exist, and no webhook or trigger runbook is ever made."""
     fake = FakeAz(tmp_path, build_params={"handler": {"value": "logicapp"}})
     done = _deploy(fake)
     assert done.returncode == 0, done.stderr[-3000:]
     world = fake.world
-    assert [d["name"].rsplit("-", 1)[0] for d in world["deployments"]] == ["amlrelay-infra", "amlrelay-handler"]
-    assert world["blobs"] == []
-    assert not [c for c in fake.calls() if c[0] == "rest"]
-    assert "webhookUri" in world["params"][1]
-    assert world["params"][1]["webhookUri"]["value"] == ""
+    assert world["violations"] == []
+    names = [d["name"].rsplit("-", 1)[0] for d in world["deployments"]]
+    assert names == ["amlrelay-infra", "amlrelay-packages", "amlrelay-handler"]
+    assert world["published"] == ["replay_dead_letters"]
+    handler = world["params"][2]
+    assert handler["webhookUri"]["value"] == ""
+    assert ("post", "webhooks/generateUri?api-version=2024-10-23") not in _rest(fake.calls())
+    assert "amlrelay-eventgrid-20200101000000" not in world["webhooks"]  # a runbook handler's old webhook goes
+    base = handler["replayScheduleName"]["value"]
+    assert world["schedules"] == ["nightly-report", *(f"{base}-m{m}" for m in (0, 15, 30, 45))]
+    assert "replay_dead_letters" in done.stdout

@@ -26,6 +26,9 @@ param handlerPrincipalId string
 @description('Optional. Whether the handler replays dead letters (the runbook handler\'s replay runbook): it then lists, reads and sets metadata on blobs of the dead-letter container, and nothing else of the account.')
 param handlerReadsDeadLetters bool = false
 
+@description('Optional. Object id of a separate replay identity (the Automation account beside the Logic App handler, which runs `amlrelay replay` on a schedule): the ledger table, the dead-letter container and, in PAT mode, the vault\'s secrets. Empty: the handler replays itself (or nothing).')
+param replayPrincipalId string = ''
+
 @description('Optional. Journal queue name; empty: no journal, no queue roles.')
 param journalQueueName string = ''
 
@@ -185,6 +188,41 @@ resource handlerSecrets 'Microsoft.Authorization/roleAssignments@2022-04-01' = i
   }
 }
 
+var replayer = !empty(replayPrincipalId)
+
+resource replayLedger 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (replayer) {
+  name: guid(ledgerTable.id, replayPrincipalId, roles.storageTableDataContributor)
+  scope: ledgerTable
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageTableDataContributor)
+    principalId: replayPrincipalId
+    principalType: 'ServicePrincipal'
+    description: 'amlrelay replay runbook: settle failed and stale ledger records.'
+  }
+}
+
+resource replayDeadLetters 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (replayer) {
+  name: guid(deadLetterContainer.id, replayPrincipalId, roles.storageBlobDataContributor)
+  scope: deadLetterContainer
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageBlobDataContributor)
+    principalId: replayPrincipalId
+    principalType: 'ServicePrincipal'
+    description: 'amlrelay replay runbook: read dead-lettered events and mark the blobs it replayed.'
+  }
+}
+
+resource replaySecrets 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (replayer && !empty(keyVaultName)) {
+  name: guid(resourceGroup().id, keyVaultName, replayPrincipalId, roles.keyVaultSecretsUser)
+  scope: vault
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.keyVaultSecretsUser)
+    principalId: replayPrincipalId
+    principalType: 'ServicePrincipal'
+    description: 'amlrelay replay runbook (PAT mode): read the Azure DevOps PAT.'
+  }
+}
+
 resource deployerPackages 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(deployerPrincipalId)) {
   name: guid(packagesContainer.id, deployerPrincipalId, roles.storageBlobDataContributor)
   scope: packagesContainer
@@ -224,6 +262,9 @@ output roleAssignmentIds array = concat([
   eventGridDeadLetters.id
 ], handlerReadsDeadLetters ? [
   handlerDeadLetters.id
+] : [], replayer ? [
+  replayLedger.id
+  replayDeadLetters.id
 ] : [], journal ? [
   eventGridJournal.id
   handlerJournal.id
