@@ -31,9 +31,17 @@ router alone, which reads keys case-insensitively. ``all`` pushes down every fil
 jobs, at that risk); ``none`` pushes down the event types only. In every mode the router stays the
 authority: Event Grid may deliver more than a route takes, never less (tests/infra/test_subscriptions.py).
 
-**The journal** (``document()["journal"]``): the same filters once more per route, for the subscriptions
-that copy every routed event into the Storage queue the sweeper drains (``amlrelay sweep``), so an event
-whose webhook job died is still found (see :mod:`amlrelay.journal`).
+**The journal** (``document()["journal"]``): the same filters once more, for the subscriptions that copy
+every routed event into the Storage queue the sweeper drains (``amlrelay sweep``), so an event whose
+webhook job died is still found (see :mod:`amlrelay.journal`).
+
+**Merged across routes.** Subscriptions of different routes with identical ``advancedFilters`` become one
+subscription whose ``includedEventTypes`` is the union of theirs (``routes`` lists them; the Event Grid
+label is ``route:<a>,<b>``). Every route's selection stays exactly what it was (the same filters per
+type), and since the handler and the sweeper evaluate *every* route for each event they receive, an event
+taken by several routes is still delivered once per handler and journaled once: without merging, under
+``safe`` push-down (event types only) every RunStatusChanged of every AML job (Queued, Running ...) was
+delivered once per route listing that type — one Automation job and one queue message each.
 
 Usage: ``python -m amlrelay.subscriptions routes.json > infra/generated/subscriptions.json``
 (``--check FILE`` exits 1 when FILE is stale, for CI).
@@ -42,6 +50,7 @@ Usage: ``python -m amlrelay.subscriptions routes.json > infra/generated/subscrip
 from __future__ import annotations
 
 import argparse
+import hashlib
 import itertools
 import json
 import sys
@@ -202,6 +211,7 @@ def subscriptions_for(routes: Routes, *, handler: str) -> list[dict[str, Any]]:
                     "name": _name(route.name, suffix, index if len(alternatives) > 1 else None,
                                   JOURNAL_SUFFIX if handler == JOURNAL else ""),
                     "route": route.name,
+                    "routes": [route.name],
                     "filter": {
                         "includedEventTypes": [AML_PREFIX + t for t in event_types],
                         "advancedFilters": advanced,
@@ -210,11 +220,34 @@ def subscriptions_for(routes: Routes, *, handler: str) -> list[dict[str, Any]]:
                 if handler == "runbook":
                     subscription.update(RUNBOOK_DELIVERY)
                 out.append(subscription)
+    out = _merged(out, JOURNAL_SUFFIX if handler == JOURNAL else "")
     names = [s["name"].lower() for s in out]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise RoutesError(f"subscription names collide: {', '.join(duplicates)}.", hint="Rename a route.")
     return out
+
+
+def _merged(subscriptions: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    """One subscription per distinct ``advancedFilters`` list: event types united, routes listed. A
+    subscription of one route keeps its name; a merged one is named ``routes-<types>-<filters hash>``
+    (stable while the filters are, unique per filter list)."""
+    merged: dict[str, dict[str, Any]] = {}
+    for sub in subscriptions:
+        key = json.dumps(sub["filter"]["advancedFilters"], sort_keys=True)
+        into = merged.get(key)
+        if into is None:
+            merged[key] = {**sub, "routes": list(sub["routes"]), "filter": {
+                **sub["filter"], "includedEventTypes": list(sub["filter"]["includedEventTypes"])}}
+            continue
+        types = into["filter"]["includedEventTypes"]
+        types += [t for t in sub["filter"]["includedEventTypes"] if t not in types]
+        into["routes"] += [r for r in sub["routes"] if r not in into["routes"]]
+        into["route"] = ",".join(into["routes"])
+        digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:6]
+        shorts = "-".join(_SHORT[t.removeprefix(AML_PREFIX)] for t in into["filter"]["includedEventTypes"])
+        into["name"] = f"routes-{shorts}-{digest}{kind}"
+    return list(merged.values())
 
 
 def document(routes: Routes, source: str) -> dict[str, Any]:

@@ -96,13 +96,22 @@ def assert_agreement(routes: Routes, events: list[dict[str, Any]], *, exact_keys
         subscriptions = subscriptions_for(routes, handler=handler)
         for event in events:
             hits = [s for s in subscriptions if eventgrid_matches(event, s, exact_keys=exact_keys)]
-            by_route = [s["route"] for s in hits]
+            by_route = [r for s in hits for r in _receivers(routes, s, event)]
             wanted = _router_routes(routes, event)
             if routes.push_down_filters == "all":
                 assert set(by_route) == wanted, (json.dumps(event)[:600], hits)
             else:
                 assert set(by_route) >= wanted, (json.dumps(event)[:600], hits)
             assert len(by_route) == len(set(by_route)), f"a route would get the event twice: {by_route}"
+
+
+def _receivers(routes: Routes, subscription: dict[str, Any], event: dict[str, Any]) -> list[str]:
+    """The routes a delivery through ``subscription`` is *for*: those it lists whose events include the
+    event's type (a merged subscription unites the types of routes with identical filters)."""
+    short = event["eventType"].rsplit(".", 1)[1].lower()
+    listed = subscription["routes"]
+    assert subscription["route"] == ",".join(listed)  # the Event Grid label names every route
+    return [r.name for r in routes.routes if r.name in listed and short in {t.lower() for t in r.events}]
 
 
 def _with_push_down(document: dict[str, Any], mode: str) -> Routes:
@@ -245,13 +254,34 @@ def test_journal_subscriptions_mirror_the_handler_ones() -> None:
     assert all("maxEventsPerBatch" not in s for s in journal)
 
 
+@pytest.mark.parametrize("handler", ["runbook", "logicapp", "journal"])
+def test_routes_with_identical_filters_share_one_subscription(handler: str) -> None:
+    """Review MUST 7: under the default ``safe`` push-down every shipped route filters on event types only,
+    so each AML event was delivered (one Automation job, one journal message) once per route listing its
+    type. Merged, every sample and variant event reaches each handler and the journal once."""
+    routes = load_routes(REPO / "routes.json")
+    subscriptions = subscriptions_for(routes, handler=handler)
+    for event in _samples() + _variants():
+        hits = [s["name"] for s in subscriptions if eventgrid_matches(event, s)]
+        assert len(hits) == 1, (event["eventType"], hits)
+    [merged] = subscriptions
+    assert merged["routes"] == [r.name for r in routes.routes]
+    # Filters that differ are not merged, and a route alone keeps its name.
+    synthetic = subscriptions_for(_with_push_down(SYNTHETIC_ROUTES, "all"), handler=handler)
+    assert len({json.dumps(s["filter"]["advancedFilters"], sort_keys=True) for s in synthetic}) == len(synthetic)
+    alone = [s for s in synthetic if len(s["routes"]) == 1]
+    assert alone
+    assert all(s["name"].startswith(s["route"]) for s in alone)
+
+
 def test_a_route_named_like_a_journal_subscription_is_refused() -> None:
     from amlrelay.errors import RoutesError
     from amlrelay.subscriptions import document
 
     routes = {"version": 1, "defaults": {"project": "p"}, "routes": [
         {"name": "x", "events": ["ModelRegistered"], "pipeline": {"id": 1}},
-        {"name": "x-jr", "events": ["ModelRegistered"], "pipeline": {"id": 2}}]}
+        {"name": "x-jr", "events": ["ModelRegistered"], "filters": {"subject": {"endsWith": [":1"]}},
+         "pipeline": {"id": 2}}]}  # filters differ: not merged
     with pytest.raises(RoutesError, match="collide with journal subscriptions: x-jr"):
         document(parse_routes(json.dumps(routes)), "r.json")
 
@@ -261,7 +291,7 @@ def test_run_completed_never_gets_a_run_status_filter() -> None:
     for sub in subscriptions_for(routes, handler="runbook"):
         if any(t.endswith(".RunCompleted") for t in sub["filter"]["includedEventTypes"]):
             assert all(f["key"].lower() != "data.runstatus" for f in sub["filter"]["advancedFilters"]), sub
-    names = {s["route"] for s in subscriptions_for(routes, handler="runbook")
+    names = {r for s in subscriptions_for(routes, handler="runbook") for r in s["routes"]
              if any(t.endswith(".RunCompleted") for t in s["filter"]["includedEventTypes"])}
     assert "failed-only" not in names
     assert {"rc-completed", "not-running", "ended"} <= names
