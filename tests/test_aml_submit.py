@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from amlrelay.aml import AmlError
 from amlrelay.aml._cli import run
 from amlrelay.aml._submit import Submission, Submitted, sdk_submitter
 from amlrelay.cli import _parser
@@ -39,6 +40,31 @@ def test_submit_and_wait_with_an_injected_submitter(aml_server: AmlServer, aml_c
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")  # azure-ai-ml's noise
+def test_a_refused_second_job_file_does_not_orphan_the_first(aml_server: AmlServer, aml_credential: Any) -> None:
+    """Two job files, the second refused by AML: the first job runs on, so its name and a wait token are
+    published before the step fails, and a later step can wait for it (or cancel it) without resubmitting."""
+
+    submitted: list[str] = []
+
+    def submitter(request: Submission) -> Submitted:
+        if submitted:
+            raise AmlError("AML refused to create the job from 'second.yml': compute not found", status=400,
+                           code="SubmitRefused", hint="Check the compute name.")
+        submitted.append("first-1")
+        aml_server.add_job("first-1", "Running")
+        return Submitted("first-1", "https://ml.azure.com/runs/first-1", "NotStarted")
+
+    clock = FakeClock()
+    result = cli(aml_server, clock, "submit-and-wait", str(TOY_JOB), str(TOY_JOB), credential=aml_credential,
+                 submitter=submitter)
+    assert result.code == 6
+    out = result.outputs()
+    assert out["amlJobNames"] == "first-1"
+    assert "submitted before the failure and still running: first-1" in result.text()
+    aml_server.set_status("first-1", "Completed")
+    assert cli(aml_server, clock, "wait", "--resume", out["amlWaitToken"], credential=aml_credential).code == 0
+
+
 def test_sdk_submitter_loads_the_yaml_and_calls_create_or_update(aml_server: AmlServer, aml_credential: Any) -> None:
     pytest.importorskip("azure.ai.ml")  # the [aml] extra; installed by the dev extra, so CI runs this
 

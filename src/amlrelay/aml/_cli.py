@@ -164,7 +164,7 @@ def _run(ns: argparse.Namespace, credential: TokenCredential | None, submitter: 
         # "a,b" as amlJobNames publishes it, or "a b" as the template's jobNames passes it: both name two jobs
         names = [n for arg in getattr(ns, "jobs", []) or [] for n in re.split(r"[,\s]+", arg) if n]
         if ns.action in ("submit", "submit-and-wait"):
-            names = _submit(ns, client, credential, submitter, say, ado)
+            names = _submit(ns, client, credential, submitter, say, ado, clock)
             if ns.action == "submit":
                 return 0
         options = WaitOptions(ns.queue_timeout, ns.run_timeout, ns.handoff_after, ns.poll_min, ns.poll_max,
@@ -195,15 +195,36 @@ def _run(ns: argparse.Namespace, credential: TokenCredential | None, submitter: 
     return _finish(ns, client, credential, result, say, ado)
 
 
+def _orphans(client: JobsClient, names: list[str], clock: Clock | None, say: Out, ado: bool) -> None:
+    """A later job file was refused: the earlier jobs were created and run. Publishing their names and a wait
+    token (no request needed) lets a later step wait for or cancel them instead of losing track."""
+    from ._wait import begin_wait
+
+    token = begin_wait(client, names, clock=clock).continuation_token()
+    say(f"submitted before the failure and still running: {', '.join(names)}; wait for them with: "
+        f"amlrelay aml wait --resume {token}")
+    if ado:
+        say(_ado.set_output("amlJobName", names[0]))
+        say(_ado.set_output("amlJobNames", ",".join(names)))
+        say(_ado.set_output("amlWaitToken", token))
+        say(_ado.log_issue("warning", f"AML jobs {', '.join(names)} were submitted before a later job file "
+                           "was refused; they keep running (amlJobNames, amlWaitToken)."))
+
+
 def _submit(ns: argparse.Namespace, client: JobsClient, credential: TokenCredential, submitter: Submitter | None,
-            say: Out, ado: bool) -> list[str]:
+            say: Out, ado: bool, clock: Clock | None = None) -> list[str]:
     from ._submit import Submission, sdk_submitter
 
     tags = dict(_pair(t) for t in ns.tag)
     submit = submitter or sdk_submitter(client.workspace, credential, arm_url=client.arm_url)
-    names = []
+    names: list[str] = []
     for path in ns.job_files:
-        done = submit(Submission(path, ns.experiment, tags, ns.display_name))
+        try:
+            done = submit(Submission(path, ns.experiment, tags, ns.display_name))
+        except AmlError:
+            if names:  # the jobs already submitted run on: say which, and how to wait for them
+                _orphans(client, names, clock, say, ado)
+            raise
         say(f"submitted {path} as {done.name} ({done.status}): {done.studio_url}")
         names.append(done.name)
     if ado:
