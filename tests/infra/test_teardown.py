@@ -11,7 +11,7 @@ import requests
 from tests.servers import AdoServer
 from tests.servers._ado_rules import PipelineDef
 
-from .test_scripts import FakeAz
+from .test_scripts import FakeAz, _deploy
 
 WORKSPACE = ("/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg-amlrelay/providers/"
              "Microsoft.MachineLearningServices/workspaces/contoso-ml")
@@ -26,9 +26,7 @@ def _deployed(tmp_path: Path, **state: Any) -> FakeAz:
     done = fake.az("deployment", "group", "create", "-g", "rg-amlrelay", "-n", "amlrelay-handler-1",
                    "--template-file", "main.bicep", "--parameters", f"@{params}")
     assert done.returncode == 0, done.stderr
-    world = fake.world
-    world["topic"]["tags"] = {"amlrelay-handler": "runbook"}
-    fake.state_path.write_text(json.dumps(world))
+    assert fake.world["topic"]["tags"]["amlrelay-created-topic"] == "true"
     return fake
 
 
@@ -48,24 +46,74 @@ def test_removes_only_amlrelays_resources_and_subscriptions(tmp_path: Path) -> N
     world = fake.world
     assert sorted(r.rsplit("/", 1)[-1] for r in world["deleted"]) == ["amlr-aa-123", "amlrst123"]
     assert WORKSPACE not in world["deleted"]
-    # amlrelay's subscriptions went; someone else's stayed, so did the topic they use.
-    assert [s["name"] for s in world["subscriptions"]] == ["someone-elses"]
+    # This deployment's subscriptions went; someone else's and another amlrelay deployment's (label
+    # amlrelay:rg-other) stayed, so did the topic they use.
+    assert [s["name"] for s in world["subscriptions"]] == ["someone-elses", "other-deployment"]
     assert world["topic"]["exists"]
-    assert "2 other subscription" not in done.stderr
-    assert "keeping system topic ws-amlrelay: 1 other subscription(s) use it" in done.stderr
+    assert "keeping system topic ws-amlrelay: 2 other subscription(s) use it" in done.stderr
 
 
 def test_deletes_the_topic_it_created_when_nothing_else_uses_it(tmp_path: Path) -> None:
-    fake = _deployed(tmp_path, subscriptions=[{"name": "old", "labels": ["amlrelay"]}])
+    fake = _deployed(tmp_path, subscriptions=[{"name": "old", "labels": ["amlrelay:rg-amlrelay"]}])
     done = fake.script("teardown", "-g", "rg-amlrelay", "--delete-resource-group", "--yes")
     assert done.returncode == 0, done.stderr[-3000:]
     assert fake.world["deleted"] == ["topic:ws-amlrelay", "group:rg-amlrelay"]
 
 
-def test_keeps_a_topic_amlrelay_did_not_create(tmp_path: Path) -> None:
+OWNED_TOPIC = {"name": "ws-ml-events", "resourceGroup": "rg-ml", "exists": True, "tags": {"owner": "ml-team"},
+               "identity": "SystemAssigned, UserAssigned"}
+
+
+def test_deploy_over_a_pre_existing_topic_leaves_it_alone_and_teardown_keeps_it(tmp_path: Path) -> None:
+    """Review MUST 5: the workspace's own topic (found by its source) is referenced, never PUT -- its tags and
+    identity survive -- and teardown, seeing no amlrelay-created-topic tag, keeps it even with no other
+    subscription left."""
+    fake = FakeAz(tmp_path, topic=dict(OWNED_TOPIC), subscriptions=[])
+    done = _deploy(fake)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "ws-ml-events already exists (not amlrelay's)" in done.stderr
+    world = fake.world
+    assert world["violations"] == []
+    infra = world["params"][0]
+    assert infra["systemTopicExists"]["value"] is True
+    assert infra["systemTopicName"]["value"] == "ws-ml-events"  # found by source, whatever the default name
+    assert world["topic"]["tags"] == {"owner": "ml-team"}
+    assert world["topic"]["identity"] == "SystemAssigned, UserAssigned"
+    assert [s["labels"][0] for s in world["subscriptions"]] == ["amlrelay:rg-amlrelay"]
+    done = fake.script("teardown", "-g", "rg-amlrelay", "--yes")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "keeping system topic ws-ml-events: amlrelay did not create it" in done.stderr
+    assert fake.world["topic"]["exists"]
+    assert fake.world["subscriptions"] == []
+    assert not [d for d in fake.world["deleted"] if d.startswith("topic:")]
+
+
+def test_the_fake_records_a_put_over_someone_elses_topic(tmp_path: Path) -> None:
+    """The check above can fail: deploying without systemTopicExists over an owned topic is a violation."""
+    fake = FakeAz(tmp_path, topic=dict(OWNED_TOPIC))
+    params = tmp_path / "p.json"
+    params.write_text(json.dumps({"parameters": {"systemTopicName": {"value": "ws-ml-events"}}}))
+    done = fake.az("deployment", "group", "create", "-g", "rg-amlrelay", "-n", "x", "--template-file", "main.bicep",
+                   "--parameters", f"@{params}")
+    assert done.returncode == 0, done.stderr
+    assert "PUT over the workspace's existing topic ws-ml-events" in fake.world["violations"][0]
+
+
+def test_deploy_refuses_a_pre_existing_topic_without_its_system_identity(tmp_path: Path) -> None:
+    fake = FakeAz(tmp_path, topic={**OWNED_TOPIC, "identity": "UserAssigned"})
+    done = _deploy(fake)
+    assert done.returncode != 0
+    assert "system-assigned identity is off" in done.stderr
+    assert "amlrelay never changes someone else's topic" in done.stderr
+    assert fake.world["deployments"] == []
+    assert fake.world["topic"]["identity"] == "UserAssigned"
+
+
+def test_a_topic_tagged_only_amlrelay_handler_is_kept(tmp_path: Path) -> None:
+    """Earlier versions tagged any topic they PUT, theirs or not, with amlrelay-handler: that tag proves nothing."""
     fake = _deployed(tmp_path, subscriptions=[])
     world = fake.world
-    world["topic"]["tags"] = {}
+    world["topic"]["tags"] = {"amlrelay-handler": "runbook"}
     fake.state_path.write_text(json.dumps(world))
     done = fake.script("teardown", "-g", "rg-amlrelay", "--yes")
     assert done.returncode == 0, done.stderr[-3000:]

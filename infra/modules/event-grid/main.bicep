@@ -65,14 +65,23 @@ param journalEventTimeToLiveInMinutes int = 1440
 @description('Optional. Label set on every subscription this module manages; scripts/deploy deletes labelled subscriptions that are no longer generated.')
 param label string = 'amlrelay'
 
+@description('Optional. True when the workspace already has a system topic named systemTopicName: amlrelay then adds its subscriptions without changing the topic. Its system-assigned identity must be on (dead letters and the journal are written with it).')
+param systemTopicExists bool = false
+
 resource workspace 'Microsoft.MachineLearningServices/workspaces@2024-04-01' existing = {
   name: workspaceName
 }
 
-resource systemTopic 'Microsoft.EventGrid/systemTopics@2025-02-15' = {
+// A workspace has at most one system topic. When it already has one (systemTopicExists: scripts/deploy finds it
+// by its source, the workspace id), it is only referenced: never PUT, so its owner's tags and identity stay as
+// they are. When amlrelay creates it, the tag amlrelay-created-topic says so (scripts/teardown deletes only
+// such a topic, and only when no other subscription uses it).
+resource createdTopic 'Microsoft.EventGrid/systemTopics@2025-02-15' = if (!systemTopicExists) {
   name: systemTopicName
   location: workspace.location
-  tags: tags
+  tags: union(tags, {
+    'amlrelay-created-topic': 'true'
+  })
   identity: {
     type: 'SystemAssigned'
   }
@@ -82,9 +91,17 @@ resource systemTopic 'Microsoft.EventGrid/systemTopics@2025-02-15' = {
   }
 }
 
+// The topic either way: the subscriptions are its children (and wait for it when amlrelay creates it).
+resource systemTopic 'Microsoft.EventGrid/systemTopics@2025-02-15' existing = {
+  name: systemTopicName
+}
+
 resource eventSubscriptions 'Microsoft.EventGrid/systemTopics/eventSubscriptions@2025-02-15' = [for sub in subscriptions: if (!empty(endpointUrl)) {
   parent: systemTopic
   name: sub.name
+  dependsOn: [
+    createdTopic
+  ]
   properties: {
     eventDeliverySchema: 'EventGridSchema'
     labels: [
@@ -126,6 +143,9 @@ resource eventSubscriptions 'Microsoft.EventGrid/systemTopics/eventSubscriptions
 resource journal 'Microsoft.EventGrid/systemTopics/eventSubscriptions@2025-02-15' = [for sub in journalSubscriptions: if (!empty(journalStorageAccountId)) {
   parent: systemTopic
   name: sub.name
+  dependsOn: [
+    createdTopic
+  ]
   properties: {
     eventDeliverySchema: 'EventGridSchema'
     labels: [
@@ -177,7 +197,7 @@ output systemTopicId string = systemTopic.id
 output systemTopicName string = systemTopic.name
 
 @description('Object id of the system topic\'s identity (it writes dead letters).')
-output principalId string = systemTopic.identity.principalId
+output principalId string = systemTopicExists ? systemTopic.identity.principalId : createdTopic.identity.principalId
 
 @description('Names of the generated event subscriptions (created once an endpoint is given).')
 output subscriptionNames array = [for sub in subscriptions: sub.name]
