@@ -33,6 +33,7 @@ from tests.servers.ado import ADO_RESOURCE
 from tests.servers.aml import AmlServer
 from tests.servers.aml_identity import AmlComputeIdentityServer
 from tests.servers.mlflow import MlflowServer
+from tests.servers.tls import TlsMaterial
 from tests.stack import PAT, PAT_SECRET, Stack, local_stack
 from tests.test_webhook import argv_forms
 
@@ -549,3 +550,59 @@ def test_aml_refusing_the_compute_identity_fails_the_step_with_what_to_do(world:
     assert any("HTTP 403" in line for line in lines), lines
     assert any("jobs/read" in line and "What to do" in line for line in lines), lines
     assert world.stack.ado.requests == []
+
+
+# ---- as on AML compute: no AMLRELAY_* variables, everything through the component's inputs ----------------
+
+def test_everything_through_inputs_ledger_by_table_url_with_the_computes_identity(
+        azurite_oauth: str, loopback_tls: TlsMaterial, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """AML compute has no AMLRELAY_* variables: the component gets ADO, routes, the ledger (a Table URL, no
+    key: the compute identity's Storage token, checked by Azurite in oauth mode over HTTPS), the ARM URL and
+    tag-back from its inputs, and the MLflow URL from the job's own MLFLOW_TRACKING_URI (AML's azureml://…
+    /mlflow/v1.0/… shape). The Event Grid path (the runbook, Automation's identity) then shares that ledger."""
+    import uuid
+
+    from tests.servers.identity import CONFLICTING_ENV
+
+    endpoints = dict(part.split("=", 1) for part in azurite_oauth.split(";") if "=" in part)
+    table = "t" + uuid.uuid4().hex[:20]
+    trust = {"REQUESTS_CA_BUNDLE": str(loopback_tls.cert_file), "SSL_CERT_FILE": str(loopback_tls.cert_file)}
+    for name, value in trust.items():
+        monkeypatch.setenv(name, value)
+    Ledger.from_connection_string(azurite_oauth, table=table).ensure_table()
+    with make_world(azurite_oauth, table, tmp_path) as world, \
+            MlflowServer(WORKSPACE, audience=world.aml.url, tls=loopback_tls) as mlflow:
+        mlflow.add_run(RUN_ID)
+        world.routes = EXAMPLE_ROUTES
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AMLRELAY_") and k not in CONFLICTING_ENV}
+        env |= world.compute.env() | trust | {
+            "AZUREML_ARM_SUBSCRIPTION": "00000000-0000-0000-0000-000000000001",
+            "AZUREML_ARM_RESOURCEGROUP": "rg-contoso", "AZUREML_ARM_WORKSPACE_NAME": "contoso-ml",
+            "MLFLOW_EXPERIMENT_NAME": EXPERIMENT, "MLFLOW_EXPERIMENT_ID": "0b1c2d3e",
+            "MLFLOW_TRACKING_URI": mlflow.workspace_tracking_uri, "AZUREML_RUN_ID": TRIGGER_RUN,
+            "PYTHONPATH": str(ROOT / "src"),
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
+        assert not [k for k in env if k.startswith("AMLRELAY_")]
+        code, lines, output = world.run_component(
+            env, ado_base_url=world.stack.ado.url, ledger_table_url=endpoints["TableEndpoint"], ledger_table=table,
+            tag_back=True)
+        assert code == 0, lines
+        [run] = world.stack.ado.runs
+        assert output["ado_run_id"] == run["id"]
+        storage = [r for r in world.compute.token_requests if r.query.get("resource") == "https://storage.azure.com"]
+        assert storage, "the ledger was not opened with the compute's identity"
+        assert mlflow.run_tags(RUN_ID) == {"amlrelay.ado_run_id": str(run["id"]),
+                                           "amlrelay.ado_run_url": run["_links"]["web"]["href"]}
+        assert all("/mlflow/v2.0/" in r.path for r in mlflow.tag_requests)
+        runbook_env = world.stack.env(AMLRELAY_LEDGER="true", AMLRELAY_LEDGER_TABLE_URL=endpoints["TableEndpoint"],
+                                      AMLRELAY_LEDGER_TABLE=table, AMLRELAY_ALLOWED_WORKSPACES=WORKSPACE,
+                                      AMLRELAY_ROUTES=str(EXAMPLE_ROUTES), **trust)
+        argv = argv_forms([world.event_grid_event()])["hashtable-split"]
+        runbook = subprocess.Popen(world.stack.runbook_command(*argv), env=runbook_env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+        code, lines, _ = _finish(runbook, None)
+        assert code == 0, lines
+        [record] = [json.loads(line) for line in lines if line.startswith("{")]
+        assert (record["outcome"], record["ado_run_id"]) == ("duplicate", run["id"])
+        assert len(world.stack.ado.runs) == 1
