@@ -61,8 +61,15 @@ def test_there_is_a_template_for_every_pattern() -> None:
             "resumable-wait.yml", "resumable-wait-stages.yml", "aml-wait-steps.yml"} <= names
 
 
-def test_every_file_passes_the_azure_pipelines_schema() -> None:
-    result = check_jsonschema(*FILES)
+def test_every_file_passes_the_azure_pipelines_schema(tmp_path: Path) -> None:
+    """The template's step name is ``${{ parameters.stepName }}``: ADO expands it before any check, but the
+    vendored schema checks the raw text against the name pattern, so the template is checked with the
+    default name expanded (the only expansion made; everything else is checked as written)."""
+    rendered = tmp_path / TEMPLATE.name
+    text = TEMPLATE.read_text(encoding="utf-8")
+    assert text.count("name: ${{ parameters.stepName }}") == 1
+    rendered.write_text(text.replace("name: ${{ parameters.stepName }}", "name: amlWait"), encoding="utf-8")
+    result = check_jsonschema(*[rendered if f == TEMPLATE else f for f in FILES])
     assert result.returncode == 0, result.stdout + result.stderr
     assert "ok -- validation done" in result.stdout
 
@@ -74,10 +81,17 @@ def test_every_file_passes_the_azure_pipelines_schema() -> None:
 def test_the_schema_check_catches_mistakes(tmp_path: Path, old: str, new: str) -> None:
     source = PIPELINES / "build-validation.yml" if "timeout" in old else TEMPLATE
     broken = tmp_path / source.name
-    text = source.read_text(encoding="utf-8")
+    text = source.read_text(encoding="utf-8").replace("name: ${{ parameters.stepName }}", "name: amlWait")
     assert old in text
+    assert check_jsonschema(_write(tmp_path / "ok" / source.name, text)).returncode == 0  # fails only by the typo
     broken.write_text(text.replace(old, new), encoding="utf-8")
     assert check_jsonschema(broken).returncode == 1
+
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
 
 
 def test_job_limits_fit_the_agents() -> None:
@@ -154,6 +168,14 @@ def test_parameters_never_become_script_or_expression_text(path: Path) -> None:
     assert [t for t in texts if "${{" in t and t not in allowed] == []
 
 
+def test_the_step_name_is_a_parameter() -> None:
+    """Two uses of the template in one job (e.g. submit two jobs, then wait) need two step names."""
+    spec = load(TEMPLATE)
+    step = next(s for s in spec["steps"] if s.get("task") == "AzureCLI@2")
+    assert step["name"] == "${{ parameters.stepName }}"
+    assert next(p for p in spec["parameters"] if p["name"] == "stepName")["default"] == "amlWait"
+
+
 def test_output_variables_used_by_the_pipelines_exist() -> None:
     used = set()
     for path in PIPELINES.glob("*.yml"):
@@ -173,7 +195,7 @@ def render_env(params: dict[str, Any]) -> dict[str, str]:
     """The step's env: as ADO renders ${{ parameters.x }} (booleans as True/False)."""
     spec = load(TEMPLATE)
     values = {p["name"]: p.get("default") for p in spec["parameters"]} | params
-    step = next(s for s in spec["steps"] if s.get("name") == "amlWait")
+    step = next(s for s in spec["steps"] if s.get("task") == "AzureCLI@2")
     env = {}
     for key, expr in step["env"].items():
         if key == "SYSTEM_ACCESSTOKEN":
@@ -190,7 +212,7 @@ def run_script(tmp_path: Path, params: dict[str, Any], exit_code: int,
                agent_env: dict[str, str] | None = None) -> tuple[int, list[str]]:
     bash = shutil.which("bash")
     assert bash
-    script = next(s for s in load(TEMPLATE)["steps"] if s.get("name") == "amlWait")["inputs"]["inlineScript"]
+    script = next(s for s in load(TEMPLATE)["steps"] if s.get("task") == "AzureCLI@2")["inputs"]["inlineScript"]
     argv_file = tmp_path / "argv.json"
     fake = tmp_path / "bin" / "amlrelay"
     fake.parent.mkdir(exist_ok=True)
