@@ -19,6 +19,7 @@ FAKE_AZ_LOG (one JSON argv per line). Run with an interpreter that has ``jmespat
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -347,6 +348,12 @@ def run(name: str, options: dict[str, list[str]], state: dict[str, Any], routes:
         return state["account"]
     if name == "ad signed-in-user show":
         return {"id": state["signed_in_user"], "userPrincipalName": "deployer@contoso.example"}
+    if name == "account get-access-token":
+        # A JWT with the claims the world sets (an ARM token of the signed-in principal; not signed here).
+        def part(doc: dict[str, Any]) -> str:
+            return base64.urlsafe_b64encode(json.dumps(doc).encode()).decode().rstrip("=")
+        return {"accessToken": f"{part({'alg': 'RS256', 'typ': 'JWT'})}.{part(state.get('token_claims', {}))}.SECRET-SIG",
+                "tokenType": "Bearer", "subscription": state["account"]["id"]}
     if name == "ad sp show":
         sp = state["service_principals"].get(_one(options, "--id"))
         if sp is None:

@@ -220,6 +220,23 @@ def test_deploy_as_a_service_principal_passes_its_type_and_waits_out_rbac_propag
     assert len(uploads) == 5  # two refused, then the wheel and both runbooks
 
 
+def test_a_service_principal_without_graph_rights_is_found_by_its_token(tmp_path: Path) -> None:
+    """Review SHOULD 10: `az ad sp show` needs a Graph read CI principals usually lack; the oid claim of the
+    principal's own ARM token does not (the fake has no service principal to show: Graph would fail)."""
+    app, oid = "33333333-0000-0000-0000-000000000000", "44444444-4444-4444-4444-444444444444"
+    fake = FakeAz(tmp_path, account={"id": "00000000-0000-0000-0000-000000000000",
+                                     "user": {"name": app, "type": "servicePrincipal"}},
+                  token_claims={"oid": oid, "appid": app, "idtyp": "app"},
+                  principal_types={oid: "ServicePrincipal"})
+    done = _deploy(fake, "--package-timeout", "0")
+    assert "still importing" in done.stderr  # stopped after the infrastructure pass, which is all this needs
+    infra = fake.world["params"][0]
+    assert infra["deployerPrincipalId"]["value"] == oid
+    assert infra["deployerPrincipalType"]["value"] == "ServicePrincipal"
+    assert not [c for c in fake.calls() if c[:2] == ["ad", "sp"]]
+    assert "SECRET-SIG" not in done.stdout + done.stderr
+
+
 def test_deploy_with_a_managed_identity_login_asks_for_the_object_id(tmp_path: Path) -> None:
     fake = FakeAz(tmp_path, account={"id": "0", "user": {"name": "systemAssignedIdentity",
                                                          "type": "servicePrincipal"}})
