@@ -35,6 +35,20 @@ def test_handoff_tags_the_job_and_exits_5(aml_server: AmlServer, mlflow_server: 
     assert aml_server.cancels() == []  # the job keeps running
 
 
+def test_handoff_budget_counts_from_the_agent_job_start(aml_server: AmlServer, mlflow_server: MlflowServer,
+                                                        aml_credential: Any) -> None:
+    """Installing and submitting took 20 min of a 60-min job: with --agent-job-start the hand-off comes 30 min
+    into the wait (50 min into the job), not 50 min into the wait, when the agent would already be gone."""
+    aml_server.add_job("long", "Running")
+    mlflow_server.add_run("long")
+    clock = FakeClock()
+    job_start = clock.now - 20 * 60
+    result = cli(aml_server, clock, "wait", "long", "--handoff-after", "50m", "--handoff-route", "ci-handoff",
+                 "--agent-job-start", str(job_start), credential=aml_credential)
+    assert result.code == 5
+    assert 30 * 60 <= clock.elapsed <= 30 * 60 + 1
+
+
 def test_a_job_that_finishes_at_the_handoff_point_is_not_handed_off(aml_server: AmlServer,
                                                                     mlflow_server: MlflowServer,
                                                                     aml_credential: Any) -> None:

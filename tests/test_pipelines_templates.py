@@ -201,6 +201,10 @@ def render_env(params: dict[str, Any]) -> dict[str, str]:
         if key == "SYSTEM_ACCESSTOKEN":
             assert expr == "$(System.AccessToken)"  # a secret variable reaches a script only when mapped
             continue
+        if key == "AML_JOB_START":
+            assert expr == "$(amlrelayJobStart)"  # set by the template's first step
+            env[key] = str(params.get("_job_start", "$(amlrelayJobStart)"))
+            continue
         name = re.fullmatch(r"\$\{\{ parameters\.(\w+) \}\}", expr)
         assert name, expr
         value = values[name.group(1)]
@@ -230,7 +234,7 @@ def run_script(tmp_path: Path, params: dict[str, Any], exit_code: int,
 def test_template_script_passes_arguments_the_cli_accepts(tmp_path: Path, use: tuple[str, Any, Any]) -> None:
     _, _, params = use
     params = {k: ("TOKEN" if "$(" in str(v) and k == "resumeToken" else v) for k, v in params.items()}
-    code, argv = run_script(tmp_path, params, 0)
+    code, argv = run_script(tmp_path, {**params, "_job_start": 1_900_000_000}, 0)
     assert code == 0
     ns = _parser().parse_args(argv)  # raises SystemExit(2) on an unknown flag or a bad duration
     assert ns.action == params.get("mode", "submit-and-wait")
@@ -240,6 +244,8 @@ def test_template_script_passes_arguments_the_cli_accepts(tmp_path: Path, use: t
         assert ns.cancel_on_timeout is (str(params.get("cancelOnTimeout", "true")).lower() == "true")
         assert ns.cancel_on_fail_fast is (ns.cancel_on_timeout and ns.fail_fast)
         assert ns.handoff_after == (None if not params.get("handoffAfter") else _minutes(params["handoffAfter"]) * 60)
+        if params.get("handoffAfter"):
+            assert ns.agent_job_start == 1_900_000_000  # the hand-off budget counts from the job's start
         if params.get("handoffAfter"):  # a route the relay filters on, or explicitly none
             route = params.get("handoffRoute")
             assert ns.handoff_route == ("" if route == "resume-only" else route)

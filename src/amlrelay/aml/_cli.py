@@ -105,6 +105,9 @@ def _wait_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run-timeout", type=duration, help="max time from leaving the queue to an outcome")
     parser.add_argument("--handoff-after", type=duration,
                         help="after this long on this agent, tag still-running jobs and exit 5 (handed off)")
+    parser.add_argument("--agent-job-start", type=float, metavar="EPOCH",
+                        help="when the agent job started (date +%%s in its first step): --handoff-after counts "
+                        "from then, not from when waiting began after installing and submitting")
     parser.add_argument("--handoff-route",
                         help="value of the amlrelay-handoff tag that a relay route filters on (required with "
                         "--handoff-after); empty: no tag, a later job resumes the wait with the token")
@@ -171,7 +174,7 @@ def _run(ns: argparse.Namespace, credential: TokenCredential | None, submitter: 
                               heartbeat=ns.heartbeat, cancel_on_timeout=ns.cancel_on_timeout,
                               fail_fast=ns.fail_fast, cancel_on_fail_fast=ns.cancel_on_fail_fast,
                               not_responding_timeout=ns.not_responding_timeout,
-                              paused_is_final=ns.paused_is_final)
+                              paused_is_final=ns.paused_is_final, handoff_from=ns.agent_job_start)
         poller = begin_wait(client, names, options, continuation_token=ns.resume if ns.action == "wait" else None,
                             clock=clock, report=lambda kind, message, job: say(_line(kind, message, job, ado)))
         poller.poll()

@@ -65,7 +65,8 @@ class WaitPoller:
         options.check()
         self._client, self._state, self._options, self._clock, self._report = client, state, options, clock, report
         self._live = [_Live(c, JobResult(c.name)) for c in state.jobs]
-        self._session_start = clock.time()
+        now = clock.time()
+        self._session_start = min(options.handoff_from, now) if options.handoff_from is not None else now
         self._interval = options.poll_min
         self._polls = 0
         self._done = False

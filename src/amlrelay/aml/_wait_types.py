@@ -44,6 +44,9 @@ class WaitOptions:
     cancel_on_fail_fast: bool = False
     not_responding_timeout: float | None = 1800.0
     paused_is_final: bool = False
+    handoff_from: float | None = None
+    """Epoch seconds the hand-off budget counts from (the agent job's start); default: when the poller is
+    built, which is after installing and submitting, minutes the agent's limit has already used."""
 
     def check(self) -> None:
         problems = [f"{name} must be more than 0 s" for name in
