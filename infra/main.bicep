@@ -100,7 +100,7 @@ param eventTimeToLiveInMinutes int = 1440
 param storageSkuName string = 'Standard_ZRS'
 
 // ---------------------------------------------------------------- logic app handler
-@description('Optional. Log Analytics workspace resource id that receives the Logic App handler\'s run history (WorkflowRuntime logs: failed runs and actions); empty: logAnalyticsWorkspaceId.')
+@description('Deprecated: logAnalyticsWorkspaceId now also receives the Logic App handler\'s run history (failed runs and actions). Still honoured when set (it then wins for the Logic App only); will be removed.')
 param logicAppDiagnosticWorkspaceId string = ''
 
 // ---------------------------------------------------------------- runbook handler
@@ -298,7 +298,7 @@ module logicApp 'modules/logic-app/main.bicep' = if (handler == 'logicapp') {
     ledgerTableName: ledgerTableName
     keyVaultUri: auth == 'pat' ? keyVault.outputs.uri : ''
     patSecretName: patSecretName
-    diagnosticWorkspaceId: empty(logicAppDiagnosticWorkspaceId) ? logAnalyticsWorkspaceId : logicAppDiagnosticWorkspaceId
+    logAnalyticsWorkspaceId: empty(logicAppDiagnosticWorkspaceId) ? logAnalyticsWorkspaceId : logicAppDiagnosticWorkspaceId
     verifyEvents: verifyEvents
   }
 }
@@ -418,7 +418,7 @@ module monitoring 'modules/monitoring/main.bicep' = {
     actionGroupId: alertActionGroupId
     tags: allTags
     storageAccountName: storage.outputs.name
-    automationAccountName: handler == 'runbook' ? automation.outputs.name : ''
+    automationAccountName: automation.outputs.name // the replay runbook's jobs, beside a Logic App too
     logicAppName: handler == 'logicapp' ? logicApp.outputs.name : ''
     keyVaultName: auth == 'pat' ? keyVault.outputs.name : ''
     systemTopicId: eventGridTopic.outputs.systemTopicId

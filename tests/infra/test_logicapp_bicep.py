@@ -51,8 +51,12 @@ def test_failed_runs_reach_log_analytics_when_a_workspace_is_given(bicep: dict[s
     assert diagnostics["config"]["properties"]["logs"] == [{"category": "WorkflowRuntime", "enabled": True}]
     main = bicep["files"]["main.bicep"]
     params = main["modules"]["logicApp"]["config"]["config"]["params"]
-    chosen = params["diagnosticWorkspaceId"]["operator"]["operands"]  # its own, else the monitoring workspace
+    # one parameter name for every module's Log Analytics workspace; the deprecated alias still wins when set
+    chosen = params["logAnalyticsWorkspaceId"]["operator"]["operands"]
     assert (chosen["true_value"], chosen["false_value"]) == ("logAnalyticsWorkspaceId", "logicAppDiagnosticWorkspaceId")
+    assert "diagnosticWorkspaceId" not in doc["parameters"]
+    assert "logAnalyticsWorkspaceId" in bicep["files"]["modules/monitoring/main.bicep"]["parameters"]
+    assert main["parameters"]["logicAppDiagnosticWorkspaceId"]["decorators"][0]["argument"].startswith("Deprecated")
 
 
 def test_main_wires_the_workflow_like_the_runbook(bicep: dict[str, Any]) -> None:

@@ -50,8 +50,8 @@ param verifyEvents bool = true
 @description('Optional. ARM endpoint the workflow reads AML from (verification).')
 param armUrl string = environment().resourceManager
 
-@description('Optional. Resource id of a Log Analytics workspace for the workflow\'s run and action history (failed runs); empty: no diagnostic settings.')
-param diagnosticWorkspaceId string = ''
+@description('Optional. Resource id of the Log Analytics workspace for the workflow\'s run and action history (failed runs): the same parameter as the monitoring module\'s; empty: no diagnostic settings.')
+param logAnalyticsWorkspaceId string = ''
 
 var definitions = {
   'managed-identity': loadJsonContent('../../../logicapps/workflow.json')
@@ -108,11 +108,11 @@ resource workflow 'Microsoft.Logic/workflows@2019-05-01' = {
   }
 }
 
-resource diagnostics 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = if (!empty(diagnosticWorkspaceId)) {
+resource diagnostics 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = if (!empty(logAnalyticsWorkspaceId)) {
   name: 'amlrelay-failed-runs'
   scope: workflow
   properties: {
-    workspaceId: diagnosticWorkspaceId
+    workspaceId: logAnalyticsWorkspaceId
     logs: [
       {
         category: 'WorkflowRuntime'

@@ -2,7 +2,7 @@
 // Analytics workspace, and metric alerts for the failures that need a person: dead-lettered events and
 // failed deliveries on the system topic, failed runbook jobs or Logic App runs. The system topic's own
 // diagnostic setting lives in its resource group (modules/monitoring/topic.bicep), the Logic App's in
-// modules/logic-app (diagnosticWorkspaceId). Webhook expiry is not a
+// modules/logic-app (the same logAnalyticsWorkspaceId). Webhook expiry is not a
 // metric: scripts/deploy prints the expiry date and rotates the webhook on every run (infra/README.md).
 metadata name = 'amlrelay monitoring'
 metadata description = 'Diagnostic settings to Log Analytics and metric alerts for dead letters, delivery failures and failed handler runs.'
