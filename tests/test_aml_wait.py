@@ -111,6 +111,17 @@ def test_public_names_do_not_clash_with_the_relay() -> None:
         getattr(aml, "Outcome")  # noqa: B009
 
 
+def test_the_relay_uses_the_aml_subpackage_through_its_public_surface() -> None:
+    """Subpackages keep their modules private: the runbook and the relay import amlrelay.aml, not aml._x (the
+    CLI's COMMAND_GROUPS names the _cli modules by design)."""
+    import re as regex
+
+    source = Path(__file__).resolve().parent.parent / "src" / "amlrelay"
+    for name in ("runbook.py", "relay.py"):
+        text = (source / name).read_text(encoding="utf-8")
+        assert regex.findall(r"from (?:\.|amlrelay\.)aml\._\w+ import", text) == [], name
+
+
 # -- every status -----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(("status", "code", "outcome"), [("Completed", 0, "completed"), ("Failed", 1, "failed"),
                                                           ("Canceled", 3, "canceled")])

@@ -127,7 +127,7 @@ def _verifier(settings: Settings) -> Any:
 
 
 def _tag_back(settings: Settings) -> Any:
-    from .aml._tagback import tag_back_from_settings
+    from .aml import tag_back_from_settings
 
     return tag_back_from_settings(settings)
 
