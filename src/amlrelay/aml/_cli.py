@@ -102,7 +102,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 def _wait_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--queue-timeout", type=duration, help="max time queued (NotStarted..Queued) per job")
-    parser.add_argument("--run-timeout", type=duration, help="max time from leaving the queue to an outcome")
+    parser.add_argument("--run-timeout", type=duration,
+                        help="max time from leaving the queue to an outcome, counted from when this wait first "
+                        "sees the job past the queue (for a job already running: the first poll)")
     parser.add_argument("--handoff-after", type=duration,
                         help="after this long on this agent, tag still-running jobs and exit 5 (handed off)")
     parser.add_argument("--agent-job-start", type=float, metavar="EPOCH",
