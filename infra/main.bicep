@@ -100,7 +100,7 @@ param eventTimeToLiveInMinutes int = 1440
 param storageSkuName string = 'Standard_ZRS'
 
 // ---------------------------------------------------------------- logic app handler
-@description('Deprecated: logAnalyticsWorkspaceId now also receives the Logic App handler\'s run history (failed runs and actions). Still honoured when set (it then wins for the Logic App only); will be removed.')
+@description('Optional. Deprecated: logAnalyticsWorkspaceId now also receives the Logic App handler\'s run history (failed runs and actions). Still honoured when set (it then wins for the Logic App only); will be removed.')
 param logicAppDiagnosticWorkspaceId string = ''
 
 // ---------------------------------------------------------------- runbook handler
