@@ -18,7 +18,7 @@ from azure.storage.queue import QueueClient
 
 from amlrelay.cli import main as cli
 from amlrelay.events import parse_events
-from amlrelay.journal import JournalMessageError, decode_message, poison_name, poison_wrapper, sweep
+from amlrelay.journal import TAKEN_OVER, JournalMessageError, decode_message, poison_name, poison_wrapper, sweep
 from amlrelay.ledger import Ledger
 from amlrelay.models import AmlEvent
 from amlrelay.relay import Relay
@@ -161,7 +161,7 @@ def test_a_failing_message_stays_and_is_moved_aside_after_n_dequeues(env: Stack,
     assert code == 1
     assert "ERROR: journal message" in out
     assert "(moved-aside): moved to" in out
-    assert "still failing after 3 dequeues" in out
+    assert "still failing after 3 failed attempts (3 dequeues)" in out
     assert (left(), left(poison=True)) == (0, 1)
     [moved] = journal(poison=True).peek_messages()
     wrapper = json.loads(moved.content)
@@ -378,3 +378,74 @@ def test_two_sweeps_at_once_over_the_same_journal_trigger_each_event_exactly_onc
     assert left() == 0
     assert left(poison=True) == 0
     assert len(env.ado.runs) == len(lost) + len(handled)
+
+
+def test_a_message_another_sweep_took_over_is_not_a_failure(env: Stack) -> None:
+    """Review SHOULD 5: this sweep handled the event, but its lease ran out and another sweep received the
+    message (new pop receipt) before the delete. The other sweep finds a ledger duplicate and deletes it:
+    nothing failed, so the job must not exit 1 (and fire the failed-job alert)."""
+    event = sample("event-grid-schema", "model_deployed")
+    journal().send_message(json.dumps(event))
+    queue = journal()
+    received: list[Any] = []
+
+    class Recording:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(queue, name)
+
+        def receive_message(self, **kw: Any) -> Any:
+            message = queue.receive_message(**kw)
+            received.append(message)
+            return message
+
+    class LeaseLost:
+        dry_run = False
+
+        def __init__(self, inner: Relay) -> None:
+            self.inner = inner
+
+        def handle(self, items: Any, *, raw: Any = None) -> Any:
+            outcomes = self.inner.handle(items, raw=raw)
+            journal().update_message(received[-1], visibility_timeout=0)  # our lease ran out
+            assert journal().receive_message(visibility_timeout=900) is not None  # another sweep holds it
+            return outcomes
+
+    report = sweep(Recording(), LeaseLost(relay()), poison=journal(poison=True),  # type: ignore[arg-type]
+                   grace=timedelta(0))
+    [result] = report.results
+    assert [o.outcome for o in result.outcomes] == ["triggered"]
+    assert result.action == "kept"
+    assert result.reason == TAKEN_OVER
+    assert report.exit_code() == 0
+    assert len(env.ado.runs) == 1
+
+
+def test_dequeues_spent_waiting_do_not_count_as_failures(env: Stack, capsys: pytest.CaptureFixture[str]) -> None:
+    """Review SHOULD 4: a message whose claim another job held was received by several sweeps (the queue's
+    dequeue count rises) without failing once. Its first real failure must not move it aside: only failed
+    attempts count (AMLRELAY_JOURNAL_MAX_DEQUEUES=3 here)."""
+    event = sample("event-grid-schema", "model_registered")
+    [parsed] = parse_events([event])
+    r = relay()
+    assert r.ledger is not None
+    assert isinstance(parsed, AmlEvent)
+    held = r.ledger.claim(f"{parsed.outcome_key()}|deploy-registered-model", route="deploy-registered-model",
+                          event_id=parsed.id, event_type=parsed.type, event_json=json.dumps(event))
+    journal().send_message(json.dumps(event))
+    for _ in range(3):  # the holder is still at work: waiting, not failing
+        code, outcomes, _ = run_sweep(capsys)
+        assert (code, [o["outcome"] for o in outcomes]) == (0, ["duplicate"])
+    r.ledger.mark_failed(held, "the holder gave up")  # now the sweep may try, and ADO refuses
+    env.ado.fail(404, times=100)
+    for attempt in (1, 2):
+        code, outcomes, out = run_sweep(capsys)
+        assert (code, [o["outcome"] for o in outcomes]) == (1, ["failed"]), out
+        assert (left(), left(poison=True)) == (1, 0), f"failed attempt {attempt} of 3 moved it aside"
+    [kept] = journal().peek_messages()
+    assert kept.dequeue_count == 5
+    assert decode_message(kept.content) == [event]  # the count travels with the original, untouched
+    code, _, out = run_sweep(capsys)  # the third failed attempt
+    assert "still failing after 3 failed attempts (6 dequeues)" in out
+    assert (left(), left(poison=True)) == (0, 1)
+    [moved] = journal(poison=True).peek_messages()
+    assert json.loads(moved.content)["content"] == json.dumps(event)  # the original, not the counting wrapper

@@ -47,7 +47,7 @@ class Settings:
     journal_queue: str = "amlrelay-journal"
     journal_queue_url: str | None = None  # the account's queue endpoint; default: the ledger account's
     journal_grace: float = 600.0  # seconds a journal message is left to the webhook job before the sweeper acts
-    journal_max_dequeues: int = 5  # dequeues after which a message that still fails is moved aside
+    journal_max_dequeues: int = 5  # failed attempts (not dequeues) after which a message is moved aside
     journal_retry_after: float = 600.0  # seconds a message that failed stays hidden before it is tried again
     credential: str = "managed-identity"
     dry_run: bool = False

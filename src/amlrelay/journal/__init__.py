@@ -14,20 +14,21 @@ from .._lazy import exports
 if TYPE_CHECKING:
     from ._message import POISON_KEY, JournalMessageError, decode_message, poison_wrapper
     from ._queue import open_queue, poison_name
-    from ._sweep import FINAL, JournalError, MessageResult, SweepReport, finished, sweep
+    from ._sweep import FINAL, TAKEN_OVER, JournalError, MessageResult, SweepReport, finished, sweep
 
 _EXPORTS: dict[str, tuple[str, str]] = {
     **{name: ("._message", name) for name in ("POISON_KEY", "JournalMessageError", "decode_message",
                                               "poison_wrapper")},
     **{name: ("._queue", name) for name in ("open_queue", "poison_name")},
-    **{name: ("._sweep", name) for name in ("FINAL", "JournalError", "MessageResult", "SweepReport", "finished",
-                                            "sweep")},
+    **{name: ("._sweep", name) for name in ("FINAL", "TAKEN_OVER", "JournalError", "MessageResult", "SweepReport",
+                                            "finished", "sweep")},
 }
 """Imported on first use: ``amlrelay --help`` registers ``sweep`` without loading the relay and the queue SDK."""
 
 __all__ = [
     "FINAL",
     "POISON_KEY",
+    "TAKEN_OVER",
     "JournalError",
     "JournalMessageError",
     "MessageResult",

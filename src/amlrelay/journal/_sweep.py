@@ -9,9 +9,10 @@ written by Event Grid to a Storage queue (the journal), and this sweep hands eac
 * one that was lost is triggered now, and its message deleted;
 * ``skipped`` and ``rejected`` are final too (the reason is reported);
 * a message whose event ``failed``, or whose claim another job still holds (:data:`amlrelay.relay.BUSY`),
-  stays in the queue, hidden for ``retry_after`` seconds; once it has been dequeued ``max_dequeues`` times
-  and fails again it is *moved aside* to the poison queue with the reason, and reported — never deleted
-  unseen;
+  stays in the queue, hidden for ``retry_after`` seconds; a failure is counted in the message itself
+  (:data:`._message.FAILURES_KEY`; waiting — grace, a held claim — is not a failure, though the queue's
+  dequeue count counts it), and the ``max_dequeues``-th *failed* attempt *moves it aside* to the poison
+  queue with the reason, and reports it — never deleted unseen;
 * a message younger than ``grace`` is left (hidden until it is old enough) so that the sweep does not race
   the webhook job needlessly. Correctness does not depend on it: the ledger claim decides who triggers.
 
@@ -31,7 +32,7 @@ from ..errors import AmlRelayError
 from ..events import parse_events
 from ..record import Outcome, exit_code
 from ..relay import BUSY, Relay
-from ._message import JournalMessageError, decode_message, poison_wrapper
+from ._message import JournalMessageError, decode_message, failures_of, poison_wrapper, with_failures
 
 if TYPE_CHECKING:
     from azure.storage.queue import QueueClient, QueueMessage
@@ -39,6 +40,10 @@ if TYPE_CHECKING:
 Action = Literal["deleted", "kept", "deferred", "moved-aside", "dry-run"]
 FINAL = frozenset({"triggered", "duplicate", "skipped", "rejected"})
 LEASE = 900  # seconds a received message stays hidden while its event is handled (longer than one attempt)
+TAKEN_OVER = "handled, but another sweep holds the message now"
+"""Reason of a message this sweep handled whose lease ran out before the delete: the other sweep that holds
+it finds a ledger duplicate and deletes it. Not a failure (overlapping sweeps)."""
+Later = tuple["QueueMessage", float, "str | None"]  # a kept message: hide it this long, with this content
 
 
 class JournalError(AmlRelayError):
@@ -69,7 +74,8 @@ class SweepReport:
 
     def exit_code(self) -> int:
         """As a runbook job's: 1 when an event failed or a message had to be moved aside, else the outcomes'."""
-        if self.count("moved-aside") or any(r.action == "kept" and r.reason != BUSY for r in self.results):
+        if self.count("moved-aside") or any(r.action == "kept" and r.reason not in (BUSY, TAKEN_OVER)
+                                            for r in self.results):
             return max(1, exit_code(self.outcomes))
         return exit_code(self.outcomes)
 
@@ -98,7 +104,7 @@ def sweep(queue: QueueClient, relay: Relay, *, poison: QueueClient | None, grace
         for message in _call(queue, "peek at", lambda: queue.peek_messages(max_messages=32)):
             report.results.append(_preview(relay, message))
         return report
-    later: list[tuple[QueueMessage, float]] = []  # kept messages stay leased until the run ends, so none
+    later: list[Later] = []  # kept messages stay leased until the run ends, so none
     try:                                            # comes back (and is dequeued again) within one run
         while limit is None or len(report.results) < limit:
             message = _call(queue, "receive from", lambda: queue.receive_message(visibility_timeout=LEASE))
@@ -108,19 +114,19 @@ def sweep(queue: QueueClient, relay: Relay, *, poison: QueueClient | None, grace
             report.results.append(_one(queue, poison, relay, message, later, grace=grace,
                                        max_dequeues=max_dequeues, retry_after=retry_after, now=now()))
     finally:
-        for message, seconds in later:
-            _hide(queue, message, seconds)
+        for message, seconds, content in later:
+            _hide(queue, message, seconds, content)
     return report
 
 
 def _one(queue: QueueClient, poison: QueueClient | None, relay: Relay, message: QueueMessage,
-         later: list[tuple[QueueMessage, float]], *,
+         later: list[Later], *,
          grace: timedelta, max_dequeues: int, retry_after: float, now: datetime) -> MessageResult:
     inserted = message.inserted_on
     count = int(message.dequeue_count or 0)
     age = now - inserted if inserted is not None else grace
     if age < grace:
-        later.append((message, (grace - age).total_seconds()))
+        later.append((message, (grace - age).total_seconds(), None))
         return MessageResult(message.id, inserted, count, "deferred")
     try:
         events = decode_message(message.content)
@@ -131,13 +137,19 @@ def _one(queue: QueueClient, poison: QueueClient | None, relay: Relay, message: 
         return _delete(queue, message, outcomes)
     failing = [o for o in outcomes if o.outcome not in FINAL or (o.outcome == "triggered" and o.reason)]
     if not failing:  # only held claims: their holder finishes, or the claim goes stale and is taken over
-        later.append((message, retry_after))
+        later.append((message, retry_after, None))
         return MessageResult(message.id, inserted, count, "kept", tuple(outcomes), BUSY)
     reason = "; ".join(f"{o.route or o.event_type}: {o.outcome}: {o.reason}" for o in failing)
-    if count >= max_dequeues:
-        moved = _move_aside(queue, poison, message, reason=f"still failing after {count} dequeues: {reason}")
+    failures, original = failures_of(message.content)
+    failures += 1
+    counted = with_failures(original, failures, reason)
+    if len(counted.encode("utf-8")) > _MAX_MESSAGE:  # no room to count in the message: count dequeues
+        failures = max(failures, count)
+    if failures >= max_dequeues:
+        moved = _move_aside(queue, poison, message, reason=f"still failing after {failures} failed attempts "
+                                                           f"({count} dequeues): {reason}")
         return MessageResult(moved.message_id, inserted, count, moved.action, tuple(outcomes), moved.reason)
-    later.append((message, retry_after))
+    later.append((message, retry_after, counted))
     return MessageResult(message.id, inserted, count, "kept", tuple(outcomes), reason)
 
 
@@ -153,15 +165,14 @@ def _preview(relay: Relay, message: Any) -> MessageResult:
 
 
 def _delete(queue: QueueClient, message: QueueMessage, outcomes: list[Outcome]) -> MessageResult:
-    from azure.core.exceptions import ResourceNotFoundError
-
     try:
         queue.delete_message(message)
-    except ResourceNotFoundError:  # our lease ran out and another sweep took it: it will find a duplicate
-        return MessageResult(message.id, message.inserted_on, int(message.dequeue_count or 0), "kept",
-                             tuple(outcomes), "handled, but another sweep holds the message now")
     except Exception as exc:
-        raise _queue_error(queue, "delete a message from", exc) from None
+        if not _taken_over(exc):
+            raise _queue_error(queue, "delete a message from", exc) from None
+        # our lease ran out and another sweep received it (or deleted it): it finds a ledger duplicate
+        return MessageResult(message.id, message.inserted_on, int(message.dequeue_count or 0), "kept",
+                             tuple(outcomes), TAKEN_OVER)
     return MessageResult(message.id, message.inserted_on, int(message.dequeue_count or 0), "deleted",
                          tuple(outcomes))
 
@@ -173,8 +184,9 @@ def _move_aside(queue: QueueClient, poison: QueueClient | None, message: QueueMe
     if poison is None:
         _hide(queue, message, LEASE)
         return MessageResult(message.id, message.inserted_on, count, "kept", (), f"{reason} (no poison queue)")
+    failures, original = failures_of(message.content)
     wrapped = poison_wrapper(
-        message.content if isinstance(message.content, str) else str(message.content),
+        original, failedAttempts=failures,
         reason=reason[:2000], queue=queue.queue_name, messageId=message.id, dequeueCount=count,
         insertedOn=message.inserted_on.isoformat() if message.inserted_on else None,
         movedAt=datetime.now(timezone.utc).isoformat())
@@ -190,15 +202,34 @@ def _move_aside(queue: QueueClient, poison: QueueClient | None, message: QueueMe
                          f"moved to {poison.queue_name}: {reason}")
 
 
-def _hide(queue: QueueClient, message: QueueMessage, seconds: float) -> None:
+def _hide(queue: QueueClient, message: QueueMessage, seconds: float, content: str | None = None) -> None:
+    """Hide a kept message; ``content``: rewrite it too (its failure count), unless that would exceed what a
+    message may hold (then :func:`_one` counts its dequeues instead), in which case it is hidden unchanged."""
+    timeout = max(0, min(604_800, math.ceil(seconds)))
+    if content is not None and len(content.encode("utf-8")) <= _MAX_MESSAGE:
+        try:
+            queue.update_message(message, content=content, visibility_timeout=timeout)
+            return
+        except Exception as exc:
+            if _taken_over(exc):
+                return
+            # otherwise (e.g. the service refuses the larger content): hide it unchanged below
+    try:
+        queue.update_message(message, visibility_timeout=timeout)
+    except Exception as exc:
+        if not _taken_over(exc):  # else: our lease ran out and another sweep holds it now
+            raise _queue_error(queue, "update a message in", exc) from None
+
+
+def _taken_over(exc: Exception) -> bool:
+    """The message is gone (404) or another receive gave it a new pop receipt (400 PopReceiptMismatch):
+    another sweep holds it now."""
     from azure.core.exceptions import ResourceNotFoundError
 
-    try:
-        queue.update_message(message, visibility_timeout=max(0, min(604_800, math.ceil(seconds))))
-    except ResourceNotFoundError:
-        pass  # our lease ran out and another sweep holds it now
-    except Exception as exc:
-        raise _queue_error(queue, "update a message in", exc) from None
+    return isinstance(exc, ResourceNotFoundError) or getattr(exc, "error_code", None) == "PopReceiptMismatch"
+
+
+_MAX_MESSAGE = 64 * 1024 - 1024  # a queue message holds 64 KiB; leave room for the request's own encoding
 
 
 def _call(queue: QueueClient, what: str, action: Callable[[], Any]) -> Any:
