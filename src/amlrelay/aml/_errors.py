@@ -22,3 +22,7 @@ class AmlError(AmlRelayError):
 
 class AmlNotFoundError(AmlError):
     """The workspace, job or model version does not exist (or the identity cannot see it: ARM says 404)."""
+
+
+class ComponentError(AmlRelayError):
+    """The trigger component's inputs or environment are wrong: nothing was sent (exit 2)."""
