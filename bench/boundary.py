@@ -14,7 +14,12 @@ run the real runbook as subprocesses and fail at each point a real job can:
   webhook-deleted the webhook answers 404 (rotated away): Event Grid retries for 24 h, then dead-letters
   throttled       Automation answers 429 twice per event: Event Grid retries (10 s, 30 s)
   ado-refuses     ADO answers 404 for the pipeline: nothing can succeed; the event must be *reported*
+  arm-lags        ARM shows the runs' new status only after their webhook jobs ran (longer than the job's
+                  AMLRELAY_VERIFY_LAG): verification fails them "not yet", and the sweep confirms them later
   none            the control: nothing fails
+
+Verification against AML is on (AMLRELAY_VERIFY, the deployed default): every job and sweep reads each
+event's run or model version back from an AML stand-in that holds what AML emitted.
 
 Every event is also journaled to an Azurite Storage queue (once per matching journal subscription, Base64 and
 plain JSON alternately, as Event Grid's encoding is documented both ways). Then the scheduled replay runbook
@@ -110,12 +115,12 @@ class VirtualHides:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._queue, name)
 
-    def update_message(self, message: Any, *, visibility_timeout: int) -> Any:
+    def update_message(self, message: Any, *, visibility_timeout: int, content: Any = None) -> Any:
         self.longest = max(self.longest, float(visibility_timeout))
         if visibility_timeout > self._interval.total_seconds():
             raise BenchError(f"the sweep hid a message for {visibility_timeout} s, longer than the "
                              f"{self._interval.total_seconds():.0f} s interval: it would miss the next run")
-        return self._queue.update_message(message, visibility_timeout=0)
+        return self._queue.update_message(message, visibility_timeout=0, content=content)
 
 
 @dataclass(frozen=True)
@@ -125,6 +130,7 @@ class Fault:
     webhook: str = ""  # expired | deleted | throttled
     ado_refuses: bool = False
     claims: bool = False  # the dead job left a claim: the sweep must wait until it is stale
+    arm_lags: bool = False  # ARM shows the runs' new status only after the webhook jobs (verification "not yet")
 
 
 FAULTS = (
@@ -132,7 +138,7 @@ FAULTS = (
     Fault("before-claim", job="before-claim"), Fault("after-claim", job="after-claim", claims=True),
     Fault("after-ado", job="after-ado", claims=True), Fault("webhook-expired", webhook="expired"),
     Fault("webhook-deleted", webhook="deleted"), Fault("throttled", webhook="throttled"),
-    Fault("ado-refuses", ado_refuses=True),
+    Fault("ado-refuses", ado_refuses=True), Fault("arm-lags", arm_lags=True),
 )
 
 
@@ -197,6 +203,11 @@ def run_fault(fault: Fault, stack: Stack, conn: str, routes_path: Path, per_faul
     journal_subs = subscriptions_for(routes, handler="journal")
     events = [make_event(identity(KINDS[n % len(KINDS)], tag, n), SCHEMAS[n % 2]) for n in range(per_fault)]
     idents = [identity(KINDS[n % len(KINDS)], tag, n) for n in range(per_fault)]
+    assert stack.aml is not None
+    stack.emitted(events)  # AML holds what it emitted: verification confirms every genuine event
+    lagging = [i for i in idents if fault.arm_lags and i[0] in ("run_completed", "run_failed")]
+    for ident in lagging:  # the event beat ARM, by longer than the job's AMLRELAY_VERIFY_LAG
+        stack.aml.set_status(ident[1], "Running")
     with AutomationServer(RUNBOOK, lambda: dict(env), workers=2) as automation:
         grid = EventGrid(automation.webhook_url, journal, dead)
         if fault.ado_refuses:
@@ -213,9 +224,11 @@ def run_fault(fault: Fault, stack: Stack, conn: str, routes_path: Path, per_faul
             copies = sum(1 for s in journal_subs if eventgrid_matches(as_eg, s))
             deliveries.append(grid.publish(event, journal_copies=copies, base64_message=n % 2 == 0))
         automation.wait()
+        for ident in lagging:  # ARM has caught up by the time the sweep runs
+            stack.aml.set_status(ident[1], "Completed" if ident[0] == "run_completed" else ident[2])
         jobs = Counter(str(j.exit_code) for j in automation.jobs)
         failed = next((j for j in automation.jobs if j.exit_code != 0), None)
-        if fault.job == "none" and not fault.ado_refuses and failed is not None:
+        if fault.job == "none" and not fault.ado_refuses and not fault.arm_lags and failed is not None:
             note(f"unexpected job failure: {(failed.stdout + failed.stderr)[-800:]}")
     answers = Counter(str(d.statuses[-1]) for d in deliveries)
     before = runs_per_identity(stack)
@@ -352,13 +365,14 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="amlrelay-boundary-") as tmp, azurite() as (conn, where):
             routes_path = Path(tmp) / "routes.json"
             routes_path.write_text(json.dumps(bench_routes(), indent=2), encoding="utf-8")
-            with local_stack(routes_path) as stack:
+            with local_stack(routes_path, verify=True) as stack:  # AMLRELAY_VERIFY on, as deployed
                 no_delay(stack)
                 say(f"amlrelay boundary bench: {per_fault} events per fault, {len(FAULTS)} faults; storage: {where}")
                 say("Event Grid: modelled (retries, 400/401/403/413 not retried, dead letters); Automation webhook: "
                     "tests/servers/automation.py (202 when queued, the runbook as a subprocess);")
                 say(f"replay runbook (sweep + replay --stale --failed) every {args.sweep_interval} min on a virtual "
-                    "clock, at its worst phase; settings: journal grace 10 min, claims stale after 30 min.\n")
+                    "clock, at its worst phase; settings: journal grace 10 min, claims stale after 30 min; "
+                    "verification against AML on (AML stand-in holding the events' runs and models).\n")
                 for section, fault in enumerate(FAULTS):
                     rows.append(run_fault(fault, stack, conn, routes_path, per_fault, section, verdict, interval,
                                           run_seconds))

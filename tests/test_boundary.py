@@ -92,11 +92,16 @@ def test_the_fault_matrix_loses_nothing_and_doubles_nothing(azurite: str) -> Non
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert "\nPASS (" in done.stdout
     rows = {line.split()[0]: line.split() for line in done.stdout.splitlines()
-            if line.split() and line.split()[0] in ("before-claim", "after-claim", "webhook-expired", "ado-refuses")}
-    assert set(rows) == {"before-claim", "after-claim", "webhook-expired", "ado-refuses"}
+            if line.split() and line.split()[0] in ("before-claim", "after-claim", "webhook-expired", "ado-refuses",
+                                                    "arm-lags")}
+    assert set(rows) == {"before-claim", "after-claim", "webhook-expired", "ado-refuses", "arm-lags"}
     assert "0 lost, 0 doubled" in done.stdout
     # infra/'s default cadence (sweepIntervalMinutes = 15), at the schedule's worst phase: recovered by the
     # second run, within interval + grace (lost before the claim) or interval + stale window (claim held).
     assert "24 min (bound 25)" in " ".join(rows["before-claim"])
     assert "44 min (bound 45)" in " ".join(rows["after-claim"])
     assert "4 hourly schedules" in done.stdout
+    # Verification on (review SHOULD 1): a run event that beat ARM fails its job and the sweep confirms it.
+    assert "verification against AML on" in done.stdout
+    assert rows["arm-lags"][3:5] == ["1x1", "1"]  # job exit 1, lost without the journal
+    assert "24 min (bound 25)" in " ".join(rows["arm-lags"])
