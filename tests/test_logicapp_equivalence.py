@@ -309,3 +309,31 @@ def test_the_workflow_never_starts_a_run_the_runbook_refuses_on_mutated_events(b
     started = [c for c in split["workflow started a run the runbook refused"] if not c.startswith("case/cloud")]
     assert started == []
     assert agree >= 50
+
+
+def padded(size: int) -> bytes:
+    """One model_registered event padded (in a model property) to a body of about ``size`` bytes."""
+    event = sample("event-grid-schema", "model_registered")
+    event["data"]["ModelProperties"] = {"pad": ""}
+    event["data"]["ModelProperties"]["pad"] = "x" * (size - len(body(event)))
+    return body(event)
+
+
+def test_a_body_larger_than_any_event_grid_delivery_is_refused_by_both(both: Pair) -> None:
+    """Over 1 MB (+1 KiB) no Event Grid delivery can be (one event of at most 1 MB each): 400, nothing
+    claimed or started, by both handlers (the runbook refuses from 512 KB, Automation's webhook limit)."""
+    from amlrelay.logicapp._generate import MAX_BODY_BYTES
+
+    runbook, logicapp = both.deliver(padded(MAX_BODY_BYTES + 1))
+    same(logicapp, runbook)
+    assert (logicapp.status, logicapp.requests, logicapp.rows) == (400, [], [])
+
+
+def test_an_event_between_512_kb_and_1_mb_is_handled_by_the_workflow_only(both: Pair) -> None:
+    """The documented difference: Event Grid may deliver such an event (up to 1 MB), Automation's webhook
+    cannot take it (the runbook answers 400, as Automation would refuse it); the workflow handles it, with
+    its ledger copy cut and flagged (so only Event Grid's retries can redeliver it)."""
+    delivery = padded(600 * 1024)
+    runbook, logicapp = both.deliver(delivery)
+    assert (runbook.status, runbook.requests) == (400, [])
+    assert (logicapp.status, len(logicapp.requests), [r["event"] for r in logicapp.rows]) == (200, 1, ["truncated"])

@@ -42,6 +42,12 @@ TABLE_HEADERS = {"x-ms-version": "2019-02-02", "DataServiceVersion": "3.0",
                  "Accept": "application/json;odata=nometadata"}
 _VALIDATION = "microsoft.eventgrid.subscriptionvalidationevent"
 _EVENT_CHARS = 32_000
+MAX_BODY_BYTES = 1024 * 1024 + 1024
+"""Event Grid events are at most 1 MB and each delivery is an array of one event ("Azure Event Grid event
+schema", MS Learn), so a larger body is not from Event Grid: answered 400 (dead-lettered at once if it
+were), read from the Request trigger's Content-Length (its own limit is 100 MB, LOGICAPPS.md §5). 1 KiB of
+margin for the array and whichever "MB" Event Grid means. The runbook refuses above 512 KB because
+Automation's webhooks do; between the two the workflow handles events the runbook can never receive."""
 
 
 def generate(routes: Routes, *, auth: str = "managed-identity", throttle_retries: int = 4,
@@ -82,8 +88,9 @@ def generate(routes: Routes, *, auth: str = "managed-identity", throttle_retries
     ctx = _Builder(routes, auth, throttle_retries, max_retry_after, ado_timeout, stale_after)
     actions["For_each_event"] = {
         "type": "Foreach", "runAfter": {first: ["Succeeded"]}, "operationOptions": "Sequential",
-        "foreach": "@" + call("if", _IS_ARRAY, "triggerBody()",
-                              call("if", _IS_OBJECT, call("createArray", "triggerBody()"), call("createArray"))),
+        "foreach": "@" + call("if", _TOO_LARGE, call("createArray"), call(
+            "if", _IS_ARRAY, "triggerBody()",
+            call("if", _IS_OBJECT, call("createArray", "triggerBody()"), call("createArray")))),
         "actions": {"If_valid": {
             "type": "Foreach", "runAfter": {}, "operationOptions": "Sequential",
             "foreach": "@" + f.valid_event(),  # the event, or nothing: the gate costs one action per event
@@ -104,13 +111,17 @@ def generate(routes: Routes, *, auth: str = "managed-identity", throttle_retries
         "type": "Response", "kind": "Http",
         "runAfter": {"For_each_event": ["Succeeded", "Failed", "Skipped", "TimedOut"]},
         "inputs": {
-            "statusCode": "@" + call("if", call("or", _IS_ARRAY, _IS_OBJECT),
+            "statusCode": "@" + call("if", call("and", call("not", _TOO_LARGE), call("or", _IS_ARRAY, _IS_OBJECT)),
                                      call("if", call("empty", "variables('failures')"), "200", "500"), "400"),
             "headers": {"Content-Type": "application/json"},
-            "body": "@" + call("if", validation,
-                               call("setProperty", "json('{}')", "'validationResponse'",
-                                    _safe_object(f"{head}?['data']") + "?['validationCode']"),
-                               call("setProperty", "json('{}')", "'failures'", "variables('failures')")),
+            "body": "@" + call("if", _TOO_LARGE,
+                               call("setProperty", "json('{}')", "'error'", q(
+                                   f"the request body is over {MAX_BODY_BYTES} bytes: Event Grid sends one event "
+                                   "of at most 1 MB per delivery, so it is not an Event Grid delivery")),
+                               call("if", validation,
+                                    call("setProperty", "json('{}')", "'validationResponse'",
+                                         _safe_object(f"{head}?['data']") + "?['validationCode']"),
+                                    call("setProperty", "json('{}')", "'failures'", "variables('failures')"))),
         },
     }
     return {
@@ -128,6 +139,8 @@ _IS_ARRAY = call("and", call("startsWith", call("string", _B), "'['"),
                  call("not", call("equals", call("string", _B), _B)))
 _IS_OBJECT = call("and", call("startsWith", call("string", _B), "'{'"),
                   call("not", call("equals", call("string", _B), _B)))
+_TOO_LARGE = call("greater", call("int", call("coalesce", "triggerOutputs()?['headers']?['Content-Length']", "'0'")),
+                  str(MAX_BODY_BYTES))
 
 
 def _safe_object(expr: str) -> str:

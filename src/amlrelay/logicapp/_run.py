@@ -126,6 +126,8 @@ class Workflow:
     def post(self, body: bytes, headers: Mapping[str, str] | None = None) -> RunResult:
         """Deliver one request to the Request trigger, run the workflow, and return the caller's answer."""
         headers = dict(headers or {"Content-Type": "application/json"})
+        if not any(k.lower() == "content-length" for k in headers):  # as the HTTP front end reports it
+            headers["Content-Length"] = str(len(body))
         ctype = next((v for k, v in headers.items() if k.lower() == "content-type"), "")
         parsed: Any = body.decode("utf-8", "replace")
         if "json" in ctype.lower():
