@@ -33,6 +33,8 @@ from urllib.parse import parse_qs, urlsplit
 ARM = "https://management.azure.com"
 ADO_RESOURCE = "499b84ac-1321-427f-aa17-267ca6975798"
 PACKAGE_STEPS = ["Creating", "ContentDownloaded", "ContentValidated", "Succeeded"]
+WORKSPACE = ("/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg-ml/providers/"
+             "Microsoft.MachineLearningServices/workspaces/ws")
 TOPIC_ID = ("/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.EventGrid/systemTopics/{name}")
 
 
@@ -173,7 +175,8 @@ def _outputs(state: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
         "replayPrincipalId": state["handler_principal"] if handler == "runbook" else REPLAY_PRINCIPAL,
         "keyVaultName": state["vault_name"] if auth == "pat" else "",
         "subscriptionNames": list(state["generated_subscriptions"]),
-        "settings": {"AMLRELAY_ADO_ORGANIZATION": "contoso", "AMLRELAY_ALLOWED_WORKSPACES": (
+        "settings": {"AMLRELAY_ADO_ORGANIZATION": "contoso", "AMLRELAY_JOURNAL_QUEUE": "amlrelay-journal",
+                     "AMLRELAY_DEADLETTER_CONTAINER": "deadletters", "AMLRELAY_ALLOWED_WORKSPACES": (
             "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg-ml/providers/"
             "Microsoft.MachineLearningServices/workspaces/ws")},
     }
@@ -385,6 +388,22 @@ def run(name: str, options: dict[str, list[str]], state: dict[str, Any], routes:
                           "RequestId:00000000-0000-0000-0000-000000000000\nErrorCode:AuthorizationPermissionMismatch")
         state["blobs"].append(_one(options, "--name", "-n"))
         return {"etag": "\"0x1\""}
+    if name in ("storage message peek", "storage blob list") and state.get("storage_data_403"):
+        raise AzError("This request is not authorized to perform this operation using this permission.\n"
+                      "ErrorCode:AuthorizationPermissionMismatch")
+    if name == "storage message peek":
+        return state["queues"].get(_one(options, "--queue-name", "-q"), [])[:int(_one(options, "--num-messages")
+                                                                              or 1)]
+    if name == "storage blob list":
+        return state["deadletter_blobs"] if _one(options, "--container-name", "-c") == "deadletters" else []
+    if name == "role assignment list":
+        return [a for a in state["role_assignments"] if a["principalId"] == _one(options, "--assignee-object-id")
+                and a["scope"].lower().startswith(_one(options, "--scope").lower())]
+    if name == "role assignment delete":
+        ids = options.get("--ids", [])
+        state["role_assignments"] = [a for a in state["role_assignments"] if a["id"] not in ids]
+        state["deleted"].extend(ids)
+        return None
     if name == "storage blob generate-sas":
         if "--as-user" not in options or _one(options, "--auth-mode") != "login":
             raise AzError("shared key is off on the amlrelay account: sign a user-delegation SAS (--as-user)")
@@ -488,7 +507,12 @@ def initial_state(**overrides: Any) -> dict[str, Any]:
                           {"name": "other-deployment", "labels": ["amlrelay:rg-other"]}],
         "generated_subscriptions": ["triage-failed-run"],
         "topic": {"name": "ws-amlrelay", "resourceGroup": "rg-ml"},
-        "upload_403": 0, "violations": [],
+        "upload_403": 0, "violations": [], "queues": {}, "deadletter_blobs": [],
+        "role_assignments": [
+            {"id": f"{WORKSPACE}/providers/Microsoft.Authorization/roleAssignments/r1", "scope": WORKSPACE,
+             "principalId": "11111111-1111-1111-1111-111111111111", "roleDefinitionName": "Reader"},
+            {"id": f"{WORKSPACE}/providers/Microsoft.Authorization/roleAssignments/r2", "scope": WORKSPACE,
+             "principalId": "55555555-5555-5555-5555-555555555555", "roleDefinitionName": "Owner"}],
         "webhook_uri": "https://0000.webhook.we.azure-automation.net/webhooks?token=SECRET-TOKEN",
         "sas_prefix": "https://amlrst123.blob.core.windows.net/packages", "ado_token": "",
     }

@@ -44,7 +44,8 @@ def test_removes_only_amlrelays_resources_and_subscriptions(tmp_path: Path) -> N
     done = fake.script("teardown", "-g", "rg-amlrelay", "--yes")
     assert done.returncode == 0, done.stderr[-3000:]
     world = fake.world
-    assert sorted(r.rsplit("/", 1)[-1] for r in world["deleted"]) == ["amlr-aa-123", "amlrst123"]
+    # r1: the handler's Reader role assignment on the workspace (outside the group)
+    assert sorted(r.rsplit("/", 1)[-1] for r in world["deleted"]) == ["amlr-aa-123", "amlrst123", "r1"]
     assert WORKSPACE not in world["deleted"]
     # This deployment's subscriptions went; someone else's and another amlrelay deployment's (label
     # amlrelay:rg-other) stayed, so did the topic they use.
@@ -57,7 +58,9 @@ def test_deletes_the_topic_it_created_when_nothing_else_uses_it(tmp_path: Path) 
     fake = _deployed(tmp_path, subscriptions=[{"name": "old", "labels": ["amlrelay:rg-amlrelay"]}])
     done = fake.script("teardown", "-g", "rg-amlrelay", "--delete-resource-group", "--yes")
     assert done.returncode == 0, done.stderr[-3000:]
-    assert fake.world["deleted"] == ["topic:ws-amlrelay", "group:rg-amlrelay"]
+    deleted = fake.world["deleted"]
+    assert [deleted[0], deleted[-1]] == ["topic:ws-amlrelay", "group:rg-amlrelay"]
+    assert deleted[1].endswith("/roleAssignments/r1")
 
 
 OWNED_TOPIC = {"name": "ws-ml-events", "resourceGroup": "rg-ml", "exists": True, "tags": {"owner": "ml-team"},
@@ -148,3 +151,36 @@ def test_removes_the_ado_entitlement_it_granted(tmp_path: Path) -> None:
         again = requests.post(f"{ado.org_url}/mlops/_apis/pipelines/12/runs?api-version=7.1", json={},
                               headers={"Authorization": f"Bearer {token}"}, timeout=10)
         assert again.status_code == 401
+
+
+def test_refuses_while_the_storage_account_holds_unseen_events(tmp_path: Path) -> None:
+    """Review SHOULD 7: the journal, its poison queue and unreplayed dead letters go with the storage account."""
+    blobs = [{"name": "a.json", "metadata": {"amlrelayreplayed": "2026-01-01"}}, {"name": "b.json", "metadata": {}}]
+    fake = _deployed(tmp_path, queues={"amlrelay-journal-poison": [{"id": "m1"}]}, deadletter_blobs=blobs)
+    done = fake.script("teardown", "-g", "rg-amlrelay", "--yes")
+    assert done.returncode != 0
+    assert "0 message(s) in queue amlrelay-journal\n" in done.stderr
+    assert "1 message(s) in queue amlrelay-journal-poison" in done.stderr
+    assert "1 dead-lettered event blob(s) not replayed in deadletters" in done.stderr
+    assert "--force" in done.stderr
+    assert fake.world["deleted"] == []
+    forced = fake.script("teardown", "-g", "rg-amlrelay", "--yes", "--force")
+    assert forced.returncode == 0, forced.stderr[-3000:]
+    assert any(d.endswith("/amlrst123") for d in fake.world["deleted"])
+
+
+def test_cannot_count_unseen_events_without_data_plane_read(tmp_path: Path) -> None:
+    fake = _deployed(tmp_path, storage_data_403=True)
+    done = fake.script("teardown", "-g", "rg-amlrelay", "--yes")
+    assert done.returncode != 0
+    assert "unknown message(s) in queue amlrelay-journal" in done.stderr
+    assert fake.world["deleted"] == []
+
+
+def test_removes_the_handlers_role_assignments_on_the_workspace(tmp_path: Path) -> None:
+    """Review SHOULD 8: Reader (verify) on the workspace lives outside RG; someone else's assignment stays."""
+    fake = _deployed(tmp_path)
+    done = fake.script("teardown", "-g", "rg-amlrelay", "--yes")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [a["principalId"] for a in fake.world["role_assignments"]] == ["55555555-5555-5555-5555-555555555555"]
+    assert "deleting role assignment of 11111111-1111-1111-1111-111111111111" in done.stderr
