@@ -57,7 +57,8 @@ latest_outputs() {
 
 # retry_forbidden WHAT -- CMD...: run CMD; while it fails with 403 (a role assignment made minutes ago that has
 # not propagated yet), wait with backoff and say so. Other failures stop at once. Bounded by
-# AMLRELAY_RETRY_ATTEMPTS (default 8, about 7 minutes); AMLRELAY_RETRY_SECONDS is the first wait (default 15).
+# AMLRELAY_RETRY_ATTEMPTS (default 8: 7 waits of 15, 30, 60, 120, 120, 120, 120 s = 585 s, about 10 minutes);
+# AMLRELAY_RETRY_SECONDS is the first wait (default 15), doubled up to 120.
 retry_forbidden() {
   local what="$1" attempt=1 max="${AMLRELAY_RETRY_ATTEMPTS:-8}" wait="${AMLRELAY_RETRY_SECONDS:-15}" err
   shift 2

@@ -99,7 +99,7 @@ def test_the_command_table_comes_from_the_pinned_azure_cli() -> None:
     (["deployment", "group", "list"], "the following arguments are required: --resource-group/-g"),
     (["rest", "--method", "fetch", "--url", "/x"], "invalid choice"),
     (["rest", "--method", "get", "--url", "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Automation/"
-      "automationAccounts/aa/webhooks?api-version=2015-10-31"], "No registered resource provider"),
+      "automationAccounts/aa/webhooks?api-version=2015-10-31"], "not the pinned api-version"),
     (["rest", "--method", "post", "--url", "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Automation/"
       "automationAccounts/aa/webhooks/generateUri?api-version=2024-10-23"], ""),
     (["rest", "--method", "get", "--url", "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Automation/"

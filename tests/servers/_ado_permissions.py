@@ -4,7 +4,8 @@ Rules (identities registered with ``register_identity``; any other credential ke
 stacks' default identity behaves as before):
 
 * an identity with no entitlement in the organization: 401 TF400813; without membership of a group of the
-  project (project-level read): 401 VS800075;
+  project (project-level read): 404 VS800075 (ProjectDoesNotExistException; the status is an assumption,
+  see tests/fixtures/SOURCES.md);
 * reading runs needs *View builds* (bit 1), else the pipeline is not found (404, as ADO hides it);
 * queuing needs *Queue builds* (bit 128), else 403 TF215106;
 * queuing with ``variables``, or with a ``templateParameters`` value for a free-text parameter (type
@@ -158,7 +159,7 @@ class Permissions:
             raise AdoError(401, f"TF400813: The user '{ident.object_id}' is not authorized to access this resource.",
                            "UnauthorizedRequestException", TFS)
         if project_id not in ident.project_groups:
-            raise AdoError(401, f"VS800075: The project with id 'vstfs:///Classification/TeamProject/{project_id}' "
+            raise AdoError(404, f"VS800075: The project with id 'vstfs:///Classification/TeamProject/{project_id}' "
                            "does not exist, or you do not have permission to access it.",
                            "ProjectDoesNotExistException", "Microsoft.TeamFoundation.Core.WebApi")
         bits = self.effective(ident.object_id, project_id, pdef.folder, pid)
