@@ -199,8 +199,14 @@ class World:
     routes: Path = ROUTES_FILE
 
     def component_env(self, **extra: str) -> dict[str, str]:
-        env = self.stack.env(**self.ledger_env, AMLRELAY_ALLOWED_WORKSPACES=WORKSPACE)
-        for name in ("IDENTITY_ENDPOINT", "IDENTITY_HEADER", "AMLRELAY_ROUTES"):  # not set on AML compute
+        """What an AML job has, plus only what no component input can carry: the Azurite ledger's
+        connection string (an account key: deliberately not an input; the Table-URL path is tested in
+        test_everything_through_inputs_…) and the stand-ins' no-wait retry knobs. ADO URL, routes and the
+        allowed workspace (the job's own, by default) come from the inputs."""
+        kept = (*self.ledger_env, "AMLRELAY_BACKOFF", "AMLRELAY_MAX_RETRY_AFTER", "AMLRELAY_TIMEOUT")
+        env = {k: v for k, v in self.stack.env(**self.ledger_env).items()
+               if not k.startswith("AMLRELAY_") or k in kept}
+        for name in ("IDENTITY_ENDPOINT", "IDENTITY_HEADER"):  # not set on AML compute
             env.pop(name, None)
         env |= self.compute.env() | {
             "AZUREML_ARM_SUBSCRIPTION": "00000000-0000-0000-0000-000000000001",
@@ -219,7 +225,7 @@ class World:
         (model / "MLmodel").write_text(MLMODEL)
         out = self.tmp / f"ado_run_{len(list(self.tmp.glob('ado_run_*')))}"
         given = {"model": str(model), "ado_organization": "contoso", "routes": str(self.routes),
-                 "model_name": "contoso-churn", "arm_url": self.aml.url, **inputs}
+                 "model_name": "contoso-churn", "arm_url": self.aml.url, "ado_base_url": self.stack.ado.url, **inputs}
         return render_command(spec, given, {"ado_run": str(out)}), out
 
     def start_component(self, env: dict[str, str] | None = None, **inputs: Any) -> tuple[subprocess.Popen[str], Path]:
@@ -352,7 +358,7 @@ def test_bad_inputs_exit_2_before_any_call(world: World, inputs: dict[str, Any],
     command, out = world.component_command()
     spec = yaml.safe_load(COMPONENT_YML.read_text())
     given = {"ado_organization": "contoso", "routes": str(ROUTES_FILE), "model": str(world.tmp / "model"),
-             "model_name": "contoso-churn", "arm_url": world.aml.url, **inputs}
+             "model_name": "contoso-churn", "arm_url": world.aml.url, "ado_base_url": world.stack.ado.url, **inputs}
     command = render_command(spec, {k: v for k, v in given.items() if v is not None}, {"ado_run": str(out)})
     done = subprocess.run(["bash", "-c", command], cwd=COMPONENT_DIR / "src", env=env, capture_output=True,
                           text=True, timeout=60, check=False)
