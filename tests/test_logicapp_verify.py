@@ -136,3 +136,18 @@ def test_aml_trouble_fails_the_event(verified: Pair) -> None:
     assert (logicapp.status, logicapp.requests) == (500, [])
 
 
+
+
+@pytest.mark.parametrize("workspace", ["exists", "deleted"])
+def test_a_404_refutes_only_when_the_workspace_exists(verified: Pair, workspace: str) -> None:
+    """As verify._reader: AML has no such model version -> rejected (200) if the workspace answers, but
+    failed (500, Event Grid retries) if the workspace itself is not found (a wrong ARM URL, a deleted
+    workspace): refusing every event for ever would hide the misconfiguration."""
+    event = sample("event-grid-schema", "model_registered")  # never emitted: AML has no such model version
+    if workspace == "deleted":
+        for side in (verified.runbook, verified.logicapp):
+            assert side.stack.aml is not None
+            side.stack.aml.workspace = "mlw-deleted"  # every read of the event's workspace now answers 404
+    runbook, logicapp = verified.deliver(body(event))
+    same(logicapp, runbook)
+    assert (logicapp.status, logicapp.requests, logicapp.rows) == (200 if workspace == "exists" else 500, [], [])

@@ -162,7 +162,17 @@ def _verified(claim_graph: dict[str, Any]) -> dict[str, Any]:
                          "expression": "@not(equals(outputs('Verify')?['statusCode'], 404))",
                          "actions": {"Note_not_verified": note({}, "@{concat('not verified: AML answered ', "
                                                                    "string(coalesce(outputs('Verify')?['statusCode'], "
-                                                                   "'nothing')))}")}},
+                                                                   "'nothing')))}")},
+                         # a 404 refutes only if the workspace itself exists (verify._reader._not_found)
+                         "else": {"actions": {
+                             "Read_workspace": {"type": "Http", "runAfter": {},
+                                                "inputs": {"method": "GET", "uri": _verify.workspace_uri(),
+                                                           "authentication": _ARM_MSI}},
+                             "Note_workspace_missing": note(
+                                 {"Read_workspace": ["Failed", "TimedOut"]},
+                                 "@{concat('not verified: AML has no such run or model, and the workspace could not "
+                                 "be read (HTTP ', string(coalesce(outputs('Read_workspace')?['statusCode'], "
+                                 "'nothing')), '): a wrong armUrl, or the workspace was deleted')}")}}},
         "Confirmed": {"type": "If", "runAfter": {"Verify": ["Succeeded"]}, "expression": "@" + _verify.confirmed(),
                       "actions": claim_graph,
                       "else": {"actions": {"Not_yet": {
@@ -170,6 +180,9 @@ def _verified(claim_graph: dict[str, Any]) -> dict[str, Any]:
                           "actions": {"Note_not_yet": note({}, "AML does not show the event's status yet: tried "
                                                                "again later")}}}}},
     }
+
+
+_ARM_MSI = {"type": "ManagedServiceIdentity", "audience": "@parameters('armAudience')"}
 
 
 def _msi(audience: str) -> dict[str, str]:

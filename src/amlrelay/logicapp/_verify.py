@@ -7,8 +7,10 @@ One ARM read per event and route, with the workflow's identity (audience ``armAu
 ModelRegistered (and the *first* model version of a ModelDeployed; the runbook reads every one). Then, like
 ``verify.judge_job``: the answer must come from the event's workspace; a run must be in the event's
 experiment; a final status must match exactly; a job ahead of the claim confirms it, one behind it is "not
-yet" (failed: Event Grid retries). A 404 refutes (the runbook first checks that the workspace exists, to
-tell a misconfiguration apart: not done here). Other failures (403, 429/5xx after the GET's default retry
+yet" (failed: Event Grid retries). After a 404 the workspace is read too, as ``verify._reader`` does: if it
+exists, AML has no such run or model version and the event is refuted (rejected); if it is not found or
+cannot be read, amlrelay is misconfigured (a wrong ``armUrl``, a deleted workspace) and the event fails
+rather than every event being refused for ever. Other failures (403, 429/5xx after the GET's default retry
 policy — a read is safe to repeat — or no answer) fail the event. The subject, when it has the documented
 shape, must name what ``data`` names.
 """
@@ -50,6 +52,11 @@ def uri() -> str:
     path = call("if", f.is_type(MODEL_REGISTERED), registered, call("if", f.is_type(MODEL_DEPLOYED), deployed, job))
     return (f"@{{parameters('armUrl')}}@{{{f.trim_slash(call('trim', f.source()))}}}/@{{{path}}}"
             f"?api-version={API_VERSION}")
+
+
+def workspace_uri() -> str:
+    """The ARM URL of the event's workspace (read after a 404, to tell a misconfiguration apart)."""
+    return f"@{{parameters('armUrl')}}@{{{f.trim_slash(call('trim', f.source()))}}}?api-version={API_VERSION}"
 
 
 def claimed() -> str:
