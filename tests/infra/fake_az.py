@@ -356,7 +356,8 @@ def run(name: str, options: dict[str, list[str]], state: dict[str, Any], routes:
         # A JWT with the claims the world sets (an ARM token of the signed-in principal; not signed here).
         def part(doc: dict[str, Any]) -> str:
             return base64.urlsafe_b64encode(json.dumps(doc).encode()).decode().rstrip("=")
-        return {"accessToken": f"{part({'alg': 'RS256', 'typ': 'JWT'})}.{part(state.get('token_claims', {}))}.SECRET-SIG",
+        header, claims = part({"alg": "RS256", "typ": "JWT"}), part(state.get("token_claims", {}))
+        return {"accessToken": f"{header}.{claims}.SECRET-SIG",
                 "tokenType": "Bearer", "subscription": state["account"]["id"]}
     if name == "ad sp show":
         sp = state["service_principals"].get(_one(options, "--id"))

@@ -1,0 +1,79 @@
+"""The Automation webhook calls of scripts/deploy against the vendored REST spec excerpt
+(tests/fixtures/automation/webhook-2024-10-23-excerpt.json, from Azure/azure-rest-api-specs): the fake `az`
+resolves each `az rest` URL through the management SDK's request builders (tests/infra/arm_routes.py); this
+checks that those routes are the spec's (path template, method, api-version), so neither the SDK-derived
+routes nor the scripts can drift from the published contract for the operations issue 9 was about."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from .arm_routes import sdk_routes, site_packages
+from .conftest import REPO, VENV, infra_tool
+from .fake_az import AzError, arm_operation
+
+SPEC = json.loads((REPO / "tests" / "fixtures" / "automation" / "webhook-2024-10-23-excerpt.json").read_text())
+ACCOUNT = ("/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg-amlrelay/providers/"
+           "Microsoft.Automation/automationAccounts/amlr-aa-123")
+
+
+def _spec_operations() -> dict[tuple[str, str], str]:
+    """(METHOD, path template with {name} placeholders normalised) -> operationId."""
+    return {(method.upper(), re.sub(r"\{\w+\}", "{}", path)): op["operationId"]
+            for path, ops in SPEC["paths"].items() for method, op in ops.items()}
+
+
+def _script_webhook_calls() -> list[tuple[str, str]]:
+    """(method, URL) of every webhook call scripts/deploy makes, read from the script itself."""
+    text = (REPO / "scripts" / "deploy").read_text()
+    calls = re.findall(r'rest --method (\w+) --url "\$account_id/(webhooks[^"?]*)\?api-version=\$AUTOMATION_API"',
+                       text)
+    if re.search(r"(?m)^\s*stale_items webhooks ", text):  # stale_items KIND: GET $account_id/KIND
+        calls.append(("get", "webhooks"))
+    assert len(calls) >= 3, "scripts/deploy's webhook calls changed shape: update this test"
+    version = re.search(r'AUTOMATION_API="([^"]+)"', (REPO / "scripts" / "lib" / "common.sh").read_text())
+    assert version
+    urls = []
+    for method, path in calls:
+        concrete = path.replace("$old", "amlrelay-eventgrid-20200101000000")
+        urls.append((method, f"{ACCOUNT}/{concrete}?api-version={version.group(1)}"))
+    return urls
+
+
+def test_the_pinned_api_version_is_the_specs() -> None:
+    common = (REPO / "scripts" / "lib" / "common.sh").read_text()
+    assert f'AUTOMATION_API="{SPEC["info"]["version"]}"' in common
+
+
+def test_every_webhook_call_of_deploy_is_a_spec_operation() -> None:
+    infra_tool("python")
+    routes = [{k: str(v) for k, v in r.items()} for r in sdk_routes(site_packages(VENV), "automation")]
+    spec = _spec_operations()
+    seen = set()
+    for method, url in _script_webhook_calls():
+        operation, _ = arm_operation(method, url, routes)
+        route = next(r for r in routes if r["operation"] == operation)
+        key = (route["method"], re.sub(r"\{\w+\}", "{}", route["template"]))
+        assert key in spec, f"{method} {url}: the SDK route {key} is not in the REST spec excerpt"
+        assert route["api_version"] == SPEC["info"]["version"]
+        seen.add(spec[key])
+    assert {"Webhook_GenerateUri", "Webhook_ListByAutomationAccount", "Webhook_Delete"} <= seen
+
+
+def test_a_call_outside_the_spec_is_refused() -> None:
+    infra_tool("python")
+    routes = [{k: str(v) for k, v in r.items()} for r in sdk_routes(site_packages(VENV), "automation")]
+    with pytest.raises(AzError):
+        arm_operation("post", f"{ACCOUNT}/webhooks/regenerateUri?api-version=2024-10-23", routes)
+    assert not [key for key in _spec_operations() if key[1].endswith("/regenerateUri")]
+
+
+def test_the_excerpt_names_its_source() -> None:
+    source = SPEC["_source"]
+    assert source["repository"] == "Azure/azure-rest-api-specs"
+    assert re.fullmatch(r"[0-9a-f]{40}", source["commit"])
+    assert Path(source["file"]).name == "webhook.json"
