@@ -55,8 +55,22 @@ def test_a_message_without_events_is_refused_with_a_reason(content: str) -> None
 
 @pytest.fixture
 def env(monkeypatch: pytest.MonkeyPatch, azurite: str, table_name: str) -> Iterator[Stack]:
+    with journal_env(monkeypatch, azurite, table_name) as stack:
+        yield stack
+
+
+@pytest.fixture
+def verified_env(monkeypatch: pytest.MonkeyPatch, azurite: str, table_name: str) -> Iterator[Stack]:
+    """As ``env``, with AMLRELAY_VERIFY on against the AML stand-in."""
+    with journal_env(monkeypatch, azurite, table_name, verify=True) as stack:
+        yield stack
+
+
+@contextlib.contextmanager
+def journal_env(monkeypatch: pytest.MonkeyPatch, azurite: str, table_name: str, *,
+                verify: bool = False) -> Iterator[Stack]:
     queue = "j" + table_name.lower()[1:20]
-    with local_stack() as stack:
+    with local_stack(verify=verify) as stack:
         values = {**stack.env(), "AMLRELAY_LEDGER": "true", "AMLRELAY_LEDGER_CONNECTION_STRING": azurite,
                   "AMLRELAY_LEDGER_TABLE": table_name, "AMLRELAY_JOURNAL_QUEUE": queue,
                   "AMLRELAY_JOURNAL_GRACE": "0", "AMLRELAY_JOURNAL_RETRY_AFTER": "0",
@@ -133,6 +147,10 @@ def test_skipped_and_rejected_events_are_final_and_reported(env: Stack, capsys: 
     assert code == 2  # as a runbook job: input was refused
     assert env.ado.run_requests == []
     assert left() == 0
+    # Review SHOULD 6: the rejected one leaves a durable trace, the original with its reason, not deleted.
+    [kept] = journal(poison=True).peek_messages()
+    assert decode_message(kept.content) == [foreign]
+    assert json.loads(kept.content)["amlrelayPoison"]["reason"].startswith("rejected, kept for review: ")
 
 
 def test_a_young_message_is_left_to_the_webhook_job(env: Stack) -> None:
@@ -449,3 +467,22 @@ def test_dequeues_spent_waiting_do_not_count_as_failures(env: Stack, capsys: pyt
     assert (left(), left(poison=True)) == (0, 1)
     [moved] = journal(poison=True).peek_messages()
     assert json.loads(moved.content)["content"] == json.dumps(event)  # the original, not the counting wrapper
+
+
+def test_a_journaled_event_aml_does_not_confirm_is_kept_and_can_be_triggered_later(
+        verified_env: Stack, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review SHOULD 6: a genuine event verification rejects (here: a run Jobs_Get does not return, as may
+    happen for SDK v1 runs) is not deleted with the rejection: it waits in the poison queue, and once an
+    operator turns verification off for it, `sweep --poison` triggers it exactly once."""
+    event = sample("event-grid-schema", "run_completed")  # AML (the stand-in) holds no such run
+    journal().send_message(json.dumps(event))
+    code, outcomes, out = run_sweep(capsys)
+    assert (code, [o["outcome"] for o in outcomes]) == (2, ["rejected"])
+    assert "AML has no run" in outcomes[0]["reason"]
+    assert (left(), left(poison=True)) == (0, 1)
+    assert "rejected, kept for review" in out
+    monkeypatch.setenv("AMLRELAY_VERIFY", "false")
+    code, outcomes, _ = run_sweep(capsys, "--poison")
+    assert (code, [o["outcome"] for o in outcomes]) == (0, ["triggered"])
+    assert (left(), left(poison=True)) == (0, 0)
+    assert len(verified_env.ado.run_requests) == 1

@@ -7,7 +7,10 @@ written by Event Grid to a Storage queue (the journal), and this sweep hands eac
 
 * an event the webhook job already handled is a ledger ``duplicate`` and its message is deleted;
 * one that was lost is triggered now, and its message deleted;
-* ``skipped`` and ``rejected`` are final too (the reason is reported);
+* ``skipped`` and ``rejected`` are final too (the reason is reported); a message with a ``rejected`` event is
+  not deleted but moved aside with the reason (a durable trace: a genuine event AML did not confirm, e.g. a
+  v1 run Jobs_Get does not return, can be triggered later with ``amlrelay sweep --poison`` and
+  AMLRELAY_VERIFY=false, once an operator has checked it);
 * a message whose event ``failed``, or whose claim another job still holds (:data:`amlrelay.relay.BUSY`),
   stays in the queue, hidden for ``retry_after`` seconds; a failure is counted in the message itself
   (:data:`._message.FAILURES_KEY`; waiting — grace, a held claim — is not a failure, though the queue's
@@ -43,6 +46,8 @@ LEASE = 900  # seconds a received message stays hidden while its event is handle
 TAKEN_OVER = "handled, but another sweep holds the message now"
 """Reason of a message this sweep handled whose lease ran out before the delete: the other sweep that holds
 it finds a ledger duplicate and deletes it. Not a failure (overlapping sweeps)."""
+REJECTED = "rejected, kept for review"
+"""Reason prefix of a message moved aside because an event in it was rejected (see the module docstring)."""
 Later = tuple["QueueMessage", float, "str | None"]  # a kept message: hide it this long, with this content
 
 
@@ -134,6 +139,11 @@ def _one(queue: QueueClient, poison: QueueClient | None, relay: Relay, message: 
         return _move_aside(queue, poison, message, reason=exc.message)
     outcomes = relay.handle(parse_events(events), raw=events)
     if finished(outcomes):
+        refused = [o for o in outcomes if o.outcome == "rejected"]
+        if refused and poison is not None:
+            why = "; ".join(f"{o.route or o.event_type}: {o.reason}" for o in refused)
+            moved = _move_aside(queue, poison, message, reason=f"{REJECTED}: {why}")
+            return MessageResult(moved.message_id, inserted, count, moved.action, tuple(outcomes), moved.reason)
         return _delete(queue, message, outcomes)
     failing = [o for o in outcomes if o.outcome not in FINAL or (o.outcome == "triggered" and o.reason)]
     if not failing:  # only held claims: their holder finishes, or the claim goes stale and is taken over
