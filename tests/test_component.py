@@ -547,6 +547,16 @@ def test_input_tags_that_disagree_with_the_run_are_refused(world: World) -> None
     assert world.stack.ado.requests == []
 
 
+def test_no_token_for_the_compute_identity_says_how_to_give_the_step_one(world: World) -> None:
+    unknown = "77777777-7777-7777-7777-777777777777"  # not assigned to the compute: the endpoint answers 400
+    code, lines, _ = world.run_component(managed_identity_client_id=unknown)
+    assert code == 1
+    assert any(line.startswith("ERROR: No token for ARM") for line in lines), lines
+    assert any("What to do: Give the step a managed identity" in line for line in lines), lines
+    assert "AzureCLI@2" not in "\n".join(lines)  # the waiter's advice is not the component's
+    assert world.stack.ado.requests == []
+
+
 def test_aml_refusing_the_compute_identity_fails_the_step_with_what_to_do(world: World) -> None:
     from tests.servers.aml_identity import COMPUTE_OBJECT_ID
 

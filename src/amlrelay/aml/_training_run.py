@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._errors import ComponentError
+from ._errors import AmlError, ComponentError
 
 _MLMODEL_DEPTH = 2  # a uri_folder may hold the MLflow model one level down (e.g. <folder>/model/MLmodel)
 
@@ -104,13 +104,22 @@ def read_source(ns: argparse.Namespace, env: Mapping[str, str]) -> SourceReader:
         client_id = ns.managed_identity_client_id or env.get("DEFAULT_IDENTITY_CLIENT_ID") or None
         client = JobsClient(workspace, managed_identity(client_id), arm_url=ns.arm_url or DEFAULT_ARM_URL,
                             audience=ns.arm_audience or None, retries=3, max_retry_after=30.0)
-        if target.kind == "model":
-            version = client.get_model_version(target.name, target.version or "")
-            return Source(dict(version.tags))
-        job = client.get_job(target.name)
+        try:
+            if target.kind == "model":
+                version = client.get_model_version(target.name, target.version or "")
+                return Source(dict(version.tags))
+            job = client.get_job(target.name)
+        except AmlError as exc:
+            if exc.code != "NoArmToken":
+                raise
+            raise AmlError(exc.message, status=None, code=exc.code, hint="Give the step a managed identity "
+                           "(identity: {type: managed} on the step, an identity on the compute cluster; a "
+                           "user-assigned one through managed_identity_client_id) with a role that may read "
+                           "the workspace's jobs, e.g. AzureML Data Scientist.") from None
         return Source(dict(job.tags), job.experiment_name, job.status_text or str(job.status))
 
     return read
+
 
 def agreed_tags(target: Target, actual: dict[str, str], given: dict[str, str]) -> dict[str, str]:
     """The entity's own tags; an input tag it lacks, or has with another value, is refused: Event Grid would
