@@ -509,3 +509,20 @@ def test_an_existing_system_topic_is_referenced_never_put(bicep: dict[str, Any])
     # Per-deployment label (review SHOULD 9): scripts/deploy and teardown read it from the outputs.
     assert main["variables"]["subscriptionLabel"]["value"] == "amlrelay:${resourceGroup().name}"
     assert "subscriptionLabel" in main["outputs"]
+
+
+def test_queues_have_diagnostics_and_a_backlog_alert(bicep: dict[str, Any]) -> None:
+    """Review SHOULD 12: the journal and poison queues were neither logged nor alerted on."""
+    doc = bicep["files"]["modules/monitoring/main.bicep"]
+    resources = doc["resources"]
+    diagnostics = _body(resources["queueDiagnostics"])
+    assert diagnostics["scope"] == "queueService"
+    assert [log["category"] for log in diagnostics["properties"]["logs"]] == ["StorageRead", "StorageWrite",
+                                                                                "StorageDelete"]
+    alert = _body(resources["queueBacklogAlert"])
+    criterion = alert["properties"]["criteria"]["allOf"][0]
+    assert criterion["metricNamespace"] == "Microsoft.Storage/storageAccounts/queueServices"
+    assert criterion["metricName"] == "QueueMessageCount"
+    assert criterion["threshold"] == "queueBacklogThreshold"
+    assert doc["parameters"]["queueBacklogThreshold"]["default"] == 100
+    assert "amlrelay-queue-backlog" in json.dumps(doc["outputs"]["alertNames"])

@@ -34,6 +34,10 @@ param keyVaultName string = ''
 @description('Required. Resource id of the Event Grid system topic (in the workspace\'s resource group).')
 param systemTopicId string
 
+@description('Optional. Alert when the storage account\'s queues (the journal and its poison queue) hold more than this many messages for an hour: the sweep is not draining them or events are being moved aside. 0: no backlog alert.')
+@minValue(0)
+param queueBacklogThreshold int = 100
+
 var diagnostics = !empty(logAnalyticsWorkspaceId)
 var actions = empty(actionGroupId) ? [] : [
   {
@@ -51,6 +55,11 @@ resource blobService 'Microsoft.Storage/storageAccounts/blobServices@2026-09-01'
 }
 
 resource tableService 'Microsoft.Storage/storageAccounts/tableServices@2026-09-01' existing = {
+  parent: account
+  name: 'default'
+}
+
+resource queueService 'Microsoft.Storage/storageAccounts/queueServices@2026-09-01' existing = {
   parent: account
   name: 'default'
 }
@@ -110,6 +119,29 @@ resource blobDiagnostics 'Microsoft.Insights/diagnosticSettings@2021-05-01-previ
 resource tableDiagnostics 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = if (diagnostics) {
   name: 'amlrelay-to-log-analytics'
   scope: tableService
+  properties: {
+    workspaceId: logAnalyticsWorkspaceId
+    logs: [
+      {
+        category: 'StorageRead'
+        enabled: true
+      }
+      {
+        category: 'StorageWrite'
+        enabled: true
+      }
+      {
+        category: 'StorageDelete'
+        enabled: true
+      }
+    ]
+  }
+}
+
+// The journal and its poison queue: who wrote (Event Grid), received, hid and deleted which message.
+resource queueDiagnostics 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = if (diagnostics) {
+  name: 'amlrelay-to-log-analytics'
+  scope: queueService
   properties: {
     workspaceId: logAnalyticsWorkspaceId
     logs: [
@@ -228,6 +260,40 @@ resource failedJobsAlert 'Microsoft.Insights/metricAlerts@2018-03-01' = if (aler
   }
 }
 
+// QueueMessageCount is a capacity metric Storage emits about hourly, for all queues of the account together (no
+// per-queue dimension): journal and poison queue alike. A journal that the sweep drains stays near the
+// number of events of the last grace period; a growing count means the sweep is not running or fails.
+resource queueBacklogAlert 'Microsoft.Insights/metricAlerts@2018-03-01' = if (alertsEnabled && queueBacklogThreshold > 0) {
+  name: 'amlrelay-queue-backlog'
+  location: 'global'
+  tags: tags
+  properties: {
+    description: 'amlrelay: the journal / poison queues hold a backlog (is the replay runbook running? read the replay runbook jobs; amlrelay sweep --poison drains the poison queue).'
+    severity: 2
+    enabled: true
+    scopes: [
+      queueService.id
+    ]
+    evaluationFrequency: 'PT1H'
+    windowSize: 'PT6H'
+    criteria: {
+      'odata.type': 'Microsoft.Azure.Monitor.SingleResourceMultipleMetricCriteria'
+      allOf: [
+        {
+          criterionType: 'StaticThresholdCriterion'
+          name: 'QueueBacklog'
+          metricNamespace: 'Microsoft.Storage/storageAccounts/queueServices'
+          metricName: 'QueueMessageCount'
+          operator: 'GreaterThan'
+          threshold: queueBacklogThreshold
+          timeAggregation: 'Average'
+        }
+      ]
+    }
+    actions: actions
+  }
+}
+
 resource failedRunsAlert 'Microsoft.Insights/metricAlerts@2018-03-01' = if (alertsEnabled && !empty(logicAppName)) {
   name: 'amlrelay-failed-logic-app-runs'
   location: 'global'
@@ -267,4 +333,6 @@ output alertNames array = alertsEnabled ? concat([
   'amlrelay-failed-runbook-jobs'
 ] : [], !empty(logicAppName) ? [
   'amlrelay-failed-logic-app-runs'
+] : [], queueBacklogThreshold > 0 ? [
+  'amlrelay-queue-backlog'
 ] : []) : []
