@@ -229,7 +229,12 @@ var patSettings = auth == 'pat' ? {
   AMLRELAY_KEY_VAULT_URL: keyVault.outputs.uri
   AMLRELAY_PAT_SECRET_NAME: patSecretName
 } : {}
-var settings = union(baseSettings, patSettings)
+// The webhook's expiry, for the replay runbook's check (it reports ERROR -- a failed job, which alerts --
+// within AMLRELAY_WEBHOOK_EXPIRY_WARN_DAYS, default 30): Azure Monitor has no webhook-expiry metric.
+var webhookSettings = handler == 'runbook' ? {
+  AMLRELAY_WEBHOOK_EXPIRES: webhookExpiryTime
+} : {}
+var settings = union(baseSettings, patSettings, webhookSettings)
 
 module storage 'modules/storage/main.bicep' = {
   name: 'amlrelay-storage'

@@ -526,3 +526,13 @@ def test_queues_have_diagnostics_and_a_backlog_alert(bicep: dict[str, Any]) -> N
     assert criterion["threshold"] == "queueBacklogThreshold"
     assert doc["parameters"]["queueBacklogThreshold"]["default"] == 100
     assert "amlrelay-queue-backlog" in json.dumps(doc["outputs"]["alertNames"])
+
+
+def test_the_webhook_expiry_reaches_the_replay_runbook(bicep: dict[str, Any]) -> None:
+    """The replay runbook's expiry check (tests/test_webhook_expiry.py) reads the webhook's own expiryTime."""
+    main = bicep["files"]["main.bicep"]
+    webhook = main["variables"]["webhookSettings"]["value"]
+    assert "AMLRELAY_WEBHOOK_EXPIRES" in json.dumps(webhook)
+    assert "webhookExpiryTime" in json.dumps(webhook)
+    assert "webhookSettings" in json.dumps(main["variables"]["settings"]["value"])
+    assert main["modules"]["automation"]["config"]["params"]["webhookExpiryTime"] == "webhookExpiryTime"
