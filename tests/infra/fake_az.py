@@ -301,6 +301,18 @@ def arm(state: dict[str, Any], operation: str, where: dict[str, str], body: Any)
             value.append(item)
             state["packages"][name] = min(step + 1, len(PACKAGE_STEPS) - 1)
         return {"value": value}
+    if operation == "variable_create_or_update":
+        unknown = sorted(set(body["properties"]) - {"value", "description", "isEncrypted"})  # the SDK's model
+        if unknown or not isinstance(body["properties"].get("value"), str):
+            raise AzError(f"Bad Request: variable properties {unknown or 'value must be a JSON-encoded string'}")
+        json.loads(body["properties"]["value"])  # Automation stores the value JSON-encoded
+        state.setdefault("variables", {})[where["variableName"]] = body
+        return {"name": where["variableName"], "properties": body["properties"]}
+    if operation == "variable_get":
+        found = state.setdefault("variables", {}).get(where["variableName"])
+        if found is None:
+            raise AzError("Not Found({\"code\":\"NotFound\",\"message\":\"Variable not found.\"})", 3)
+        return {"name": where["variableName"], "properties": found["properties"]}
     if operation == "webhook_generate_uri":
         return state["webhook_uri"]
     if operation == "webhook_list_by_automation_account":

@@ -47,14 +47,15 @@ def _fake(tmp_path: Path, ado: AdoServer, routes: dict[str, Any] | None = None, 
     done = fake.az("deployment", "group", "create", "-g", "rg-amlrelay", "-n", "amlrelay-infra-1",
                    "--template-file", "main.bicep", "--parameters", f"@{params}")
     assert done.returncode == 0, done.stderr
-    (tmp_path / "routes.json").write_text(json.dumps(routes or ROUTES))
+    # not routes.json: FakeAz keeps the ARM routes of the Automation SDK there
+    (tmp_path / "amlrelay-routes.json").write_text(json.dumps(routes or ROUTES))
     return fake
 
 
 def _grant(fake: FakeAz, ado: AdoServer, *pipelines: str) -> Any:
     ids = [a for p in pipelines for a in ("--pipeline-id", p)]
     return fake.script("grant-ado-access", "-g", "rg-amlrelay", "--project", "mlops", *ids, "--organization",
-                       "contoso", "--ado-base-url", ado.url, "--routes", str(fake.tmp / "routes.json"))
+                       "contoso", "--ado-base-url", ado.url, "--routes", str(fake.tmp / "amlrelay-routes.json"))
 
 
 def _run(ado: AdoServer, pid: int, body: dict[str, Any] | None = None) -> requests.Response:
@@ -229,3 +230,21 @@ def test_beside_a_logic_app_the_replay_runbooks_identity_gets_the_same_grant(tmp
     replayed = requests.post(f"{ado.org_url}/mlops/_apis/pipelines/12/runs?api-version=7.1", json=WITH_VARIABLES,
                              headers={"Authorization": f"Bearer {REPLAY_TOKEN}"}, timeout=10)
     assert replayed.status_code == 200
+
+
+def test_teardown_removes_exactly_the_entitlement_the_grant_recorded(tmp_path: Path, ado: AdoServer) -> None:
+    """Review SHOULD 14: the grant keeps the entitlement id (Automation variable, a PUT checked against the
+    Automation SDK's operations); teardown deletes by it instead of rebuilding an identity descriptor."""
+    fake = _fake(tmp_path, ado)
+    done = _grant(fake, ado, "12")
+    assert done.returncode == 0, done.stderr[-3000:]
+    variable = fake.world["variables"][f"amlrelay-ado-entitlement-{HANDLER}"]
+    entitlement = json.loads(variable["properties"]["value"])
+    assert f"(entitlement {entitlement})" in done.stdout
+    assert ado.permissions.identity(HANDLER).entitled
+    torn = fake.script("teardown", "-g", "rg-amlrelay", "--remove-ado-access", "--organization", "contoso",
+                       "--ado-base-url", ado.url, "--yes")
+    assert torn.returncode == 0, torn.stderr[-3000:]
+    assert f"entitlement {entitlement} of {HANDLER}: recorded by scripts/grant-ado-access" in torn.stderr
+    assert not ado.permissions.identity(HANDLER).entitled
+    assert not [c for c in fake.calls() if any("_apis/identities?descriptors=" in a for a in c)]
