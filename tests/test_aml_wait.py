@@ -541,6 +541,35 @@ def test_azure_pipelines_credential_from_the_service_connection(monkeypatch: pyt
     assert (aad._client_id, aad._tenant_id) == (env["AZURESUBSCRIPTION_CLIENT_ID"], env["AZURESUBSCRIPTION_TENANT_ID"])
 
 
+def test_azure_pipelines_credential_end_to_end(aml_server: AmlServer, loopback_tls: Any,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real AzurePipelinesCredential, from the environment AzureCLI@2 gives a federated connection: it asks
+    the job's OIDC endpoint (with System.AccessToken and the service connection id) for a federated token,
+    exchanges it at the Entra endpoint for an ARM token, and the wait reads AML with that token."""
+    from tests.servers.identity import CONFLICTING_ENV
+    from tests.servers.pipelines_federation import FederationServer
+
+    with FederationServer(loopback_tls) as federation:
+        for name in CONFLICTING_ENV:
+            monkeypatch.delenv(name, raising=False)
+        ca = str(loopback_tls.cert_file)
+        for name, value in {**federation.env(), "REQUESTS_CA_BUNDLE": ca, "SSL_CERT_FILE": ca}.items():
+            monkeypatch.setenv(name, value)
+        aml_server.add_job("j", "Running")
+        clock = FakeClock()
+        clock.at(2 * 3600, lambda: aml_server.set_status("j", "Completed"))
+        result = cli(aml_server, clock, "wait", "j", "--credential", "azure-pipelines")
+        monkeypatch.setenv("SYSTEM_ACCESSTOKEN", "not-this-jobs-token")  # System.AccessToken not mapped right
+        refused = cli(aml_server, FakeClock(), "wait", "j", "--credential", "azure-pipelines")
+    assert refused.code == 6  # at the first poll: a setup error, not resumable
+    assert result.code == 0
+    assert federation.oidc_requests
+    assert federation.oidc_requests[0].query["serviceConnectionId"] == federation.service_connection_id
+    assert {r["client_id"] for r in federation.token_requests} == {federation.client_id}
+    used = {r.headers["Authorization"].removeprefix("Bearer ") for r in aml_server.job_gets("j")}
+    assert used <= set(federation.issued)
+
+
 def test_an_interrupted_wait_leaves_the_job_running_and_prints_the_token(aml_server: AmlServer,
                                                                           aml_credential: Any) -> None:
     aml_server.add_job("j", "Running")
