@@ -83,6 +83,8 @@ def paths(p: Pair) -> list[tuple[str, int, int, int]]:
     refused = model_event(903)
     deliver("ADO refuses (400): recorded failed", body(refused))
     deliver("redelivery takes the failure over", body(refused))
+    ado.signin_page()  # how ADO answers a credential it does not accept: 203 with a sign-in page
+    deliver("ADO 203 sign-in page: recorded failed", body(model_event(904)))
     return rows
 
 
