@@ -2,8 +2,8 @@
 // Analytics workspace, and metric alerts for the failures that need a person: dead-lettered events and
 // failed deliveries on the system topic, failed runbook jobs or Logic App runs. The system topic's own
 // diagnostic setting lives in its resource group (modules/monitoring/topic.bicep), the Logic App's in
-// modules/logic-app (the same logAnalyticsWorkspaceId). Webhook expiry is not a
-// metric: scripts/deploy prints the expiry date and rotates the webhook on every run (infra/README.md).
+// modules/logic-app (the same logAnalyticsWorkspaceId). Webhook expiry is not a metric: the replay runbook
+// fails its job (-> the failed-jobs alert) within 30 days of it, and scripts/deploy rotates the webhook.
 metadata name = 'amlrelay monitoring'
 metadata description = 'Diagnostic settings to Log Analytics and metric alerts for dead letters, delivery failures and failed handler runs.'
 
