@@ -622,3 +622,17 @@ def test_everything_through_inputs_ledger_by_table_url_with_the_computes_identit
         [record] = [json.loads(line) for line in lines if line.startswith("{")]
         assert (record["outcome"], record["ado_run_id"]) == ("duplicate", run["id"])
         assert len(world.stack.ado.runs) == 1
+
+
+def test_a_model_registration_is_reported_with_the_versions_own_tags(world: World) -> None:
+    """With model_version the component reports the registration (ModelRegistered), whose modelTags Event Grid
+    takes from the version: read from AML (models/versions GET), as for a run."""
+    world.aml.add_model_version("contoso-churn", "3", tags={"area": "vision"})
+    code, lines, output = world.run_component(model_version="3", route="deploy-registered-model")
+    assert code == 0, lines
+    assert output["event_type"] == "ModelRegistered"
+    [request] = world.stack.ado.run_requests
+    assert request.json is not None
+    assert request.json["templateParameters"]["area"] == "vision"  # {{ modelTags.area | general }}
+    assert request.json["templateParameters"]["modelVersion"] == "3"
+    assert any(r.path.endswith("/models/contoso-churn/versions/3") for r in world.aml.requests)
