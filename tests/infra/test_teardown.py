@@ -18,11 +18,11 @@ WORKSPACE = ("/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups
 HANDLER = "11111111-1111-1111-1111-111111111111"
 
 
-def _deployed(tmp_path: Path, **state: Any) -> FakeAz:
+def _deployed(tmp_path: Path, handler: str = "runbook", **state: Any) -> FakeAz:
     """A world after scripts/deploy: tagged resources, amlrelay's subscriptions, and a deployment record."""
     fake = FakeAz(tmp_path, **state)
     params = tmp_path / "p.json"
-    params.write_text(json.dumps({"parameters": {"webhookUri": {"value": "https://x"}}}))
+    params.write_text(json.dumps({"parameters": {"webhookUri": {"value": "https://x"}, "handler": {"value": handler}}}))
     done = fake.az("deployment", "group", "create", "-g", "rg-amlrelay", "-n", "amlrelay-handler-1",
                    "--template-file", "main.bicep", "--parameters", f"@{params}")
     assert done.returncode == 0, done.stderr
@@ -184,3 +184,25 @@ def test_removes_the_handlers_role_assignments_on_the_workspace(tmp_path: Path) 
     assert done.returncode == 0, done.stderr[-3000:]
     assert [a["principalId"] for a in fake.world["role_assignments"]] == ["55555555-5555-5555-5555-555555555555"]
     assert "deleting role assignment of 11111111-1111-1111-1111-111111111111" in done.stderr
+
+
+def test_beside_a_logic_app_removes_the_replay_identitys_entitlement_too(tmp_path: Path) -> None:
+    from .fake_az import REPLAY_PRINCIPAL
+
+    admin = "admin"
+    with AdoServer("contoso", pipelines={("mlops", 12): PipelineDef(name="p")}, bearer_tokens={"mi", "replay", admin}
+                   ) as ado:
+        ado.permissions.add_admin(admin)
+        for token, who in (("mi", HANDLER), ("replay", REPLAY_PRINCIPAL)):
+            ado.permissions.register_identity(token, who)
+            granted = requests.post(f"{ado.org_url}/_apis/serviceprincipalentitlements?api-version=7.1-preview.1",
+                                    json={"accessLevel": {"accountLicenseType": "express"}, "servicePrincipal": {
+                                        "origin": "aad", "originId": who, "subjectKind": "servicePrincipal"}},
+                                    headers={"Authorization": f"Bearer {admin}"}, timeout=10)
+            assert granted.json()["isSuccess"]
+        fake = _deployed(tmp_path, handler="logicapp", ado_token=admin)
+        done = fake.script("teardown", "-g", "rg-amlrelay", "--remove-ado-access", "--organization", "contoso",
+                           "--ado-base-url", ado.url, "--yes")
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert not ado.permissions.identity(HANDLER).entitled
+        assert not ado.permissions.identity(REPLAY_PRINCIPAL).entitled
