@@ -1,5 +1,5 @@
-"""The Automation webhook calls of scripts/deploy against the vendored REST spec excerpt
-(tests/fixtures/automation/webhook-2024-10-23-excerpt.json, from Azure/azure-rest-api-specs): the fake `az`
+"""The Automation webhook and package calls of scripts/deploy against the vendored REST spec excerpt
+(tests/fixtures/automation/{webhook,package}-2024-10-23-excerpt.json, from Azure/azure-rest-api-specs): the fake `az`
 resolves each `az rest` URL through the management SDK's request builders (tests/infra/arm_routes.py); this
 checks that those routes are the spec's (path template, method, api-version), so neither the SDK-derived
 routes nor the scripts can drift from the published contract for the operations issue 9 was about."""
@@ -14,9 +14,10 @@ import pytest
 
 from .arm_routes import sdk_routes, site_packages
 from .conftest import REPO, VENV, infra_tool
-from .fake_az import AzError, arm_operation
+from .fake_az import PACKAGE_STEPS, AzError, arm_operation
 
 SPEC = json.loads((REPO / "tests" / "fixtures" / "automation" / "webhook-2024-10-23-excerpt.json").read_text())
+PACKAGES = json.loads((REPO / "tests" / "fixtures" / "automation" / "package-2024-10-23-excerpt.json").read_text())
 ACCOUNT = ("/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg-amlrelay/providers/"
            "Microsoft.Automation/automationAccounts/amlr-aa-123")
 
@@ -77,3 +78,23 @@ def test_the_excerpt_names_its_source() -> None:
     assert source["repository"] == "Azure/azure-rest-api-specs"
     assert re.fullmatch(r"[0-9a-f]{40}", source["commit"])
     assert Path(source["file"]).name == "webhook.json"
+
+
+def test_the_package_poll_is_the_specs_list_operation_and_its_states_are_the_specs() -> None:
+    """scripts/deploy waits for provisioningState Succeeded and stops on Failed/Canceled; the fake walks an
+    import through intermediate states: all of them must be values the spec's enum has."""
+    infra_tool("python")
+    routes = [{k: str(v) for k, v in r.items()} for r in sdk_routes(site_packages(VENV), "automation")]
+    url = f"{ACCOUNT}/runtimeEnvironments/amlrelay-python310/packages?api-version={PACKAGES['info']['version']}"
+    operation, _ = arm_operation("get", url, routes)
+    route = next(r for r in routes if r["operation"] == operation)
+    spec_paths = {re.sub(r"\{\w+\}", "{}", p): ops for p, ops in PACKAGES["paths"].items()}
+    assert spec_paths[re.sub(r"\{\w+\}", "{}", route["template"])]["get"]["operationId"] == \
+        "Package_ListByRuntimeEnvironment"
+    states = set(PACKAGES["definitions"]["PackageProperties"]["properties"]["provisioningState"]["enum"])
+    assert set(PACKAGE_STEPS) <= states
+    deploy = (REPO / "scripts" / "deploy").read_text()
+    assert 'states[n] in ("Failed", "Canceled")' in deploy
+    assert {"Succeeded", "Failed", "Canceled"} <= states
+    assert 'packages_url="$account_id/runtimeEnvironments/$runtime_env/packages?api-version=$AUTOMATION_API"' \
+        in deploy
