@@ -56,7 +56,8 @@ def test_failed_runs_reach_log_analytics_when_a_workspace_is_given(bicep: dict[s
     assert (chosen["true_value"], chosen["false_value"]) == ("logAnalyticsWorkspaceId", "logicAppDiagnosticWorkspaceId")
     assert "diagnosticWorkspaceId" not in doc["parameters"]
     assert "logAnalyticsWorkspaceId" in bicep["files"]["modules/monitoring/main.bicep"]["parameters"]
-    assert main["parameters"]["logicAppDiagnosticWorkspaceId"]["decorators"][0]["argument"].startswith("Optional. Deprecated")
+    deprecated = main["parameters"]["logicAppDiagnosticWorkspaceId"]["decorators"][0]["argument"]
+    assert deprecated.startswith("Optional. Deprecated")
 
 
 def test_main_wires_the_workflow_like_the_runbook(bicep: dict[str, Any]) -> None:
