@@ -1,5 +1,5 @@
-"""The Automation webhook and package calls of scripts/deploy against the vendored REST spec excerpt
-(tests/fixtures/automation/{webhook,package}-2024-10-23-excerpt.json, from Azure/azure-rest-api-specs): the fake `az`
+"""The Automation webhook, schedule and package calls of scripts/deploy against vendored REST spec excerpts
+(tests/fixtures/automation/*-2024-10-23-excerpt.json, from Azure/azure-rest-api-specs): the fake `az`
 resolves each `az rest` URL through the management SDK's request builders (tests/infra/arm_routes.py); this
 checks that those routes are the spec's (path template, method, api-version), so neither the SDK-derived
 routes nor the scripts can drift from the published contract for the operations issue 9 was about."""
@@ -17,6 +17,7 @@ from .conftest import REPO, VENV, infra_tool
 from .fake_az import PACKAGE_STEPS, AzError, arm_operation
 
 SPEC = json.loads((REPO / "tests" / "fixtures" / "automation" / "webhook-2024-10-23-excerpt.json").read_text())
+SCHEDULES = json.loads((REPO / "tests" / "fixtures" / "automation" / "schedule-2024-10-23-excerpt.json").read_text())
 PACKAGES = json.loads((REPO / "tests" / "fixtures" / "automation" / "package-2024-10-23-excerpt.json").read_text())
 ACCOUNT = ("/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg-amlrelay/providers/"
            "Microsoft.Automation/automationAccounts/amlr-aa-123")
@@ -98,3 +99,20 @@ def test_the_package_poll_is_the_specs_list_operation_and_its_states_are_the_spe
     assert {"Succeeded", "Failed", "Canceled"} <= states
     assert 'packages_url="$account_id/runtimeEnvironments/$runtime_env/packages?api-version=$AUTOMATION_API"' \
         in deploy
+
+
+def test_the_schedule_rotation_calls_are_spec_operations() -> None:
+    """Deploy lists amlrelay-replay-* schedules and deletes the older ones (stale_items schedules)."""
+    infra_tool("python")
+    routes = [{k: str(v) for k, v in r.items()} for r in sdk_routes(site_packages(VENV), "automation")]
+    deploy = (REPO / "scripts" / "deploy").read_text()
+    assert re.search(r"(?m)^\s*stale_items schedules ", deploy)
+    assert 'rest --method delete --url "$account_id/schedules/$old?api-version=$AUTOMATION_API"' in deploy
+    spec = {(m.upper(), re.sub(r"\{\w+\}", "{}", p)): op["operationId"]
+            for p, ops in SCHEDULES["paths"].items() for m, op in ops.items()}
+    seen = set()
+    for method, tail in (("get", "schedules"), ("delete", "schedules/amlrelay-replay-20200101000000")):
+        operation, _ = arm_operation(method, f"{ACCOUNT}/{tail}?api-version={SCHEDULES['info']['version']}", routes)
+        route = next(r for r in routes if r["operation"] == operation)
+        seen.add(spec[(route["method"], re.sub(r"\{\w+\}", "{}", route["template"]))])
+    assert seen == {"Schedule_ListByAutomationAccount", "Schedule_Delete"}
