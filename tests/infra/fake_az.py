@@ -518,7 +518,9 @@ def initial_state(**overrides: Any) -> dict[str, Any]:
         "schedules": ["amlrelay-replay-20200101000000", "nightly-report"], "jobs": [], "blobs": [],
         "subscriptions": [{"name": "old-route", "labels": ["amlrelay:rg-amlrelay"]},
                           {"name": "someone-elses", "labels": []},
-                          {"name": "other-deployment", "labels": ["amlrelay:rg-other"]}],
+                          # another deployment's (on the same workspace topic), labelled by an older amlrelay too:
+                          # the shared label 'amlrelay' let deployments delete each other's subscriptions
+                          {"name": "other-deployment", "labels": ["amlrelay", "amlrelay:rg-other"]}],
         "generated_subscriptions": ["triage-failed-run"],
         "topic": {"name": "ws-amlrelay", "resourceGroup": "rg-ml"},
         "upload_403": 0, "violations": [], "queues": {}, "deadletter_blobs": [],
