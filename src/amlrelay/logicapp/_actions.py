@@ -68,7 +68,7 @@ class Builder:
             "state": "claimed", "claimed_at": "@{utcNow()}", "claimed_at@odata.type": "Edm.DateTime",
             "updated_at": "@{utcNow()}", "updated_at@odata.type": "Edm.DateTime", "attempts": attempts,
             "holder": "@{concat('logicapp/', workflow()?['run']?['name'])}", "claim_id": "@{guid()}",
-            # one Table property holds 32,000 characters here (ledger._CHUNK); a longer event is cut and
+            # one Table property holds 32,000 characters here (amlrelay._ledger_rows._CHUNK); a longer event is cut and
             # flagged, as the Python ledger flags what exceeds its chunks (replay then skips it)
             "event_json": "@" + call("substring", f.event_json(), "0",
                                      call("min", call("length", f.event_json()), str(_EVENT_CHARS))),
