@@ -7,17 +7,23 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from amlrelay.cli import main
+from amlrelay.errors import RoutesError
 from amlrelay.events import parse_event
-from amlrelay.logicapp import ExpressionError, evaluate_value
+from amlrelay.logicapp import ExpressionError, evaluate_value, generate
 from amlrelay.logicapp import _verify as wdl
 from amlrelay.models import AmlEvent
-from amlrelay.verify import judge_job
+from amlrelay.routes import parse_routes
+from amlrelay.verify import judge_job, plan
 from tests.conftest import SAMPLE_WORKSPACE, all_samples, sample
 from tests.logicapp_stack import Pair, pair
+from tests.test_forged_events import EXPERIMENT, MODEL_TAGS
+from tests.test_forged_events import event as forged_event
 from tests.test_logicapp_equivalence import same
 
 STATUSES = ["NotStarted", "Starting", "Provisioning", "Preparing", "Queued", "Running", "NotResponding", "Paused",
@@ -151,3 +157,170 @@ def test_a_404_refutes_only_when_the_workspace_exists(verified: Pair, workspace:
     runbook, logicapp = verified.deliver(body(event))
     same(logicapp, runbook)
     assert (logicapp.status, logicapp.requests, logicapp.rows) == (200 if workspace == "exists" else 500, [], [])
+
+
+# --- the tag/property values the matched routes read, and the subject's shape (verify.judge_values, plan) ---
+
+SUBJECTS = {
+    "run_completed": ["experiments/{e}/runs/{r}", "", "runs/{r}", "experiments/{e}", "experiments/{e}/runs/{r}/x",
+                      "experiments/{e}/runs/", "Experiments/{e}/runs/{r}", "experiments/x/runs/{r}",
+                      "experiments/{e}/run/{r}"],
+    "model_registered": ["models/{n}:{v}", "models/{n}", "models/{n}:{v}:1", "models/{n}:{v}/x", "model/{n}:{v}",
+                         "models/other:{v}", "", "models/{n}:{v} "],
+    "model_deployed": ["endpoints/{s}", "endpoints/{s}/x", "endpoint/{s}", "endpoints/", "endpoints/other"],
+    "dataset_drift_detected": ["datadrifts/a/runs/b", "datadrift/a/run/b", "datadrifts//runs/", "datadrifts/a/runs",
+                               "datadrifts/a/runs/b/c", "DataDrifts/a/runs/b", "drifts/a/runs/b", "datadrifts/a/job/b"],
+}
+
+
+@pytest.mark.parametrize("schema", ["event-grid-schema", "cloud-events-schema"])
+@pytest.mark.parametrize(("name", "subject"), [(n, s) for n, subjects in SUBJECTS.items() for s in subjects])
+def test_the_subject_is_judged_like_verify_plan(schema: str, name: str, subject: str) -> None:
+    raw = sample(schema, name)
+    low = {k.lower(): v for k, v in raw["data"].items()}
+    raw["subject"] = subject.format(e=low.get("experimentid"), r=low.get("runid"), n=low.get("modelname"),
+                                    v=low.get("modelversion"), s=low.get("servicename"))
+    event = parse_event(raw)
+    assert isinstance(event, AmlEvent)
+    wrong = evaluate_value("@" + wdl._subject_wrong(), _Judged(raw, {}))
+    assert wrong is (plan(event).refusal is not None), (subject, plan(event).refusal)
+
+
+def aml_world(p: Pair, *, jobs: dict[str, dict[str, str]] | None = None,
+              models: dict[str, dict[str, str]] | None = None) -> None:
+    """Both sides' AML hold these runs (Completed, tags) and sklearn_churn versions (tags)."""
+    for side in (p.runbook, p.logicapp):
+        assert side.stack.aml is not None
+        for run_id, tags in (jobs or {}).items():
+            side.stack.aml.add_job(run_id, "Completed", experiment_name=EXPERIMENT, tags=tags)
+        for version, tags in (models or {}).items():
+            side.stack.aml.add_model_version("sklearn_churn", version, tags=tags, properties={"type": "test"})
+
+
+LOOP_GUARD = {"amlrelay-started-by": "ado", "branch": "main"}
+
+
+def forged_values(kind: str, p: Pair) -> dict[str, Any]:
+    """The tests/test_forged_events.py forgeries of the values a route reads."""
+    topic = SAMPLE_WORKSPACE
+    if kind == "loop-guard tag dropped, branch chosen":  # AML: ADO started it; the event hides that
+        aml_world(p, jobs={"train_by_ado_1": LOOP_GUARD})
+        return forged_event("event-grid-schema", "run_completed", topic, runId="train_by_ado_1",
+                            experimentName=EXPERIMENT, runTags={"branch": "attacker"})
+    if kind == "branch tag added":  # AML's run has no tags: the route would fall back to main
+        aml_world(p, jobs={"train_completed_1": {}})
+        return forged_event("cloud-events-schema", "run_completed", topic, runId="train_completed_1",
+                            experimentName=EXPERIMENT, runTags={"branch": "attacker"})
+    if kind == "model tag changed":
+        aml_world(p, models={"7": MODEL_TAGS})
+        return forged_event("event-grid-schema", "model_registered", topic, modelName="sklearn_churn",
+                            modelVersion="7", modelTags={**MODEL_TAGS, "area": "attacker"})
+    if kind == "model tag dropped":  # the template falls back to 'general'
+        aml_world(p, models={"7": MODEL_TAGS})
+        return forged_event("event-grid-schema", "model_registered", topic, modelName="sklearn_churn",
+                            modelVersion="7", modelTags={"type": "regression"})
+    assert kind == "subject of another shape"
+    aml_world(p, jobs={"train_completed_1": {}})
+    raw = forged_event("event-grid-schema", "run_completed", topic, runId="train_completed_1",
+                       experimentName=EXPERIMENT, runTags={})
+    raw["subject"] = "runs/train_completed_1"
+    return raw
+
+
+VALUE_FORGERIES = ["loop-guard tag dropped, branch chosen", "branch tag added", "model tag changed",
+                   "model tag dropped", "subject of another shape"]
+
+
+@pytest.mark.parametrize("kind", VALUE_FORGERIES)
+def test_forged_values_are_rejected_like_the_runbook_with_no_ado_call(verified: Pair, kind: str) -> None:
+    runbook, logicapp = verified.deliver(body(forged_values(kind, verified)))
+    same(logicapp, runbook)
+    assert (logicapp.status, logicapp.requests, logicapp.rows) == (200, [], [])
+
+
+@pytest.mark.parametrize(("aml_tags", "event_tags", "branch"), [
+    ({"branch": "feature-x"}, {"branch": "feature-x"}, "refs/heads/feature-x"),
+    ({}, {}, "refs/heads/main"),
+])
+def test_values_aml_holds_are_triggered_like_the_runbook(verified: Pair, aml_tags: dict[str, str],
+                                                         event_tags: dict[str, str], branch: str) -> None:
+    aml_world(verified, jobs={"train_completed_1": aml_tags})
+    raw = forged_event("event-grid-schema", "run_completed", SAMPLE_WORKSPACE, runId="train_completed_1",
+                       experimentName=EXPERIMENT, runTags=event_tags)
+    runbook, logicapp = verified.deliver(body(raw))
+    same(logicapp, runbook)
+    assert (logicapp.status, len(logicapp.requests)) == (200, 1)
+    assert branch in json.dumps(logicapp.requests[0])
+
+
+def test_a_tag_key_aml_spells_otherwise_than_the_event_is_refused_by_the_workflow_only(verified: Pair) -> None:
+    """The known difference (README): the runbook looks AML's tag keys up in any case, the workflow as the
+    route spells them or lower-cased, so an event whose key casing differs from AML's is confirmed by the
+    runbook but refused by the workflow: stricter, never a run the runbook would not start."""
+    aml_world(verified, jobs={"train_completed_1": {"BRANCH": "feature-x"}})
+    raw = forged_event("event-grid-schema", "run_completed", SAMPLE_WORKSPACE, runId="train_completed_1",
+                       experimentName=EXPERIMENT, runTags={"branch": "feature-x"})
+    runbook, logicapp = verified.deliver(body(raw))
+    assert (len(runbook.requests), runbook.status) == (1, 200)
+    assert (logicapp.requests, logicapp.rows, logicapp.status) == ([], [], 200)
+
+
+def test_a_forged_value_on_a_job_not_yet_in_the_claimed_status_fails_first(verified: Pair) -> None:
+    """verify.judge_job before judge_values: AML behind the claim is 'not yet' (500, Event Grid retries)."""
+    for side in (verified.runbook, verified.logicapp):
+        assert side.stack.aml is not None
+        side.stack.aml.add_job("train_running_1", "Running", experiment_name=EXPERIMENT, tags=LOOP_GUARD)
+    raw = forged_event("event-grid-schema", "run_completed", SAMPLE_WORKSPACE, runId="train_running_1",
+                       experimentName=EXPERIMENT, runTags={"branch": "attacker"})
+    runbook, logicapp = verified.deliver(body(raw))
+    same(logicapp, runbook)
+    assert (logicapp.status, logicapp.requests) == (500, [])
+
+
+def two_routes(tmp_path: Path) -> Path:
+    """Two routes take every RunCompleted; only the first reads a tag."""
+    path = tmp_path / "routes.json"
+    path.write_text(json.dumps({"version": 1, "routes": [
+        {"name": "by-branch", "events": ["RunCompleted"], "pipeline": {"project": "mlops", "id": 12,
+                                                                          "branch": "{{ runTags.branch | main }}"}},
+        {"name": "no-tags", "events": ["RunCompleted"], "pipeline": {"project": "mlops", "id": 13}}]}))
+    return path
+
+
+@pytest.mark.parametrize("held", [{"branch": "main"}, {"branch": "attacker"}])
+def test_one_matched_routes_forged_value_refuses_every_route_like_the_runbook(
+        azurite: str, table_name: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, held: dict[str, str]) -> None:
+    """The runbook checks the union of the matched routes' fields once per event, so a forged tag that one
+    route reads refuses the other route too (and a genuine one triggers both)."""
+    with pair(azurite, table_name, routes_path=two_routes(tmp_path), verify=True) as p:
+        for name, value in p.env.items():
+            monkeypatch.setenv(name, value)
+        aml_world(p, jobs={"train_completed_1": held})
+        raw = forged_event("event-grid-schema", "run_completed", SAMPLE_WORKSPACE, runId="train_completed_1",
+                           experimentName=EXPERIMENT, runTags={"branch": "attacker"})
+        runbook, logicapp = p.deliver(body(raw))
+        same(logicapp, runbook)
+        assert len(logicapp.requests) == (2 if held["branch"] == "attacker" else 0)
+
+
+def many_tag_routes(count: int) -> str:
+    filters = {f"runTags.guard-{i:03d}-{'x' * 40}": {"notIn": ["ado"]} for i in range(count)}
+    return json.dumps({"version": 1, "routes": [{"name": "guarded", "events": ["RunCompleted"], "filters": filters,
+                                                 "pipeline": {"project": "p", "id": 1}}]})
+
+
+def test_routes_whose_value_check_does_not_fit_one_expression_are_refused(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    generate(parse_routes(many_tag_routes(2)), verify=True)  # a few tags fit
+    routes = parse_routes(many_tag_routes(20))
+    with pytest.raises(RoutesError, match=r"over WDL's 8192-character limit .*routes reading tags or properties: "
+                                          r"guarded"):
+        generate(routes, verify=True)
+    generate(routes, verify=False)  # nothing is verified then, so nothing is cut short
+    path = tmp_path / "routes.json"
+    path.write_text(many_tag_routes(20))
+    assert main(["logicapp", "build", "--routes", str(path), "--output", str(tmp_path / "w.json")]) != 0
+    err = capsys.readouterr().err
+    assert "8192-character limit" in err
+    assert "--verify false" in err
+    assert not (tmp_path / "w.json").exists()

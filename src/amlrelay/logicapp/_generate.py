@@ -53,6 +53,8 @@ def generate(routes: Routes, *, auth: str = "managed-identity", throttle_retries
     if auth not in ("managed-identity", "pat"):
         raise ValueError("auth must be 'managed-identity' or 'pat'")
     _check_renderable(routes)
+    if verify:
+        _verify.check_fits(routes.routes, routes.source)
     per_route = {r.name: {"path": _path(r)} for r in routes.routes}
     params: dict[str, Any] = {
         "adoOrganizationUrl": {"type": "String", "metadata": {"description": "e.g. https://dev.azure.com/contoso"}},
@@ -92,7 +94,7 @@ def generate(routes: Routes, *, auth: str = "managed-identity", throttle_retries
             "actions": {"For_each_route": {
                 "type": "Foreach", "runAfter": {}, "operationOptions": "Sequential",
                 "foreach": "@" + f.matched_routes(routes.routes),
-                "actions": _verified(ctx.route_actions()) if verify else ctx.route_actions(),
+                "actions": _verified(ctx.route_actions(), routes.routes) if verify else ctx.route_actions(),
             }},
         }},
     }
@@ -145,7 +147,7 @@ def _safe_object(expr: str) -> str:
     return call("json", call("if", is_object, text, "'{}'"))
 
 
-def _verified(claim_graph: dict[str, Any]) -> dict[str, Any]:
+def _verified(claim_graph: dict[str, Any], routes: tuple[Route, ...]) -> dict[str, Any]:
     """Read the event's run or model version from AML first; only a confirmed event reaches the claim."""
     note = Builder.note_for
     return {
@@ -168,10 +170,11 @@ def _verified(claim_graph: dict[str, Any]) -> dict[str, Any]:
                                  "@{concat('not verified: AML has no such run or model, and the workspace could not "
                                  "be read (HTTP ', string(coalesce(outputs('Read_workspace')?['statusCode'], "
                                  "'nothing')), '): a wrong armUrl, or the workspace was deleted')}")}}},
-        "Confirmed": {"type": "If", "runAfter": {"Verify": ["Succeeded"]}, "expression": "@" + _verify.confirmed(),
+        "Confirmed": {"type": "If", "runAfter": {"Verify": ["Succeeded"]},
+                      "expression": "@" + _verify.confirmed(routes),
                       "actions": claim_graph,
                       "else": {"actions": {"Not_yet": {
-                          "type": "If", "runAfter": {}, "expression": "@" + call("not", _verify.refuted()),
+                          "type": "If", "runAfter": {}, "expression": "@" + _verify.not_yet(),
                           "actions": {"Note_not_yet": note({}, "AML does not show the event's status yet: tried "
                                                                "again later")}}}}},
     }

@@ -11,15 +11,31 @@ yet" (failed: Event Grid retries). After a 404 the workspace is read too, as ``v
 exists, AML has no such run or model version and the event is refuted (rejected); if it is not found or
 cannot be read, amlrelay is misconfigured (a wrong ``armUrl``, a deleted workspace) and the event fails
 rather than every event being refused for ever. Other failures (403, 429/5xx after the GET's default retry
-policy — a read is safe to repeat — or no answer) fail the event. The subject, when it has the documented
-shape, must name what ``data`` names.
+policy — a read is safe to repeat — or no answer) fail the event. The subject must have the documented shape
+for its event type and name what ``data`` names (``verify._decide._subject_shape`` and ``_subject_mismatch``).
+
+Tag and property values (``verify.judge_values``): every ``runTags.*`` / ``runProperties.*`` (run and drift
+events) or ``modelTags.*`` / ``modelProperties.*`` (ModelRegistered) field that a *matched* route's filters
+or templates read (``verify.fields_read``, from the same parsed routes) must equal the job's / model
+version's ``properties.tags`` / ``properties.properties``, "absent" included; judged only once the status
+confirms the event, as the runbook does (a job behind the claim fails the event first). Folded into the
+``Confirmed`` expression (no extra action); a routes file whose check would not fit WDL's 8,192 characters
+is refused by :func:`check_fits` rather than verified less.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from ..errors import RoutesError
 from ..models import DATASET_DRIFT_DETECTED, MODEL_DEPLOYED, MODEL_REGISTERED, RUN_COMPLETED, RUN_STATUS_CHANGED
+from ..routes import Route
+from ..verify import fields_read
 from . import _fields as f
 from ._fields import call, q
+from ._wdl import MAX_EXPRESSION
+
+_MAPS = {"runtags": "tags", "runproperties": "properties", "modeltags": "tags", "modelproperties": "properties"}
 
 API_VERSION = "2025-09-01"
 FINAL = ("completed", "failed", "canceled")
@@ -75,21 +91,65 @@ def _final(status: str) -> str:
     return call("contains", call("createArray", *(q(s) for s in FINAL)), status)
 
 
-def _subject_mismatch() -> str:
+def _subject_wrong() -> str:
+    """``verify._decide``'s subject rules: the documented shape for the event type (``_subject_shape``)
+    naming what ``data`` names (``_subject_mismatch``). Together: the subject is exactly the one built from
+    ``data`` and splits at '/' into as many parts as the shape has (so no part holds a '/'; the parts are
+    non-empty because validity requires those data fields), the model version holds no ':', and a drift
+    subject is ``datadrift[s]/*/run[s]/*``."""
     subject = f.field("subject")
     parts = call("split", subject, "'/'")
-    run = call("and", call("equals", call("length", parts), "4"), call("equals", f"{parts}[0]", "'experiments'"),
-               call("equals", f"{parts}?[2]", "'runs'"),
-               call("not", call("equals", subject, call("concat", "'experiments/'", _s(f.field("experimentId")),
-                                                        "'/runs/'", _s(f.field("runId"))))))
-    model = call("and", call("equals", call("length", parts), "2"), call("equals", f"{parts}[0]", "'models'"),
-                 call("contains", subject, "':'"),
-                 call("not", call("equals", subject, call("concat", "'models/'", _s(f.field("modelName")), "':'",
-                                                          _s(f.field("modelVersion"))))))
-    service = call("and", call("equals", call("length", parts), "2"), call("equals", f"{parts}[0]", "'endpoints'"),
-                   call("not", call("equals", subject, call("concat", "'endpoints/'", _s(f.field("serviceName"))))))
-    return call("or", call("and", is_run(), run), call("and", f.is_type(MODEL_REGISTERED), model),
-                call("and", f.is_type(MODEL_DEPLOYED), service))
+
+    def built(count: int, *pieces: str) -> str:
+        return call("and", call("equals", call("length", parts), str(count)),
+                    call("equals", subject, call("concat", *pieces)))
+
+    version = _s(f.field("modelVersion"))
+    drift = call("and", call("equals", call("length", parts), "4"),
+                 call("contains", "createArray('datadrift', 'datadrifts')", f"{parts}[0]"),
+                 call("contains", "createArray('run', 'runs')", f"{parts}?[2]"))
+    shaped = call("if", is_run(), built(4, "'experiments/'", _s(f.field("experimentId")), "'/runs/'",
+                                        _s(f.field("runId"))),
+                  call("if", f.is_type(MODEL_REGISTERED),
+                       call("and", call("not", call("contains", version, "':'")),
+                            built(2, "'models/'", _s(f.field("modelName")), "':'", version)),
+                       call("if", f.is_type(MODEL_DEPLOYED), built(2, "'endpoints/'", _s(f.field("serviceName"))),
+                            drift)))
+    return call("not", shaped)
+
+
+def _held(name: str) -> str:
+    """AML's value for a ``runTags.k``-like field: ``properties.tags|properties``, key as written or
+    lower-cased (the runbook looks keys up in any case)."""
+    head, _, key = name.partition(".")
+    maps = f"{_B}?['properties']?[{q(_MAPS[head.lower()])}]"
+    keys = list(dict.fromkeys([key, key.lower()]))
+    return call("coalesce", *(f"{maps}?[{q(k)}]" for k in keys)) if len(keys) > 1 else f"{maps}?[{q(key)}]"
+
+
+def _same(names: Sequence[str]) -> str:
+    """The event's values of ``names`` are AML's (as JSON arrays: null, "absent", differs from any string)."""
+    return call("equals", call("string", call("createArray", *(f.field(n) for n in names))),
+                call("string", call("createArray", *(_held(n) for n in names))))
+
+
+def values_ok(routes: Sequence[Route]) -> str:
+    """``verify.judge_values`` for the fields the *matched* routes read: each route that reads tags or
+    properties contributes ``not matched, or its values are AML's`` (the runbook checks the union of the
+    matched routes' fields for every route of the event, so one route's forged value refuses them all)."""
+    parts: list[str] = []
+    for route in routes:
+        names = fields_read([route])
+        job = [n for n in names if n.lower().startswith(("runtags.", "runproperties."))]
+        model = [n for n in names if n.lower().startswith(("modeltags.", "modelproperties."))]
+        checks = []
+        if job:
+            checks.append(call("or", call("not", call("or", is_run(), f.is_type(DATASET_DRIFT_DETECTED))), _same(job)))
+        if model:
+            checks.append(call("or", call("not", f.is_type(MODEL_REGISTERED)), _same(model)))
+        if checks:
+            parts.append(call("or", call("not", f.route_matches(route)), f.all_of(checks)))
+    return f.all_of(parts)
 
 
 def refuted() -> str:
@@ -103,11 +163,35 @@ def refuted() -> str:
                                                                                       claimed())))
     run = call("and", is_run(), call("or", unknown_claim, experiment, ended_otherwise))
     drift_without_run = call("and", f.is_type(DATASET_DRIFT_DETECTED), call("not", f.nonempty(f.field("runId"))))
-    return call("or", _subject_mismatch(), elsewhere, run, drift_without_run)
+    return call("or", _subject_wrong(), elsewhere, run, drift_without_run)
 
 
-def confirmed() -> str:
-    """AML confirms the event: the claim may proceed."""
+def _status_ok() -> str:
     run_ok = call("and", call("not", call("less", _rank(current()), "0")),
                   call("not", call("less", _rank(current()), _rank(claimed()))))
-    return call("and", call("not", refuted()), call("or", call("not", is_run()), run_ok))
+    return call("or", call("not", is_run()), run_ok)
+
+
+def confirmed(routes: Sequence[Route] = ()) -> str:
+    """AML confirms the event and every tag/property value the matched routes read: the claim may proceed."""
+    return call("and", call("not", refuted()), _status_ok(), values_ok(routes))
+
+
+def not_yet() -> str:
+    """Not refuted, but AML does not show the claimed status yet: failed (Event Grid retries). A confirmed
+    status with a value AML does not hold is refuted (``verify.judge_values`` runs after ``judge_job``)."""
+    return call("and", call("not", refuted()), call("not", _status_ok()))
+
+
+def check_fits(routes: Sequence[Route], source: object = "routes") -> None:
+    """Refuse routes whose verification would not fit one WDL expression, naming the routes that read
+    tags or properties: verifying fewer values than the runbook would let a forger choose them."""
+    size = len(confirmed(routes)) + 1
+    if size > MAX_EXPRESSION:
+        readers = [r.name for r in routes if any(n.lower().split(".")[0] in _MAPS for n in fields_read([r]))]
+        raise RoutesError(
+            f"{source}: the Logic App's verification of the tag/property values that routes read would be "
+            f"{size} characters, over WDL's {MAX_EXPRESSION}-character limit for one expression (routes reading "
+            f"tags or properties: {', '.join(readers)})",
+            hint="Read fewer runTags/runProperties/modelTags/modelProperties fields in those routes (filters "
+                 "and templates), use the runbook handler, or build with --verify false (no AML verification).")
