@@ -65,8 +65,11 @@ def test_a_route_without_the_identity_cannot_be_reconciled_and_says_what_to_add(
         find_started_run(reader(ado), request(route="vague"), since=datetime.now(timezone.utc))
     assert caught.value.message == ("Route 'vague' does not send the values that identify this AML outcome, so "
                                     "amlrelay cannot tell whether an earlier attempt already started its run.")
-    assert "'{{ modelName }}' and '{{ modelVersion }}'" in (caught.value.hint or "")
-    assert "amlrelay check-routes" in (caught.value.hint or "")
+    assert caught.value.hint == (
+        "Add variables or template parameters with the outcome's identity ('{{ runId }}'; '{{ modelName }}' and "
+        "'{{ modelVersion }}'; '{{ serviceName }}' and '{{ modelIds }}'; '{{ dataDriftId }}' and "
+        "'{{ runId | none }}') that are not isSecret (ADO never returns secret values), see `amlrelay "
+        "check-routes`; until then, check the pipeline's runs and replay by hand if none was started.")
     assert ado.requests == []  # it does not even look
 
 
@@ -132,3 +135,33 @@ def test_a_run_without_a_readable_creation_time_is_examined(ado: AdoServer) -> N
 
     seed(ado, "20", ado.now() - timedelta(days=30))
     assert find_started_run(Undated(), request("20"), since=datetime.now(timezone.utc)) is not None
+
+
+def test_a_run_created_exactly_at_the_window_start_is_examined(ado: AdoServer) -> None:
+    created = ado.now().replace(microsecond=123456)
+    seed(ado, "20", created)
+    assert find_started_run(reader(ado), request("20"), since=created + CLOCK_SKEW) is not None
+    assert find_started_run(reader(ado), request("20"),
+                            since=created + CLOCK_SKEW + timedelta(microseconds=1)) is None
+
+
+def test_variable_and_parameter_names_may_hold_dots(identity_server: IdentityServer,
+                                                    azure_env: dict[str, str]) -> None:
+    dotted = parse_routes(json.dumps({"version": 1, "routes": [{
+        "name": "dotted", "events": ["ModelRegistered"],
+        "pipeline": {"project": "mlops", "id": 61, "variables": {"aml.model.name": "{{ modelName }}"},
+                     "templateParameters": {"model.version": "{{ modelVersion }}"}}}]}))
+    pipeline = PipelineDef("dotted", variables_settable_at_queue_time=frozenset({"aml.model.name"}),
+                           template_parameters=frozenset({"model.version"}))
+    with AdoServer("contoso", pipelines={("mlops", 61): pipeline},
+                   bearer_tokens={identity_server.token_for(ADO_RESOURCE)}) as server:
+        [event] = parse_events([sample("event-grid-schema", "model_registered")])
+        assert isinstance(event, AmlEvent)
+        req = build_request(dotted.routes[0], event)
+        assert req.fingerprint == {"variables.aml.model.name": "sklearn_regression_model",
+                                   "templateParameters.model.version": "20"}
+        run = server.seed_run("mlops", 61, variables={"aml.model.name": "sklearn_regression_model"},
+                              template_parameters={"model.version": "20"})
+        found = find_started_run(reader(server), req, since=datetime.now(timezone.utc))
+        assert found is not None
+        assert found.id == run["id"]
