@@ -22,7 +22,7 @@ param namePrefix string
 @description('Optional. Tags applied to every resource.')
 param tags object = {}
 
-@description('Optional. Which handler receives the events: the Automation runbook (webhook) or a Consumption Logic App (workflow delivered by another issue).')
+@description('Optional. Which handler receives the events: the Automation runbook (webhook) or a Consumption Logic App generated from routes.json (logicapps/workflow*.json).')
 @allowed([
   'runbook'
   'logicapp'
