@@ -22,6 +22,15 @@ def test_precedence_parameters_then_automation_variables_then_environment() -> N
     assert settings.org_url == "https://dev.azure.com/from-param"
 
 
+def test_a_blank_parameter_or_variable_does_not_hide_the_next_source() -> None:
+    automation = {"AMLRELAY_ADO_ORGANIZATION": "  ", "AMLRELAY_AUTH": ""}
+    settings = resolve({"ado_organization": "", "routes": " "}, env={**BASE, "AMLRELAY_AUTH": "managed-identity"},
+                       automation=automation.get)
+    assert settings.ado_organization == "contoso"
+    assert settings.routes == "routes.json"
+    assert settings.auth == "managed-identity"
+
+
 def test_ado_server_and_sovereign_hosts_are_settings() -> None:
     settings = resolve({"ado_base_url": "https://ado.contoso.local/tfs/", "ado_organization": "DefaultCollection"},
                        env=BASE)

@@ -117,12 +117,12 @@ def resolve(params: Mapping[str, str | None], *, env: Mapping[str, str] | None =
     environ = os.environ if env is None else env
 
     def raw(name: str) -> str | None:
-        value = params.get(name)
+        # a blank value (an empty portal box, an empty variable) is "not set here": it must not hide the next
+        # source. Sources are asked lazily: each Automation variable read is a call to the sandbox.
+        value = _text(params.get(name))
         if value is None and automation is not None:
-            value = automation(env_name(name))
-        if value is None:
-            value = environ.get(env_name(name))
-        return value.strip() if isinstance(value, str) and value.strip() else None
+            value = _text(automation(env_name(name)))
+        return value if value is not None else _text(environ.get(env_name(name)))
 
     problems: list[str] = []
     values: dict[str, Any] = {}
@@ -160,6 +160,10 @@ def resolve(params: Mapping[str, str | None], *, env: Mapping[str, str] | None =
     if ledger_only:
         values = {"ado_organization": "", "routes": "", "allowed_workspaces": (), **values}
     return Settings(**values)
+
+
+def _text(value: str | None) -> str | None:
+    return value.strip() if isinstance(value, str) and value.strip() else None
 
 
 def _longest_attempt(values: dict[str, Any]) -> float:
