@@ -218,14 +218,9 @@ def test_what_each_event_type_reads() -> None:
 # --- against the stand-in ------------------------------------------------------------------------------------
 
 @pytest.fixture
-def credential(monkeypatch: pytest.MonkeyPatch, identity_server: IdentityServer) -> Any:
-    for name in CONFLICTING_ENV:
-        monkeypatch.delenv(name, raising=False)
-    for name, value in identity_server.env().items():
-        monkeypatch.setenv(name, value)
-    from azure.identity import ManagedIdentityCredential
-
-    return ManagedIdentityCredential()
+def credential(aml_credential: Any) -> Any:
+    """The real ManagedIdentityCredential against the identity stand-in (``tests.aml_waiting``)."""
+    return aml_credential
 
 
 @pytest.fixture
