@@ -39,6 +39,7 @@ def route(filters: dict[str, Any] | None = None, events: tuple[str, ...] = ("Dat
     ("notEndsWith", ["monitor"], False), ("notEndsWith", ["drift"], True),
     ("contains", ["DRIFT"], True), ("contains", ["model"], False), ("contains", ["x", "ftmo"], True),
     ("notContains", ["drift"], False), ("notContains", ["model", "run"], True),
+    ("in", ["x", "y"], False), ("notIn", ["x", "MyDriftMonitor"], False),  # the reason names every value
 ])
 def test_each_operator_ignores_case_and_any_value_may_match(operator: str, values: list[str], matches: bool) -> None:
     matched, reasons = select(route({"dataDriftName": {operator: values}}), drift())
@@ -116,3 +117,10 @@ def test_redaction_touches_only_secret_values() -> None:
         "templateParameters": {"t": "x"}}
     assert request.body["variables"]["B"]["value"] == "hush"  # the body itself is untouched
     assert PipelineRunRequest("r", "p", 1, None, {}).redacted_body() == {}
+
+
+def test_the_run_url_keeps_every_character_of_the_organization_url_but_trailing_slashes() -> None:
+    """Only the slashes that end an organization URL are dropped: a name ending in letters (here ``X``) stays."""
+    request = build_request(route().routes[0], drift())
+    for org in ("https://dev.azure.com/contosoX", "https://dev.azure.com/contosoX/", "https://dev.azure.com/contosoX//"):
+        assert request.url(org) == "https://dev.azure.com/contosoX/p/_apis/pipelines/1/runs"
