@@ -79,6 +79,14 @@ def test_escapes_are_undone_once() -> None:
     assert _unescape('\\"a\\\\\\"b\\" \\u00e9\\n\\r\\t\\b\\f\\/\\x') == '"a\\"b" é     /\\x'
     escaped = '{WebhookName:w,RequestBody:[{\\"k\\":\\"v \\\\\\"q\\\\\\"\\"}],RequestHeader:{}}'
     assert parse_webhook_argv([escaped]).body == [{"k": 'v "q"'}]
+    # every hex digit of a \u escape counts (\u20ac is the euro sign), and a \u without four hex digits is kept
+    assert _unescape("\\u20ac \\u12 \\uZZZZ") == "\u20ac \\u12 \\uZZZZ"
+
+
+def test_an_escaped_body_is_recognised_by_its_first_quote_whatever_the_header_holds() -> None:
+    """The body decides: a quoted header value (with an escaped quote in it) after an escaped body changes nothing."""
+    argv = ['{WebhookName:w,RequestBody:[{\\"k\\":\\"v\\"}],RequestHeader:{User-Agent:"a \\"b\\""}}']
+    assert parse_webhook_argv(argv).body == [{"k": "v"}]
 
 
 def test_brackets_inside_strings_do_not_count() -> None:
