@@ -103,3 +103,14 @@ def test_brackets_inside_strings_do_not_count() -> None:
 ])
 def test_what_looks_like_webhook_data(argv: list[str], webhook: bool) -> None:
     assert looks_like_webhook(argv) is webhook
+
+
+def test_an_escaped_single_event_object_is_unescaped_too() -> None:
+    """A single CloudEvents event is an object, not an array: its first escaped quote sits right after ``{``."""
+    assert parse_webhook_argv(['{WebhookName:w,RequestBody:{\\"k\\":\\"v\\"},RequestHeader:{}}']).body == {"k": "v"}
+
+
+def test_a_plain_body_keeps_its_own_escapes() -> None:
+    """Only an escaped body is unescaped: a plain one's ``\\\\`` and ``\\n`` are JSON escapes of its own values."""
+    body = parse_webhook_argv(['{WebhookName:w,RequestBody:[{"k":"C:\\\\data\\nnext"}],RequestHeader:{}}']).body
+    assert body == [{"k": "C:\\data\nnext"}]
