@@ -95,6 +95,7 @@ def test_brackets_inside_strings_do_not_count() -> None:
     assert _matching_end("[[]") is None
     assert _matching_end("") is None
     assert _matching_end("x[]") is None
+    assert _matching_end("X[]") is None  # only a bracket opens a body, whatever the letter
 
 
 @pytest.mark.parametrize(("argv", "webhook"), [
