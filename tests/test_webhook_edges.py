@@ -92,6 +92,7 @@ def test_an_escaped_body_is_recognised_by_its_first_quote_whatever_the_header_ho
 def test_brackets_inside_strings_do_not_count() -> None:
     assert _matching_end('[{"a":"]}"},"\\"]"] tail') == 18
     assert _matching_end("{}x") == 2
+    assert _matching_end('["",1] tail') == 6  # an empty first string opens and closes
     assert _matching_end("[[]") is None
     assert _matching_end("") is None
     assert _matching_end("x[]") is None
