@@ -70,18 +70,19 @@ def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         _check_reachable(conn, "the shared scripts/azurite instance")
         yield conn
         return
-    folder = tmp_path_factory.mktemp("azurite")
-    env = {
-        **os.environ,
-        "AMLRELAY_AZURITE_DIR": str(folder),
-        "AMLRELAY_AZURITE_BLOB_PORT": "auto",
-        "AMLRELAY_AZURITE_QUEUE_PORT": "auto",
-        "AMLRELAY_AZURITE_TABLE_PORT": "auto",
-        "AMLRELAY_AZURITE_IN_MEMORY": "1",
-    }
+    with _private_azurite(tmp_path_factory.mktemp("azurite"), "") as conn:
+        yield conn
+
+
+@contextlib.contextmanager
+def _private_azurite(folder: Path, label: str, **extra: str) -> Iterator[str]:
+    """A private, in-memory Azurite on free ports, started and purged by ``scripts/azurite``."""
+    env = {**os.environ, "AMLRELAY_AZURITE_DIR": str(folder), "AMLRELAY_AZURITE_IN_MEMORY": "1",
+           "AMLRELAY_AZURITE_BLOB_PORT": "auto", "AMLRELAY_AZURITE_QUEUE_PORT": "auto",
+           "AMLRELAY_AZURITE_TABLE_PORT": "auto", **extra}
     started = subprocess.run([str(SCRIPT), "start"], env=env, capture_output=True, text=True, check=False, timeout=900)
     if started.returncode != 0:
-        pytest.fail(f"scripts/azurite start failed:\n{started.stderr[-3000:]}", pytrace=False)
+        pytest.fail(f"scripts/azurite start{label} failed:\n{started.stderr[-3000:]}", pytrace=False)
     try:
         out = subprocess.run([str(SCRIPT), "env"], env=env, capture_output=True, text=True, check=True)
         yield _env_output_to_conn(out.stdout)
@@ -107,16 +108,7 @@ def azurite_oauth(tmp_path_factory: pytest.TempPathFactory, loopback_tls: TlsMat
     basic``: issuer, audience ``https://storage.azure.com``, lifetime), for the ledger's and dead-letter
     container's managed-identity path (``from_table_url`` with a token credential). Trust its certificate
     with ``loopback_tls.cert_file`` (``REQUESTS_CA_BUNDLE``)."""
-    folder = tmp_path_factory.mktemp("azurite-oauth")
-    env = {**os.environ, "AMLRELAY_AZURITE_DIR": str(folder), "AMLRELAY_AZURITE_IN_MEMORY": "1",
-           "AMLRELAY_AZURITE_BLOB_PORT": "auto", "AMLRELAY_AZURITE_QUEUE_PORT": "auto",
-           "AMLRELAY_AZURITE_TABLE_PORT": "auto", "AMLRELAY_AZURITE_CERT": str(loopback_tls.cert_file),
-           "AMLRELAY_AZURITE_KEY": str(loopback_tls.key_file)}
-    started = subprocess.run([str(SCRIPT), "start"], env=env, capture_output=True, text=True, check=False, timeout=900)
-    if started.returncode != 0:
-        pytest.fail(f"scripts/azurite start (oauth) failed:\n{started.stderr[-3000:]}", pytrace=False)
-    try:
-        out = subprocess.run([str(SCRIPT), "env"], env=env, capture_output=True, text=True, check=True)
-        yield _env_output_to_conn(out.stdout)
-    finally:
-        subprocess.run([str(SCRIPT), "stop", "--purge"], env=env, capture_output=True, check=False, timeout=60)
+    with _private_azurite(tmp_path_factory.mktemp("azurite-oauth"), " (oauth)",
+                          AMLRELAY_AZURITE_CERT=str(loopback_tls.cert_file),
+                          AMLRELAY_AZURITE_KEY=str(loopback_tls.key_file)) as conn:
+        yield conn
