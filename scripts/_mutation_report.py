@@ -69,8 +69,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("modules", nargs="*")
     parser.add_argument("--target", type=float, default=90.0)
     parser.add_argument("--no-diffs", action="store_true")
+    parser.add_argument("--survivors", action="store_true", help="only print the survivors' names, one a line")
     ns = parser.parse_args(argv)
     equivalent = load_equivalent()
+    if ns.survivors:
+        for module in ns.modules:
+            for name, code in sorted(module_results(module).items()):
+                if name not in equivalent and code not in KILLED:
+                    print(name)
+        return 0
     rows: list[tuple[str, int, int, int, int, float | None]] = []
     problems: list[str] = []
     for module in ns.modules:
