@@ -214,7 +214,7 @@ def _tag_pipeline_root(relay_argv: list[str], env: Mapping[str, str], summary: M
     failure is a warning (the ledger only owes the training run's tag)."""
     import dataclasses
 
-    from ..runbook import parse_manual
+    from .._manual import parse_manual
     from ..settings import Settings, resolve
     from ._tagback import TagTarget, tag_back_from_settings
 
