@@ -17,6 +17,7 @@ from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+MUTANTS = ROOT / "mutants"  # mutmut's working copy; main() takes another one (tests use a temp dir)
 EQUIVALENT = ROOT / "tests" / "mutation" / "equivalent.txt"
 KILLED = {1, 3, 36, 37, -24, 24, 152, 255}  # test failed, pytest error, timeouts, caught by the type checker
 SURVIVED = {0}
@@ -39,21 +40,22 @@ def load_equivalent(path: Path = EQUIVALENT) -> dict[str, str]:
     return out
 
 
-def module_results(module: str) -> dict[str, int | None]:
-    meta = ROOT / "mutants" / "src" / "amlrelay" / f"{module.replace('.', '/')}.py.meta"
+def module_results(module: str, mutants: Path = MUTANTS) -> dict[str, int | None]:
+    meta = mutants / "src" / "amlrelay" / f"{module.replace('.', '/')}.py.meta"
     if not meta.exists():
         return {}
     data: dict[str, dict[str, int | None]] = json.loads(meta.read_text(encoding="utf-8"))
     return data["exit_code_by_key"]
 
 
-def diff_of(name: str, module: str) -> str:
+def diff_of(name: str, module: str, root: Path = ROOT) -> str:
+    """mutmut reads the mutant from ``root``/mutants, relative to the working directory."""
     try:
         from mutmut.mutation.diff_apply import get_diff_for_mutant
     except ImportError:
         return "    (install mutmut to see the diff)"
     cwd = Path.cwd()
-    os.chdir(ROOT)
+    os.chdir(root)
     try:
         text = get_diff_for_mutant(name, path=f"src/amlrelay/{module.replace('.', '/')}.py")
     except Exception as exc:  # a diff is a convenience; the name is what matters
@@ -64,24 +66,25 @@ def diff_of(name: str, module: str) -> str:
     return "\n".join(f"    {line}" for line in changed)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, mutants: Path = MUTANTS, equivalent_file: Path = EQUIVALENT) -> int:
+    """The CLI; ``mutants`` and ``equivalent_file`` let a test point it at a made-up run."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else "")
     parser.add_argument("modules", nargs="*")
     parser.add_argument("--target", type=float, default=90.0)
     parser.add_argument("--no-diffs", action="store_true")
     parser.add_argument("--survivors", action="store_true", help="only print the survivors' names, one a line")
     ns = parser.parse_args(argv)
-    equivalent = load_equivalent()
+    equivalent = load_equivalent(equivalent_file)
     if ns.survivors:
         for module in ns.modules:
-            for name, code in sorted(module_results(module).items()):
+            for name, code in sorted(module_results(module, mutants).items()):
                 if name not in equivalent and code not in KILLED:
                     print(name)
         return 0
     rows: list[tuple[str, int, int, int, int, float | None]] = []
     problems: list[str] = []
     for module in ns.modules:
-        results = module_results(module)
+        results = module_results(module, mutants)
         prefix = f"amlrelay.{module}."
         if not results:
             rows.append((module, 0, 0, 0, 0, None))
@@ -92,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
             if name in equivalent:
                 counts["equivalent"] += 1
                 if code in KILLED:
-                    problems.append(f"{name}: listed as equivalent but killed now; remove it from {EQUIVALENT.name}")
+                    problems.append(f"{name}: listed as equivalent but killed now; remove it from "
+                                    f"{equivalent_file.name}")
             elif code in KILLED:
                 counts["killed"] += 1
             else:
@@ -111,15 +115,15 @@ def main(argv: list[str] | None = None) -> int:
                 state = "no test reaches it" if code in NO_TESTS else "not run" if code is None else "survived"
                 print(f"  {name} [{state}]")
                 if not ns.no_diffs:
-                    print(diff_of(name, module))
+                    print(diff_of(name, module, mutants.parent))
     print()
     print(f"{'module':<12} {'mutants':>7} {'killed':>7} {'equiv.':>7} {'survived':>8} {'kill rate':>9}")
     failing = False
-    for module, total, killed, equiv, survived, rate in rows:
-        shown = "not run" if rate is None else f"{rate:.1f} %"
-        failing |= rate is None or rate < ns.target
+    for module, total, killed, equiv, survived, score in rows:
+        shown = "not run" if score is None else f"{score:.1f} %"
+        failing |= score is None or score < ns.target
         print(f"{module:<12} {total:>7} {killed:>7} {equiv:>7} {survived:>8} {shown:>9}")
-    timed = [(m, (ROOT / "mutants" / f"time-{m}.txt")) for m, *_ in rows]
+    timed = [(m, (mutants / f"time-{m}.txt")) for m, *_ in rows]
     times = [f"{m} {t.read_text().strip()}" for m, t in timed if t.exists()]
     if times:
         print("\nlast run time per module: " + ", ".join(times))
