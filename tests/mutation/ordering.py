@@ -8,18 +8,23 @@ of recorded test time, 0 = none) caps what a survivor costs. A budget can only t
 never the other way round, so the figures it gives are a floor; `scripts/mutation --recheck` re-runs the
 survivors with no budget before anyone writes a test or an equivalence for them.
 
-Outside a mutant's run (the normal suite, mutmut's stats and clean runs) this plugin does nothing.
+While mutmut collects its stats, it also hands the calls that child processes made (the runbook tests
+start the package as Automation does; see tests/mutation/subprocess_hits.py) to the test that started them.
+
+Outside mutmut (the normal suite) this plugin does nothing.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import tempfile
 from functools import cache
 from pathlib import Path
 
 import pytest
 
+HITS_ENV = "MUTMUT_AMLRELAY_HITS"  # not AMLRELAY_*: the runbook tests keep those out of a child's environment
 UNKNOWN_DURATION = 1.0  # a test mutmut has not timed yet: assume it is slow-ish, not free
 
 
@@ -70,3 +75,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if drop:
         config.hook.pytest_deselected(items=[items[i] for i in drop])
     items[:] = [items[i] for i in keep]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if _mutant_under_test() == "stats" and not os.environ.get(HITS_ENV):
+        os.environ[HITS_ENV] = tempfile.mkdtemp(prefix="amlrelay-mutmut-hits-")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_teardown(item: pytest.Item) -> None:
+    """Before mutmut's own teardown hook files this test's calls, add those its child processes made."""
+    folder = os.environ.get(HITS_ENV, "")
+    if _mutant_under_test() != "stats" or not folder:
+        return
+    from mutmut.state import state  # type: ignore[import-not-found,unused-ignore]  # under mutmut only
+
+    for path in Path(folder).glob("*.hits"):
+        state()._stats.update(path.read_text(encoding="utf-8").split())
+        path.unlink()
