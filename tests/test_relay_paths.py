@@ -169,3 +169,35 @@ def test_a_ledger_that_cannot_record_the_failure_says_so(stack: Stack, azurite: 
     assert outcome.outcome == "failed"
     assert (outcome.reason or "").startswith("ADO rejected the request")
     assert (outcome.reason or "").endswith("(and the ledger could not record the failure: the table went away)")
+
+
+LATER = ("The next delivery or `amlrelay replay --failed` (scheduled in Automation) looks for the run again and "
+         "sends only if it is not there.")
+
+
+def test_an_answer_that_leaves_the_run_open_says_what_happens_next(stack: Stack) -> None:
+    """After a gateway error nothing is sent again at once; the reason keeps ADO's answer, says why nothing
+    was resent (no run yet, or the look itself failed) and what will look again — an operator's next step."""
+    r = relay(stack)
+    where = f"pipeline 70 in project 'ml ops' of {stack.ado.org_url}"
+    stack.ado.fail(502)
+    [open_, _] = r.handle(parse_events([registered(modelTags={"area": "diabetes"}, ModelVersion="31")]))
+    assert open_.outcome == "failed"
+    assert open_.reason == (f"{AMBIGUOUS}ADO failed {where} (HTTP 502). No run found yet, but ADO may still be "
+                            f"creating it, so nothing is sent again now. {LATER}")
+    stack.ado.fail(502)
+    stack.ado.fail(404, method="GET")  # ... and the pipeline's runs cannot be read either
+    [blind, _] = r.handle(parse_events([registered(modelTags={"area": "diabetes"}, ModelVersion="32")]))
+    assert blind.outcome == "failed"
+    assert blind.reason == (f"{AMBIGUOUS}ADO failed {where} (HTTP 502). Looking for the run failed too: ADO found "
+                            f"no the runs of pipeline 70 in project 'ml ops' of {stack.ado.org_url} (HTTP 404). "
+                            f"Scripted 404 from the ADO stand-in. {LATER}")
+    assert len(stack.ado.run_requests) == 2  # one POST each, no resend
+
+
+def test_an_item_without_an_event_type_is_shown_as_a_question_mark(stack: Stack) -> None:
+    """The output line and table always name the event's kind; an item that has none says so with '?'."""
+    r = relay(stack, AMLRELAY_DRY_RUN="true")
+    [junk, typeless] = r.handle(parse_events(["not an event", {"id": "y", "subject": "s"}]))
+    assert (junk.event_type, junk.outcome, typeless.event_type, typeless.event_id) == ("?", "rejected", "?", "y")
+    assert "got a string" in (junk.reason or "")
