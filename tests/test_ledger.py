@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
+import os
+import re
 import socket
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any, cast
 
 import pytest
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError
 from azure.data.tables import TableClient
 
+import amlrelay.ledger as ledger_module
 from amlrelay.errors import LedgerError
 from amlrelay.ledger import Claim, Ledger, LostClaimError, table_address
 
@@ -348,3 +352,270 @@ def test_row_keys_are_what_a_logic_app_computes_with_base64_and_replace() -> Non
     logic_app = base64.b64encode(key.encode()).decode().replace("/", "_").replace("+", "-")
     assert table_address(key) == ("outcomes", logic_app)
     assert table_address("é" * 1000)[1].startswith("sha256-")
+
+
+# ---- races decided by ETags, clocks, and what a holder is told ----------------------------------------
+
+class Interleaved:
+    """A real TableClient that lets another holder act just before one of this holder's calls reaches
+    Azurite: the interleavings that concurrent webhook jobs produce, made deterministic."""
+
+    def __init__(self, inner: TableClient, before: dict[str, Callable[[], object]], *, every: bool = False) -> None:
+        self._inner = inner
+        self._before = dict(before)
+        self._every = every
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._inner, name)
+        hook = self._before.get(name)
+        if hook is None:
+            return attr
+
+        def call(*args: Any, **kw: Any) -> Any:
+            if not self._every:
+                del self._before[name]
+            hook()
+            return attr(*args, **kw)
+
+        return call
+
+
+def interleaved(ledger: Ledger, every: bool = False, **before: Callable[[], object]) -> Ledger:
+    return Ledger(cast(Any, Interleaved(ledger._table, before, every=every)), holder=ledger.holder,
+                  stale_after=ledger.stale_after)
+
+
+def etag_of(ledger: Ledger, key: str) -> str:
+    return str(ledger._table.get_entity(*table_address(key)).metadata["etag"])
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Callable[[timedelta], datetime]:
+    """Every holder's clock, set by the test: ``clock(offset)`` makes "now" T0 + offset."""
+    now = [T0]
+    monkeypatch.setattr(ledger_module, "_now", lambda: now[0])
+
+    def move(offset: timedelta) -> datetime:
+        now[0] = T0 + offset
+        return now[0]
+
+    return move
+
+
+T0 = datetime(2026, 11, 30, 12, 0, 0, tzinfo=timezone.utc)
+
+
+@pytest.mark.parametrize("winner_finishes", [True, False], ids=["winner-triggered", "winner-holding"])
+def test_of_two_takers_of_a_failed_record_only_the_first_writer_wins(make: Any, winner_finishes: bool) -> None:
+    """B read the failed record, but A took it over before B's takeover reached the table: B's write carries
+    the old ETag, is refused (412), and B reports what A did instead of overwriting A's claim."""
+    a, b = make("job-a"), make("job-b")
+    a.mark_failed(claim(a), "ADO 503")
+    won: list[Claim] = []
+
+    def a_takes_over() -> None:
+        won.append(claim(a, event_id="e-a"))
+        if winner_finishes:
+            a.mark_triggered(won[0], run_id=77, run_url=None)
+
+    lost = claim(interleaved(b, update_entity=a_takes_over), event_id="e-b")
+    assert won[0].status == "retry"
+    assert lost.status == ("duplicate" if winner_finishes else "busy")
+    assert not lost.owned
+    assert lost.record.holder == "job-a"
+    assert lost.record.ado_run_id == (77 if winner_finishes else None)
+    assert lost.etag == etag_of(a, KEY)  # the row as it is now
+    stored = a.get(KEY)
+    assert stored is not None
+    assert (stored.holder, stored.event_id, stored.attempts) == ("job-a", "e-a", 2)
+
+
+def test_a_record_purged_just_before_a_takeover_is_claimed_afresh(make: Any) -> None:
+    a, b = make("job-a"), make("job-b")
+    a.mark_failed(claim(a), "ADO 503")
+    got = claim(interleaved(b, update_entity=lambda: a._table.delete_entity(*table_address(KEY))))
+    assert (got.status, got.record.attempts, got.previous) == ("claimed", 1, None)
+    assert b.mark_triggered(got, run_id=5, run_url=None).ado_run_id == 5
+
+
+def test_a_record_purged_between_the_insert_and_the_read_is_claimed_afresh(make: Any) -> None:
+    a, b = make("job-a"), make("job-b")
+    a.mark_triggered(claim(a), run_id=1, run_url=None)
+    got = claim(interleaved(b, get_entity=lambda: a._table.delete_entity(*table_address(KEY))))
+    assert (got.status, got.record.holder) == ("claimed", "job-b")
+    stored = a.get(KEY)
+    assert stored is not None
+    assert (stored.state, stored.holder) == ("claimed", "job-b")
+
+
+def test_under_endless_churn_a_claim_gives_up_and_reports_the_key_as_someone_elses(make: Any) -> None:
+    """Every takeover B tries is beaten by C retrying and failing again: after its bounded tries B owns
+    nothing, says busy, and shows C's record; it never blocks or overwrites."""
+    b, c = make("job-b"), make("job-c")
+    c.mark_failed(claim(c), "ADO 503")
+    rounds: list[int] = []
+
+    def c_retries_and_fails() -> None:
+        rounds.append(1)
+        c.mark_failed(claim(c), f"ADO 503 #{len(rounds)}")
+
+    got = claim(interleaved(b, every=True, update_entity=c_retries_and_fails))
+    assert len(rounds) == 8
+    assert got.status == "busy"
+    assert not got.owned
+    assert (got.record.holder, got.record.state, got.record.reason) == ("job-c", "failed", "ADO 503 #8")
+    assert got.record.attempts == 9
+    assert got.etag == etag_of(c, KEY)
+    with pytest.raises(LedgerError, match="on a 'busy' claim"):
+        b.mark_triggered(got, run_id=1, run_url=None)
+
+
+def test_a_claim_is_stale_exactly_stale_after_its_last_write(make: Any, clock: Callable[[timedelta], datetime]) -> None:
+    a, b = make("job-a"), make("job-b", stale_after=timedelta(minutes=15))
+    clock(timedelta(0))
+    held = claim(a)
+    clock(timedelta(minutes=15) - timedelta(microseconds=1))
+    busy = claim(b)
+    assert busy.status == "busy"
+    assert busy.etag == etag_of(a, KEY)
+    assert busy.record.claimed_at == T0
+    clock(timedelta(minutes=15))
+    taken = claim(b)
+    assert (taken.status, taken.record.attempts) == ("retry", 2)
+    assert taken.previous is not None
+    assert taken.previous.claim_id == held.record.claim_id
+    assert taken.record.claimed_at == T0 + timedelta(minutes=15)
+
+
+def test_renew_moves_the_claim_forward_by_the_holders_clock(make: Any, clock: Callable[[timedelta], datetime]) -> None:
+    a, b = make("job-a"), make("job-b", stale_after=timedelta(minutes=15))
+    clock(timedelta(0))
+    held = claim(a)
+    clock(timedelta(minutes=10))
+    renewed = a.renew(held)
+    assert renewed.record.updated_at == T0 + timedelta(minutes=10)
+    assert renewed.record.claimed_at == T0
+    stored = a.get(KEY)
+    assert stored is not None
+    assert stored.updated_at == T0 + timedelta(minutes=10)
+    clock(timedelta(minutes=24))
+    assert claim(b).status == "busy"  # 14 min after the heartbeat, 24 after the claim
+    assert a.mark_triggered(renewed, run_id=3, run_url=None).ado_run_id == 3  # the renewed ETag is current
+    with pytest.raises(LostClaimError):  # the pre-renewal ETag is not
+        a.mark_failed(held, "late")
+
+
+def test_stale_claims_lists_only_claims_silent_for_stale_after_oldest_first(
+        make: Any, clock: Callable[[timedelta], datetime]) -> None:
+    a = make("job-a", stale_after=timedelta(minutes=15))
+    clock(timedelta(0))
+    claim(a, key="b-first")
+    clock(timedelta(minutes=1))
+    claim(a, key="a-second")  # sorts before b-first in the table
+    a.mark_triggered(claim(a, key="c-done"), run_id=1, run_url=None)
+    clock(timedelta(minutes=10))
+    claim(a, key="d-fresh")
+    clock(timedelta(minutes=16, seconds=1))
+    assert [r.key for r in a.stale_claims()] == ["b-first", "a-second"]
+    assert [r.updated_at for r in a.stale_claims()] == [T0, T0 + timedelta(minutes=1)]
+
+
+def test_a_holder_that_lost_its_claim_is_told_why_and_what_to_do(make: Any) -> None:
+    long_key = f"{WS}|model|" + "m" * 250
+    a, b = make("job-a"), make("job-b", stale_after=timedelta(0))
+    old = claim(a, key=long_key)
+    taken = claim(b, key=long_key)
+    assert taken.status == "retry"
+    hint = ("If this holder started an ADO run, it may duplicate the current holder's: report it, do not retry. "
+            "A holder that can take longer than stale_after must renew() its claim.")
+    calls: list[tuple[str, Callable[[], object]]] = [
+                        ("record the ADO run", lambda: a.mark_triggered(old, run_id=1, run_url=None)),
+                         ("record a failure", lambda: a.mark_failed(old, "x")),
+                         ("renew a claim", lambda: a.renew(old))]
+    for action, call in calls:
+        with pytest.raises(LostClaimError) as lost:
+            call()
+        assert lost.value.message == (
+            f"Lost the ledger claim on {long_key[:200]!r}: it was taken over by holder job-b (state claimed, "
+            f"attempt 2) before this holder could {action}.")
+        assert lost.value.hint == hint
+        assert lost.value.current is not None
+        assert lost.value.current.claim_id == taken.record.claim_id
+
+    b.mark_triggered(taken, run_id=2, run_url=None)
+    with pytest.raises(LostClaimError) as recorded:
+        b.mark_failed(taken, "a second, different result on the same claim")
+    assert recorded.value.message == (f"Lost the ledger claim on {long_key[:200]!r}: this claim was already recorded "
+                                      "as triggered before this holder could record a failure.")
+    assert recorded.value.hint == hint
+
+    held = claim(a, key="purged")
+    a._table.delete_entity(*table_address("purged"))
+    with pytest.raises(LostClaimError) as deleted:
+        a.mark_triggered(held, run_id=3, run_url=None)
+    assert deleted.value.message == ("Lost the ledger claim on 'purged': its record was deleted before this holder "
+                                     "could record the ADO run.")
+    assert deleted.value.current is None
+    assert a.get("purged") is None  # nothing recreated behind the purge
+
+
+def test_only_an_owned_claim_can_be_written(make: Any) -> None:
+    a, b = make("job-a"), make("job-b")
+    held = claim(a)
+    busy = claim(b)
+    refusals: list[tuple[str, Callable[[], object]]] = [
+                        ("record the ADO run", lambda: b.mark_triggered(busy, run_id=1, run_url=None)),
+                         ("record a failure", lambda: b.mark_failed(busy, "x")),
+                         ("renew a claim", lambda: b.renew(busy))]
+    for action, call in refusals:
+        with pytest.raises(LedgerError) as refused:
+            call()
+        assert not isinstance(refused.value, LostClaimError)
+        assert refused.value.message == f"Cannot {action} on a 'busy' claim."
+        assert refused.value.hint == "Only claimed/retry own the key."
+    a.mark_triggered(held, run_id=1, run_url=None)
+    duplicate = claim(b)
+    with pytest.raises(LedgerError, match=r"^Cannot record a failure on a 'duplicate' claim\. Only"):
+        b.mark_failed(duplicate, "x")
+    assert duplicate.etag == etag_of(a, KEY)
+
+
+def test_a_takeover_is_logged_with_state_key_holder_and_attempt(make: Any, caplog: pytest.LogCaptureFixture) -> None:
+    long_key = "k" * 300
+    a, b = make("job-a"), make("job-b", stale_after=timedelta(0))
+    claim(a, key=long_key)
+    with caplog.at_level(logging.INFO, logger="amlrelay.ledger"):
+        claim(b, key=long_key)
+    logged = [r.getMessage() for r in caplog.records if r.name == "amlrelay.ledger"]
+    assert logged == [f"ledger: took over claimed key {'k' * 200} from holder job-a (attempt 2)"]
+
+
+def test_a_takeover_without_a_body_keeps_the_truncation_flag_of_the_body_it_keeps(make: Any) -> None:
+    a, b = make("job-a"), make("job-b")
+    huge = "y" * 200_000
+    a.mark_failed(claim(a, event_json=huge), "ADO 503")
+    taken = claim(b, event_json=None)
+    assert taken.record.event_json_truncated is True
+    assert taken.record.event_json == huge[:128_000]
+    stored = a.get(KEY)
+    assert stored is not None
+    assert stored.event_json_truncated is True
+    assert stored.event_json == huge[:128_000]
+
+
+def test_a_failure_without_a_reason_is_recorded_as_unknown(make: Any) -> None:
+    a = make("job-a")
+    assert a.mark_failed(claim(a), "").reason == "unknown"
+    stored = a.get(KEY)
+    assert stored is not None
+    assert (stored.state, stored.reason) == ("failed", "unknown")
+
+
+def test_default_holders_are_readable_and_unique_per_ledger(azurite: str, table_name: str) -> None:
+    first = Ledger.from_connection_string(azurite, table=table_name)
+    second = Ledger.from_connection_string(azurite, table=table_name)
+    pattern = rf"{re.escape(socket.gethostname())}/{os.getpid()}/[0-9a-f]{{8}}"
+    assert re.fullmatch(pattern, first.holder)
+    assert re.fullmatch(pattern, second.holder)
+    assert first.holder != second.holder
+    assert first.stale_after == timedelta(minutes=15)
