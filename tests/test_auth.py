@@ -164,3 +164,64 @@ def test_an_empty_or_unreadable_pat_is_explained(keyvault_server: KeyVaultServer
     with pytest.raises(AuthError) as missing:
         KeyVaultPatCredential(keyvault_server.url, "nope", managed_identity(None)).authorization()
     assert missing.value.hint == "Store the ADO PAT there (az keyvault secret set) or fix AMLRELAY_PAT_SECRET_NAME."
+
+
+@pytest.mark.parametrize("client_id", [None, UA])
+def test_a_token_for_an_unknown_resource_is_explained_as_entra_refuses_it(azure_env: dict[str, str],
+                                                                          monkeypatch: pytest.MonkeyPatch,
+                                                                          client_id: str | None) -> None:
+    """Entra answers AADSTS500011 for an audience it does not know: the user is sent to the setting it came
+    from, not told that the identity is missing (which a 400 for a user-assigned identity would otherwise say)."""
+    with IdentityServer(user_assigned={UA: "44444444-4444-4444-4444-444444444444"}) as identity:
+        for name, value in identity.env().items():
+            monkeypatch.setenv(name, value)
+        credential = EntraCredential(managed_identity(client_id), client_id=client_id,
+                                     resource="https://ado.contoso.invalid")
+        with pytest.raises(AuthError) as caught:
+            credential.authorization()
+    who = f"the user-assigned managed identity {client_id}" if client_id else "the handler's managed identity"
+    assert caught.value.message == (f"No Entra token for ADO from {who}: Entra ID knows no resource by the name the "
+                                    "token was asked for (AADSTS500011).")
+    assert caught.value.hint == ("Check the setting the token's audience comes from: AMLRELAY_ARM_URL / "
+                                 "AMLRELAY_ARM_AUDIENCE (your cloud's ARM endpoint) or AMLRELAY_ADO_RESOURCE.")
+
+
+def test_a_wrong_identity_header_is_explained_with_what_not_to_do(identity_server: IdentityServer,
+                                                                  azure_env: dict[str, str],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IDENTITY_HEADER", "not-the-sandbox-value")
+    with pytest.raises(AuthError) as caught:
+        EntraCredential(managed_identity(None)).authorization()
+    assert caught.value.message == (
+        "No Entra token for ADO from the handler's managed identity: the managed identity endpoint "
+        "(IDENTITY_ENDPOINT) refused the request with HTTP 401, because the IDENTITY_HEADER value this job sent is "
+        "not the one Automation gave the sandbox.")
+    assert caught.value.hint == ("Do not set IDENTITY_HEADER yourself (as a variable, in the runbook or on a Hybrid "
+                                 "Worker): Automation sets it for each job. Start the job again without overriding it.")
+
+
+@pytest.mark.parametrize("oid", ["o" * n for n in range(1, 13)])
+def test_claims_are_read_whatever_the_token_s_length(oid: str) -> None:
+    """JWTs drop base64 padding; every payload length must still decode, or errors lose the identity's name."""
+    assert _claims(jwt({"oid": oid, "appid": "a"})) == {"oid": oid, "appid": "a"}
+
+
+def test_an_unexplained_failure_is_cut_to_300_characters() -> None:
+    error = identity_error(RuntimeError("x" * 400), "No token")
+    assert error.message == "No token: " + "x" * 300
+
+
+@pytest.mark.parametrize(("lifetime", "tokens"), [(3600, 1), (240, 3)])
+def test_tokens_are_reused_while_fresh_and_fetched_again_before_expiry(azure_env: dict[str, str],
+                                                                       monkeypatch: pytest.MonkeyPatch,
+                                                                       lifetime: int, tokens: int) -> None:
+    """An hour-long token serves every call; one within 5 minutes of expiry is never sent, a new one is."""
+    with IdentityServer(lifetime=lifetime) as identity:
+        for name, value in identity.env().items():
+            monkeypatch.setenv(name, value)
+        credential = EntraCredential(managed_identity(None))
+        sent = [credential.authorization().removeprefix("Bearer ") for _ in range(3)]
+    assert len(identity.token_requests) == tokens
+    assert len(set(sent)) == tokens
+    assert [t.token for t in identity.issued] == list(dict.fromkeys(sent))
+    assert {t.resource for t in identity.issued} == {ADO_RESOURCE}
