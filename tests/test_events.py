@@ -168,3 +168,81 @@ def test_envelope_attributes_must_be_strings(schema: str, field: str) -> None:
     item = only([event])
     assert isinstance(item, Invalid)
     assert f"{field} must be a string" in str(item.error)
+
+
+NOT_UTF8_HINT = "Send the events as UTF-8 JSON; if this job was started by hand, retype the parameters."
+
+
+def test_a_lone_surrogate_in_the_text_is_named_as_such_with_what_to_do() -> None:
+    """A hand-typed parameter can carry a lone surrogate (no byte behind it): the refusal says so, not a crash."""
+    with pytest.raises(InvalidEventError) as caught:
+        load_body('["a\ud800"]')
+    assert caught.value.message == ("The request body is not UTF-8 (a lone surrogate at position 3): Event Grid "
+                                    "always sends UTF-8 JSON, so this did not come from it.")
+    assert caught.value.hint == NOT_UTF8_HINT
+    with pytest.raises(InvalidEventError) as caught:
+        load_body(b"[\xff]")
+    assert caught.value.message.startswith("The request body is not UTF-8 (byte 0xff at position 1): ")
+    assert caught.value.hint == NOT_UTF8_HINT
+
+
+def test_an_envelope_the_sdk_cannot_read_is_refused_with_the_sdks_first_words_only() -> None:
+    """The SDK's reason is shown, cut to 200 characters so a hostile value cannot flood the job's output."""
+    event = sample("event-grid-schema", "run_completed")
+    event["eventTime"] = "nope"
+    item = only([event])
+    assert isinstance(item, Invalid)
+    prefix = "Event Grid event could not be parsed: "
+    assert item.error.message.startswith(prefix)
+    assert "Invalid datetime string: NOPE" in item.error.message
+    assert len(item.error.message) == len(prefix) + 200 + len(".")
+    assert item.error.hint == "Send Event Grid schema or CloudEvents 1.0 events from an Azure ML system topic."
+
+
+def test_an_sdk_error_without_text_is_named_by_its_kind_and_only_its_first_line_is_shown() -> None:
+    from amlrelay.events import _short
+
+    assert _short(ValueError()) == "ValueError"
+    assert _short(ValueError("first line\nsecond line")) == "first line"
+
+
+VALIDATION_WHAT = ("Event Grid subscription validation (the handshake Automation webhooks normally answer "
+                   "themselves)")
+
+
+def validation_event(data: Any) -> dict[str, Any]:
+    return {"id": "v1", "topic": SAMPLE_WORKSPACE, "subject": "", "data": data,
+            "eventType": "Microsoft.EventGrid.SubscriptionValidationEvent", "eventTime": "2026-12-01T10:00:00Z",
+            "metadataVersion": "1", "dataVersion": "1"}
+
+
+def test_the_validation_handshake_tells_the_operator_how_to_validate_by_hand() -> None:
+    url = "https://rp-eastus2.eventgrid.azure.net/eventsubscriptions/x/validate?id=y"
+    item = only([validation_event({"validationCode": "c0de", "validationUrl": url})])
+    assert isinstance(item, Skipped)
+    assert item.reason == (f"{VALIDATION_WHAT}. If the subscription stays 'AwaitingManualAction', validate it by "
+                           f"hand within 5 minutes of the event: open {url} (validation code c0de) with an HTTP GET.")
+
+
+@pytest.mark.parametrize("code", [None, "", 5])
+def test_the_validation_code_is_shown_only_when_the_event_carries_one(code: Any) -> None:
+    url = "https://rp-eastus2.eventgrid.azure.net/eventsubscriptions/x/validate?id=y"
+    item = only([validation_event({"validationCode": code, "validationUrl": url})])
+    assert isinstance(item, Skipped)
+    assert item.reason.endswith(f"open {url} with an HTTP GET.")
+    assert "validation code" not in item.reason
+
+
+def test_a_hostile_validation_url_and_code_are_cut_short() -> None:
+    url = "https://rp-eastus2.eventgrid.azure.net/" + "u" * 3000
+    item = only([validation_event({"validationCode": "c" * 500, "validationUrl": url})])
+    assert isinstance(item, Skipped)
+    assert f"open {url[:2000]} (validation code {'c' * 100}) with an HTTP GET." in item.reason
+
+
+@pytest.mark.parametrize("data", [["https://x"], "https://rp-eastus2.eventgrid.azure.net/validate"])
+def test_a_validation_event_whose_data_is_not_an_object_cannot_be_validated_by_hand(data: Any) -> None:
+    item = only([validation_event(data)])
+    assert isinstance(item, Skipped)
+    assert item.reason == (f"{VALIDATION_WHAT}. The event carries no https validationUrl, so it cannot be "
+                           "validated by hand.")
