@@ -156,6 +156,12 @@ def test_a_refused_connection_is_retryable_and_not_ambiguous() -> None:
 def test_reasons_are_short_and_name_the_kind_of_failure() -> None:
     assert _reason(OSError("[Errno 111] Connection refused by peer")) == "connection refused"
     assert _reason(OSError("('Connection aborted.', RemoteDisconnected('closed'))")) == "remotedisconnected"
+    assert _reason(OSError("[Errno 104] Connection reset by peer")) == "connection reset"
+    assert _reason(OSError("Failed to resolve 'dev.azure.com' ([Errno -2] Name or service not known)")) == (
+        "name or service not known")
+    assert _reason(OSError("HTTPSConnectionPool(host='dev.azure.com'): Read timed out. (read timeout=30)")) == (
+        "timed out")
+    assert _reason(OSError("('Connection aborted.', OSError(0, 'Error'))")) == "connection aborted"
     assert _reason(OSError("first line\nsecond line")) == "first line"
     assert _reason(OSError("x" * 300)) == "x" * 200
     assert _reason(OSError()) == "OSError"
