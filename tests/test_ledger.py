@@ -15,11 +15,11 @@ from typing import Any, cast
 
 import pytest
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError
-from azure.data.tables import TableClient
+from azure.data.tables import TableClient, UpdateMode
 
 import amlrelay.ledger as ledger_module
 from amlrelay.errors import LedgerError
-from amlrelay.ledger import Claim, Ledger, LostClaimError, table_address
+from amlrelay.ledger import MIN_RETENTION, Claim, Ledger, LostClaimError, table_address
 
 WS = "/subscriptions/0000/resourcegroups/rg/providers/microsoft.machinelearningservices/workspaces/ws"
 KEY = f"{WS}|run|r1|completed|deploy"
@@ -619,3 +619,102 @@ def test_default_holders_are_readable_and_unique_per_ledger(azurite: str, table_
     assert re.fullmatch(pattern, second.holder)
     assert first.holder != second.holder
     assert first.stale_after == timedelta(minutes=15)
+
+
+# ---- listing, purging and tag-back bookkeeping ------------------------------------------------------------
+
+def test_recent_is_the_newest_fifty_filtered_by_state_and_time(
+        make: Any, clock: Callable[[timedelta], datetime]) -> None:
+    a = make("job-a")
+    for i in range(51):
+        clock(timedelta(minutes=i))
+        held = claim(a, key=f"k{i:02d}")
+        if i % 2:
+            a.mark_triggered(held, run_id=i, run_url=None)
+    a._table.create_entity({"PartitionKey": "outcomes", "RowKey": "not-a-record", "state": "triggered"})
+    newest = a.recent()
+    assert [r.key for r in newest] == [f"k{i:02d}" for i in range(50, 0, -1)]
+    since = T0 + timedelta(minutes=45)
+    assert [r.key for r in a.recent(since=since)] == ["k50", "k49", "k48", "k47", "k46", "k45"]
+    assert [r.key for r in a.recent(state="triggered", since=since)] == ["k49", "k47", "k45"]
+    assert [r.key for r in a.recent(2, state="claimed")] == ["k50", "k48"]
+
+
+def test_purge_deletes_only_finished_records_older_than_asked(
+        make: Any, clock: Callable[[timedelta], datetime]) -> None:
+    a = make("job-a")
+    clock(-timedelta(days=3))
+    for key in ("old-done-1", "old-done-2", "old-raced"):
+        a.mark_triggered(claim(a, key=key), run_id=1, run_url=None)
+    a.mark_failed(claim(a, key="old-failed"), "ADO 400")
+    claim(a, key="old-held")
+    a._table.create_entity({"PartitionKey": "outcomes", "RowKey": "foreign", "state": "triggered",
+                            "updated_at": T0 - timedelta(days=3)})
+    clock(-timedelta(days=1))
+    a.mark_triggered(claim(a, key="young-done"), run_id=2, run_url=None)
+    clock(timedelta(0))
+    rows = {"old-raced": lambda: a._table.update_entity(
+                {"PartitionKey": "outcomes", "RowKey": table_address("old-raced")[1], "tagged": True},
+                mode=UpdateMode.MERGE)}
+    racing = Ledger(cast(Any, RacingDeletes(a._table, rows)), holder="job-p")
+    assert racing.purge(MIN_RETENTION) == 2  # the two untouched old triggered records
+    assert sorted(r.key for r in a.recent()) == ["old-failed", "old-held", "old-raced", "young-done"]
+    assert a._table.get_entity("outcomes", "foreign")["state"] == "triggered"  # not a ledger record: not ours
+    assert a.purge(MIN_RETENTION, include_failed=True) == 2  # old-raced (written meanwhile, but old) and old-failed
+    assert sorted(r.key for r in a.recent()) == ["old-held", "young-done"]
+    with pytest.raises(LedgerError) as refused:
+        a.purge(MIN_RETENTION - timedelta(microseconds=1))
+    assert refused.value.hint == "Event Grid redelivers for up to 24 h; keep records longer than that."
+
+
+class RacingDeletes:
+    """A real TableClient whose purge finds some rows changed by someone else in between its query and its
+    delete."""
+
+    def __init__(self, inner: TableClient, rows: dict[str, Callable[[], object]]) -> None:
+        self._inner = inner
+        self._rows = {table_address(key)[1]: act for key, act in rows.items()}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def delete_entity(self, pk: str, rk: str, **kw: Any) -> Any:
+        act = self._rows.pop(rk, None)
+        if act is not None:
+            act()
+        return self._inner.delete_entity(pk, rk, **kw)
+
+
+def test_tag_back_is_owed_until_written_and_retried_least_tried_first(
+        make: Any, clock: Callable[[timedelta], datetime]) -> None:
+    a = make("job-a")
+    target = '{"run": "r1"}'
+    clock(timedelta(0))
+    done = {key: a.mark_triggered(claim(a, key=key), run_id=i, run_url=None, tag_target=target)
+            for i, key in enumerate(["older", "newer", "given-up", "tagged"])}
+    plain = a.mark_triggered(claim(a, key="no-tag-back"), run_id=9, run_url=None)
+    assert (plain.tag_target, plain.tagged) == (None, None)
+    assert (done["older"].tag_target, done["older"].tagged) == (target, False)
+    clock(timedelta(minutes=1))
+    done["newer"] = a.mark_triggered(claim(a, key="newer2"), run_id=5, run_url=None, tag_target=target)
+    a.set_tagged(done["tagged"])
+    long_error = "HTTP 403\x00 " + "e" * 3000
+    a.record_tag_failure(done["older"], long_error, attempts=1, give_up=False)
+    a.record_tag_failure(done["given-up"], "HTTP 404", attempts=3, give_up=True)
+
+    assert [r.key for r in a.untagged()] == ["newer", "newer2", "older"]  # never tried, oldest first; then tried
+    assert [r.key for r in a.untagged(include_given_up=True)] == ["newer", "newer2", "older", "given-up"]
+    older = a.get("older")
+    assert older is not None
+    assert (older.tagged, older.tag_attempts, older.tag_gave_up) == (False, 1, False)
+    assert older.tag_error == ("HTTP 403\\x00 " + "e" * 3000)[:1999] + "…"
+    given_up = a.get("given-up")
+    assert given_up is not None
+    assert (given_up.tag_attempts, given_up.tag_error, given_up.tag_gave_up) == (3, "HTTP 404", True)
+    tagged = a.get("tagged")
+    assert tagged is not None
+    assert (tagged.tagged, tagged.tag_target, tagged.state, tagged.ado_run_id) == (True, target, "triggered", 3)
+    a._table.delete_entity(*table_address("tagged"))
+    a.set_tagged(done["tagged"])  # purged meanwhile: nothing to do, nothing recreated
+    a.record_tag_failure(done["tagged"], "x", attempts=1, give_up=False)
+    assert a.get("tagged") is None
