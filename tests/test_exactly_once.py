@@ -150,7 +150,9 @@ def test_holder_died_between_ado_call_and_ledger_write(stack: Stack, ledger_env:
                                                  stale_after=timedelta(seconds=0))
     [outcome] = deliver(relay, event)
     assert outcome.outcome == "duplicate"
-    assert "earlier attempt" in (outcome.reason or "")
+    assert outcome.reason == "started by an earlier attempt that could not record it"
+    assert (outcome.ado_run_id, outcome.ado_run_url) == (stack.ado.runs[0]["id"],
+                                                         stack.ado.runs[0]["_links"]["web"]["href"])
     assert len(stack.ado.runs) == 1
     record = relay.ledger.get(key)
     assert record is not None

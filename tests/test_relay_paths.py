@@ -201,3 +201,24 @@ def test_an_item_without_an_event_type_is_shown_as_a_question_mark(stack: Stack)
     [junk, typeless] = r.handle(parse_events(["not an event", {"id": "y", "subject": "s"}]))
     assert (junk.event_type, junk.outcome, typeless.event_type, typeless.event_id) == ("?", "rejected", "?", "y")
     assert "got a string" in (junk.reason or "")
+
+
+def test_a_run_the_ledger_could_not_record_is_reported_triggered_with_the_reason(stack: Stack, azurite: str,
+                                                                                 table_name: str) -> None:
+    """The run was started, so the outcome is ``triggered`` with its run; the reason says the ledger missed
+    it (which makes the job exit 1, so someone looks before a redelivery could start it again)."""
+    from amlrelay.errors import LedgerError
+    from amlrelay.record import exit_code
+
+    class Unrecordable(Ledger):
+        def mark_triggered(self, *args: Any, **kw: Any) -> Any:
+            raise LedgerError("the table went away")
+
+    r = relay(stack, **ledger_env(azurite, table_name))
+    r.ledger = Unrecordable.from_connection_string(azurite, table=table_name)
+    [outcome, _] = r.handle(parse_events([registered(modelTags={"area": "diabetes"})]))
+    [run] = stack.ado.runs
+    assert (outcome.outcome, outcome.route, outcome.ado_run_id) == ("triggered", "Deploy", run["id"])
+    assert outcome.ado_run_url == run["_links"]["web"]["href"]
+    assert outcome.reason == "triggered, but the ledger could not record it: the table went away"
+    assert exit_code([outcome]) == 1

@@ -331,3 +331,41 @@ def test_an_outage_is_retried_without_end(stack: Stack, azurite: str, table_name
     mlflow_server.up()
     [done] = retry_tags(relay.ledger, quick, give_up_after=1)
     assert done.ok
+
+
+def test_without_a_ledger_the_run_is_still_tagged_and_a_failed_tag_says_nothing_retries_it(
+        stack: Stack, mlflow_server: MlflowServer) -> None:
+    """AMLRELAY_LEDGER=false with tag-back on: each started run is tagged all the same; a tag that fails is
+    a warning saying no sweep will retry it (there is no ledger row to owe it)."""
+    env = {**stack.env(), "AMLRELAY_ALLOWED_WORKSPACES": WORKSPACE, "AMLRELAY_TAG_BACK": "true",
+           "AMLRELAY_MLFLOW_URL": mlflow_server.url}
+    relay = build_relay(resolve({}, env=env), load_routes(ROUTES_FILE))
+    assert relay.ledger is None
+    [tagged] = deliver(relay, event("run_completed"))
+    assert (tagged.outcome, tagged.warning) == ("triggered", None)
+    run = stack.ado.runs[0]
+    assert mlflow_server.run_tags(RUN_ID)[RUN_ID_TAG] == str(run["id"]) == str(tagged.ado_run_id)
+    assert mlflow_server.run_tags(RUN_ID)[RUN_URL_TAG] == run["_links"]["web"]["href"]
+    mlflow_server.fail(500, times=100)
+    [untagged] = deliver(relay, event("model_registered"))
+    assert untagged.outcome == "triggered"
+    assert "HTTP 500" in (untagged.warning or "")
+    assert "(no ledger record, so nothing retries the tag; the run is not started again)" in (untagged.warning or "")
+
+
+def test_a_bug_in_tagging_is_a_warning_and_the_run_stands(stack: Stack, azurite: str, table_name: str,
+                                                          mlflow_server: MlflowServer) -> None:
+    """Tag-back must never turn a started run into a crash or a resend: an unexpected exception in it is
+    a warning naming the error, the outcome stays triggered with its run, and the job exits 0."""
+
+    class Broken(TagBack):
+        def after_trigger(self, *args: Any, **kwargs: Any) -> str | None:
+            raise RuntimeError("boom\n" + "x" * 300)
+
+    relay = relay_for(stack, azurite, table_name, mlflow_server)
+    relay.tag_back = Broken(None, mlflow_url=mlflow_server.url)
+    [outcome] = deliver(relay, event("run_completed"))
+    assert (outcome.outcome, outcome.ado_run_id) == ("triggered", stack.ado.runs[0]["id"])
+    assert outcome.warning == (f"tag-back failed unexpectedly (RuntimeError: boom\n{'x' * 195}); the run stands")
+    assert exit_code([outcome]) == 0
+    assert len(stack.ado.runs) == 1
