@@ -225,3 +225,55 @@ def test_tokens_are_reused_while_fresh_and_fetched_again_before_expiry(azure_env
     assert len(set(sent)) == tokens
     assert [t.token for t in identity.issued] == list(dict.fromkeys(sent))
     assert {t.resource for t in identity.issued} == {ADO_RESOURCE}
+
+
+@pytest.mark.parametrize("status", [500, 502])
+def test_an_endpoint_s_own_failure_says_to_start_again_later(status: int) -> None:
+    error = identity_error(RuntimeError(f"Token request error: (server_error) {status}, busy"), "No token")
+    assert error.message == f"No token: the managed identity endpoint failed with HTTP {status}."
+    assert error.hint == "This is Automation's own endpoint: start the job again in a few minutes."
+    below = identity_error(RuntimeError("Token request error: (x) 499, no"), "No token")
+    assert "failed with HTTP" not in below.message
+
+
+def test_a_vault_in_another_tenant_refuses_the_token_with_a_401(azure_env: dict[str, str],
+                                                                keyvault_server: KeyVaultServer) -> None:
+    other_tenant = KeyVaultServer({"ado-pat": "x"}, tls=keyvault_server.tls,
+                                  tenant_id="11111111-1111-1111-1111-111111111111")
+    with other_tenant as vault, pytest.raises(AuthError) as caught:
+        KeyVaultPatCredential(vault.url, "ado-pat", managed_identity(None)).authorization()
+    assert caught.value.message == (f"Key Vault refused to give the secret 'ado-pat' in Key Vault {vault.url} to "
+                                    "the handler's identity (HTTP 401).")
+    assert "'Key Vault Secrets User' role" in (caught.value.hint or "")
+
+
+def test_another_vault_error_is_passed_on_with_where_to_look(azure_env: dict[str, str],
+                                                             keyvault_server: KeyVaultServer) -> None:
+    keyvault_server.set_secret("ado-pat", "x")
+    keyvault_server.fail(400, times=5)
+    with pytest.raises(AuthError) as caught:
+        KeyVaultPatCredential(keyvault_server.url, "ado-pat", managed_identity(None)).authorization()
+    assert caught.value.message == (f"Reading the secret 'ado-pat' in Key Vault {keyvault_server.url} failed: "
+                                    "(BadParameter) Scripted 400 from the Key Vault stand-in.")
+    assert caught.value.hint == "Check the vault URL and its network rules."
+
+
+def test_no_token_to_read_the_vault_is_an_identity_problem(azure_env: dict[str, str], keyvault_server: KeyVaultServer,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    keyvault_server.set_secret("ado-pat", "x")
+    monkeypatch.setenv("IDENTITY_HEADER", "not-the-sandbox-value")
+    with pytest.raises(AuthError) as caught:
+        KeyVaultPatCredential(keyvault_server.url, "ado-pat", managed_identity(None)).authorization()
+    assert caught.value.message.startswith(f"No token to read the secret 'ado-pat' in Key Vault {keyvault_server.url}: "
+                                           "the managed identity endpoint (IDENTITY_ENDPOINT) refused the request with "
+                                           "HTTP 401")
+    assert "Do not set IDENTITY_HEADER yourself" in (caught.value.hint or "")
+
+
+def test_a_local_vault_by_name_is_read(azure_env: dict[str, str], keyvault_server: KeyVaultServer) -> None:
+    """A loopback vault (a stand-in, a tunnel) cannot answer the challenge a real vault's host would: 127.0.0.1
+    and localhost alike are read without challenge-resource verification; every other host is verified."""
+    keyvault_server.set_secret("ado-pat", "pat-from-vault")
+    url = keyvault_server.url.replace("127.0.0.1", "localhost")
+    header = KeyVaultPatCredential(url, "ado-pat", managed_identity(None)).authorization()
+    assert header == "Basic " + base64.b64encode(b":pat-from-vault").decode()
