@@ -222,3 +222,43 @@ def test_a_run_the_ledger_could_not_record_is_reported_triggered_with_the_reason
     assert outcome.ado_run_url == run["_links"]["web"]["href"]
     assert outcome.reason == "triggered, but the ledger could not record it: the table went away"
     assert exit_code([outcome]) == 1
+
+
+def test_without_a_ledger_a_500_with_no_run_behind_it_is_looked_up_then_sent_once_more(stack: Stack) -> None:
+    """A 500 is ADO's own answer, so a run it queued would be listed already: none there means none was
+    queued, and the request is sent once more — also without a ledger (no claim to renew)."""
+    r = relay(stack)
+    stack.ado.fail(500)
+    [outcome, _] = r.handle(parse_events([registered(modelTags={"area": "diabetes"}, ModelVersion="41")]))
+    [run] = stack.ado.runs
+    assert (outcome.outcome, outcome.ado_run_id, outcome.reason) == ("triggered", run["id"], None)
+    assert len(stack.ado.run_requests) == 2
+    assert any(q.method == "GET" and q.path.endswith("/70/runs") for q in stack.ado.requests)  # looked first
+
+
+def test_a_claim_taken_over_before_the_resend_sends_nothing_again(stack: Stack, azurite: str,
+                                                                  table_name: str) -> None:
+    """After a 500 with no run behind it the request is sent again only while the claim is still this job's:
+    one taken over meanwhile (a job that thought this one dead) fails this attempt instead of a second run."""
+    from datetime import timedelta
+
+    def takeover() -> None:
+        thief = Ledger.from_connection_string(azurite, table=table_name, stale_after=timedelta(0), holder="job-b")
+        [record] = thief.recent()
+        taken = thief.claim(record.key, route=record.route, event_id="again", event_type=record.event_type,
+                            event_json=None)
+        assert taken.record.holder == "job-b"  # it took the claim over
+
+    class TakenOver(Ledger):
+        def renew(self, claim: Any) -> Any:
+            takeover()
+            return super().renew(claim)
+
+    r = relay(stack, **ledger_env(azurite, table_name))
+    r.ledger = TakenOver.from_connection_string(azurite, table=table_name)
+    stack.ado.fail(500)
+    [outcome, _] = r.handle(parse_events([registered(modelTags={"area": "diabetes"}, ModelVersion="42")]))
+    assert outcome.outcome == "failed"
+    assert "taken over by holder job-b" in (outcome.reason or "")
+    assert len(stack.ado.run_requests) == 1
+    assert stack.ado.runs == []
