@@ -18,12 +18,16 @@ import pytest
 
 from amlrelay.cli import _container
 from amlrelay.deadletter import read_container
+from amlrelay.errors import LedgerError
 from amlrelay.events import parse_events
+from amlrelay.ledger import Ledger
 from amlrelay.routes import load_routes
 from amlrelay.runbook import build_relay, open_ledger
 from amlrelay.settings import Settings, resolve
 from tests.conftest import ROUTES_FILE, sample
-from tests.servers.identity import IdentityServer
+from tests.servers import ADO_RESOURCE
+from tests.servers.identity import CONFLICTING_ENV, IdentityServer
+from tests.servers.table_gateway import TableGateway
 from tests.servers.tls import TlsMaterial
 from tests.stack import Stack, local_stack
 
@@ -111,3 +115,63 @@ def test_dead_letters_are_read_with_a_managed_identity_token(mi_env: tuple[Stack
     assert not hasattr(container.credential, "account_key")
     letters = list(read_container(container))
     assert [len(letter.events) for letter in letters] == [1]
+
+
+class TlsTableGateway(TableGateway):
+    """The Entra-checking front door of Table storage over HTTPS, as azure-core sends bearer tokens only there."""
+
+    scheme = "https"
+
+    def __init__(self, connection_string: str, *, accepted_tokens: set[str], tls: TlsMaterial) -> None:
+        super().__init__(connection_string, accepted_tokens=accepted_tokens)
+        self._ssl_context = tls.server_context()
+
+
+@pytest.fixture
+def managed_identity(identity_server: IdentityServer, monkeypatch: pytest.MonkeyPatch) -> IdentityServer:
+    for name in CONFLICTING_ENV:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in identity_server.env().items():
+        monkeypatch.setenv(name, value)
+    return identity_server
+
+
+def test_from_table_url_claims_exactly_once_with_a_storage_token(
+        azurite: str, table_name: str, loopback_tls: TlsMaterial, managed_identity: IdentityServer) -> None:
+    """The Azure path in-process: ``from_table_url`` + the managed identity's token for Storage, through a
+    front door that refuses any other token; claims, duplicates and takeovers are Azurite's own."""
+    from azure.identity import ManagedIdentityCredential
+
+    storage_token = managed_identity.token_for("https://storage.azure.com")
+    with TlsTableGateway(azurite, accepted_tokens={storage_token}, tls=loopback_tls) as gateway:
+        def open_as(holder: str) -> Ledger:
+            return Ledger.from_table_url(gateway.url, ManagedIdentityCredential(), table=table_name, holder=holder,
+                                         retry_total=0, connection_verify=str(loopback_tls.cert_file))
+
+        a, b = open_as("job-a"), open_as("job-b")
+        a.ensure_table()
+        first = a.claim("k", route="r", event_id="e1", event_type="ModelRegistered", event_json="{}")
+        assert (first.status, first.record.holder) == ("claimed", "job-a")
+        assert b.claim("k", route="r", event_id="e2", event_type="ModelRegistered", event_json="{}").status == "busy"
+        a.mark_triggered(first, run_id=42, run_url=None)
+        again = b.claim("k", route="r", event_id="e2", event_type="ModelRegistered", event_json="{}")
+        assert (again.status, again.record.ado_run_id) == ("duplicate", 42)
+        assert {r.headers.get("Authorization") for r in gateway.requests} == {f"Bearer {storage_token}"}
+
+        other = managed_identity.token_for(ADO_RESOURCE)
+        with TlsTableGateway(azurite, accepted_tokens={other}, tls=loopback_tls) as refusing:
+            denied = Ledger.from_table_url(refusing.url, ManagedIdentityCredential(), table=table_name,
+                                           retry_total=0, connection_verify=str(loopback_tls.cert_file))
+            with pytest.raises(LedgerError) as caught:
+                denied.get("k")
+            assert caught.value.message.startswith(
+                f"Ledger access denied while trying to read the ledger (table '{table_name}' at {refusing.url})")
+            assert "Storage Table Data Contributor" in caught.value.hint
+            assert storage_token not in str(caught.value)
+
+        managed_identity.fail(401, times=10)  # the identity endpoint gives no token
+        with pytest.raises(LedgerError) as no_token:
+            open_as("job-c").get("k")
+        assert no_token.value.message.startswith(
+            f"Ledger: no token to read the ledger (table '{table_name}' at {gateway.url}): the managed identity "
+            "endpoint (IDENTITY_ENDPOINT) refused the request with HTTP 401")
