@@ -3,13 +3,17 @@ JSON kind of the value), and the flat field view routes filter and template on."
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
 
 from amlrelay.errors import InvalidEventError
+from amlrelay.events import parse_events
 from amlrelay.models import (
+    ENVELOPE_FIELDS,
     MAX_FIELD_LENGTH,
+    AmlEvent,
     DatasetDriftData,
     ModelDeployedData,
     ModelRegisteredData,
@@ -17,6 +21,7 @@ from amlrelay.models import (
     json_kind,
     parse_data,
 )
+from tests.conftest import ROOT, SAMPLE_WORKSPACE, SCHEMAS, sample
 
 HINT = "Only events shaped like Azure ML's Event Grid events can be relayed."
 RUN = {"experimentId": "e1", "experimentName": "train", "runId": "r1", "runType": None, "runStatus": "Failed"}
@@ -115,3 +120,73 @@ def test_identity_fields_per_type() -> None:
     assert ModelRegisteredData.identity_fields == ("modelName", "modelVersion")
     assert ModelDeployedData.identity_fields == ("serviceName", "modelIds")
     assert DatasetDriftData.identity_fields == ("dataDriftId", "runId")
+
+
+def documented_fields() -> dict[str, tuple[set[str], set[str]]]:
+    """The README's "Fields for filters and templates" table: per event type, its field names and its maps
+    (``runTags.<tag>``), the envelope's row added to each type."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8").split("Fields for filters and templates:", 1)[1]
+    rows = [line for line in text.strip().split("\n\n", 1)[0].splitlines() if line.startswith("| ")][1:]
+    table: dict[str, tuple[set[str], set[str]]] = {}
+    envelope: set[str] = set()
+    for row in rows:
+        types, names = row.strip("|").split("|")
+        fields = set(re.findall(r"`([^`]+)`", names))
+        plain, maps = {f for f in fields if "<" not in f}, {f.split(".")[0] for f in fields if "<" in f}
+        if types.strip() == "all":
+            envelope = plain
+        for event_type in (t.strip() for t in types.split(",")):
+            table[event_type] = (plain, maps)
+    return {t: (plain | envelope, maps) for t, (plain, maps) in table.items() if t != "all"}
+
+
+FULL = {"RunCompleted": ("run_completed", {"runType": "azureml.scriptrun", "runTags": {"t": "1"}}),
+        "RunStatusChanged": ("run_status_changed", {"runType": "azureml.scriptrun", "runTags": {"t": "1"}}),
+        "ModelRegistered": ("model_registered", {}), "ModelDeployed": ("model_deployed", {}),
+        "DatasetDriftDetected": ("dataset_drift_detected", {})}
+
+
+@pytest.mark.parametrize("schema", SCHEMAS)
+@pytest.mark.parametrize("event_type", list(FULL))
+def test_an_event_offers_every_documented_field_under_its_documented_name(schema: str, event_type: str) -> None:
+    """Routes are written from the README's table; an event carrying every value offers exactly those names
+    (and its tag and property maps), each spelled as documented."""
+    name, extra = FULL[event_type]
+    raw = sample(schema, name)
+    raw["data"] = {**raw["data"], **extra}
+    [event] = parse_events([raw])
+    assert isinstance(event, AmlEvent), event
+    plain, maps = documented_fields()[event_type]
+    offered = event.fields()
+    assert {k for k in offered if "." not in k} == plain
+    assert {k.split(".")[0] for k in offered if "." in k} == maps
+
+
+def test_the_envelope_fields_carry_the_deliverys_values() -> None:
+    event = parse_events([sample("cloud-events-schema", "model_registered")])[0]
+    assert isinstance(event, AmlEvent)
+    assert event.time is not None
+    envelope = {k: v for k, v in event.fields().items() if k in ENVELOPE_FIELDS}
+    assert envelope == {"eventId": event.id, "eventType": "ModelRegistered", "subject": event.subject,
+                        "eventTime": event.time.isoformat(), "workspaceId": SAMPLE_WORKSPACE,
+                        "workspaceName": "{workspace-name}"}
+
+
+def test_an_event_without_a_time_offers_an_empty_event_time() -> None:
+    """``time`` is optional in CloudEvents; a template using ``eventTime`` then renders empty, not 'None'."""
+    raw = sample("cloud-events-schema", "model_registered")
+    del raw["time"]
+    [event] = parse_events([raw])
+    assert isinstance(event, AmlEvent)
+    assert event.fields()["eventTime"] == ""
+
+
+def test_a_drift_event_offers_every_value_it_carries() -> None:
+    [event] = parse_events([sample("event-grid-schema", "dataset_drift_detected")])
+    assert isinstance(event, AmlEvent)
+    assert event.data.fields() == {
+        "dataDriftId": "01d29aa4-e6a4-470a-9ef3-66660d21f8ef", "dataDriftName": "myDriftMonitor",
+        "runId": "01d29aa4-e6a4-470a-9ef3-66660d21f8ef_1571590300380",
+        "baseDatasetId": "3c56d136-0f64-4657-a0e8-5162089a88a3",
+        "targetDatasetId": "d7e74d2e-c972-4266-b5fb-6c9c182d2a74", "driftCoefficient": "0.8350349068479208",
+        "startTime": "2019-07-04T00:00:00+00:00", "endTime": "2019-07-05T00:00:00+00:00"}

@@ -90,7 +90,9 @@ SAME["dataset_drift_detected"] += [("another coefficient", data_set("driftCoeffi
 
 DIFFERENT: dict[str, list[tuple[str, Callable[[dict[str, Any]], None]]]] = {
     name: [("another workspace", lambda raw: raw.__setitem__(
-        "topic" if "topic" in raw else "source", raw["topic" if "topic" in raw else "source"] + "-2"))]
+        "topic" if "topic" in raw else "source", raw["topic" if "topic" in raw else "source"] + "-2")),
+           ("a workspace whose name only adds a trailing X", lambda raw: raw.__setitem__(
+        "topic" if "topic" in raw else "source", raw["topic" if "topic" in raw else "source"] + "X"))]
     for name in KEYS
 }
 DIFFERENT["run_completed"] += [("another run", data_set("runId", "run-2"))]
@@ -130,3 +132,19 @@ def test_deployed_model_ids_keep_their_order() -> None:
     swapped = changed("event-grid-schema", "model_deployed",
                       data_set("modelIds", "sklearn_regression_model:2,sklearn_regression_model:1"))
     assert key_of(swapped).endswith("|sklearn_regression_model:2,sklearn_regression_model:1")
+
+
+@pytest.mark.parametrize("schema", SCHEMAS)
+@pytest.mark.parametrize(("name", "field", "value"), [
+    ("run_status_changed", "runId", "Run-A"), ("run_status_changed", "runStatus", "Canceled"),
+    ("model_registered", "modelName", "Model-A"), ("model_registered", "modelVersion", "Preview-2"),
+    ("model_deployed", "serviceName", "Service-A"), ("model_deployed", "modelIds", "Model-A:1,Model-B:2"),
+    ("dataset_drift_detected", "dataDriftId", "Drift-A"), ("dataset_drift_detected", "runId", "Drift-A_1"),
+])
+def test_every_part_of_the_key_is_lower_cased_as_every_handler_computes_it(schema: str, name: str, field: str,
+                                                                         value: str) -> None:
+    """The Logic App claims the ledger with ``toLower(concat(...))``: a key with an upper-case letter left in it
+    would be another outcome to it, and the same AML outcome would start two runs."""
+    key = key_of(changed(schema, name, data_set(field, value)))
+    assert key == key.lower()
+    assert f"|{value.lower()}" in key
