@@ -262,3 +262,42 @@ def test_a_claim_taken_over_before_the_resend_sends_nothing_again(stack: Stack, 
     assert "taken over by holder job-b" in (outcome.reason or "")
     assert len(stack.ado.run_requests) == 1
     assert stack.ado.runs == []
+
+
+class _Approves:
+    """A verifier that confirms every event (what AML answers for a genuine one)."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+
+    def check(self, event: Any, fields: Any = ()) -> None:
+        self.asked += 1
+
+
+def test_a_dry_run_previews_even_a_route_already_triggered(stack: Stack, azurite: str, table_name: str) -> None:
+    """A dry run answers "what would be sent": with a ledger, a live ADO client and verification configured,
+    it still previews the request of a route the ledger holds as triggered, and claims nothing."""
+    r = relay(stack, **ledger_env(azurite, table_name))
+    raw = registered(modelTags={"area": "diabetes"})
+    [done, _] = r.handle(parse_events([raw]))
+    assert done.outcome == "triggered"
+    r.verifier, r.dry_run = _Approves(), True
+    [preview, _] = r.handle(parse_events([raw]))
+    assert (preview.outcome, preview.route, preview.ado_run_id) == ("dry-run", "Deploy", None)
+    assert preview.request is not None
+    assert preview.request["url"].endswith("/ml%20ops/_apis/pipelines/70/runs")
+    assert len(stack.ado.run_requests) == 1
+
+
+def test_items_beyond_the_raw_deliveries_given_are_handled_without_a_copy_to_replay(stack: Stack, azurite: str,
+                                                                                   table_name: str) -> None:
+    """``raw`` carries each item's original delivery for the ledger (replay); an item without one is still
+    relayed, its claim just keeps no copy."""
+    r = relay(stack, **ledger_env(azurite, table_name))
+    first, second = registered(modelTags={"area": "diabetes"}), registered(modelTags={"area": "diabetes"})
+    second["id"], second["data"]["ModelVersion"] = "second-delivery", "51"
+    outcomes = r.handle(parse_events([first, second]), raw=[first])
+    assert [o.outcome for o in outcomes] == ["triggered", "failed", "triggered", "failed"]
+    assert r.ledger is not None
+    kept = {rec.event_id: rec.event_json for rec in r.ledger.recent()}
+    assert kept == {first["id"]: json.dumps(first), "second-delivery": None}
