@@ -7,6 +7,7 @@ pipeline, project and organization leaves an operator guessing.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,6 +22,7 @@ from amlrelay.trigger import RETRY_STATUSES, SAFE_POST_RETRY, USER_AGENT, AdoCli
 from tests.conftest import ROUTES_FILE, sample
 from tests.servers.ado import ADO_RESOURCE, AdoServer
 from tests.servers.identity import IdentityServer
+from tests.servers.tls import TlsMaterial
 from tests.stack import pipelines_for
 
 ROUTES = load_routes(ROUTES_FILE)
@@ -165,3 +167,28 @@ def test_reasons_are_short_and_name_the_kind_of_failure() -> None:
     assert _reason(OSError("first line\nsecond line")) == "first line"
     assert _reason(OSError("x" * 300)) == "x" * 200
     assert _reason(OSError()) == "OSError"
+
+
+def test_over_https_throttling_and_unavailability_are_retried_too(identity_server: IdentityServer,
+                                                                  azure_env: dict[str, str],
+                                                                  loopback_tls: TlsMaterial) -> None:
+    """dev.azure.com is served over https: the retry rules hold there, not only on the plain-http stand-in."""
+    with AdoServer("contoso", pipelines=pipelines_for(ROUTES), bearer_tokens={identity_server.token_for(ADO_RESOURCE)},
+                   tls=loopback_tls) as tls_ado:
+        assert tls_ado.org_url.startswith("https://")
+        tls_ado.fail(429, retry_after=0)
+        tls_ado.fail(503)
+        run = client(tls_ado).run_pipeline(request())
+        assert [r["id"] for r in tls_ado.runs] == [run.id]
+        assert len(tls_ado.run_requests) == 3
+        tls_ado.fail(502, method="GET")
+        assert client(tls_ado).get_run("mlops", 20, run.id)["id"] == run.id
+
+
+def test_retry_after_is_waited_for_before_retrying(ado: AdoServer) -> None:
+    """ADO's Retry-After on a 429 is honoured (up to max_retry_after), even with no backoff of our own."""
+    ado.fail(429, retry_after=1)
+    started = time.monotonic()
+    client(ado, max_retry_after=5).run_pipeline(request())
+    assert time.monotonic() - started >= 0.9
+    assert len(ado.run_requests) == 2

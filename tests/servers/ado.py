@@ -37,6 +37,7 @@ from ._ado_rules import (
 )
 from ._base import Fault, LoopbackServer, RecordedRequest, Reply
 from ._jwt import decode_claims
+from .tls import TlsMaterial
 
 __all__ = ["ADO_RESOURCE", "AdoError", "AdoServer", "PipelineDef"]
 
@@ -65,8 +66,11 @@ class AdoServer(LoopbackServer):
         pats: Iterable[str] = (),
         api_versions: Iterable[str] | None = None,
         first_run_id: int = 1,
+        tls: TlsMaterial | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(ssl_context=tls.server_context() if tls is not None else None)
+        if tls is not None:  # as dev.azure.com is served; the client trusts it through REQUESTS_CA_BUNDLE
+            self.scheme = "https"
         self.organization = organization
         self._pipelines: dict[tuple[str, int], PipelineDef] = {}
         for (project, pid), pdef in (pipelines or {}).items():
