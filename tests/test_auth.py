@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 
 import pytest
 
@@ -163,6 +164,7 @@ def test_an_empty_or_unreadable_pat_is_explained(keyvault_server: KeyVaultServer
     keyvault_server.allow()
     with pytest.raises(AuthError) as missing:
         KeyVaultPatCredential(keyvault_server.url, "nope", managed_identity(None)).authorization()
+    assert missing.value.message == f"The secret 'nope' in Key Vault {keyvault_server.url} does not exist."
     assert missing.value.hint == "Store the ADO PAT there (az keyvault secret set) or fix AMLRELAY_PAT_SECRET_NAME."
 
 
@@ -244,7 +246,8 @@ def test_a_vault_in_another_tenant_refuses_the_token_with_a_401(azure_env: dict[
         KeyVaultPatCredential(vault.url, "ado-pat", managed_identity(None)).authorization()
     assert caught.value.message == (f"Key Vault refused to give the secret 'ado-pat' in Key Vault {vault.url} to "
                                     "the handler's identity (HTTP 401).")
-    assert "'Key Vault Secrets User' role" in (caught.value.hint or "")
+    assert caught.value.hint == ("Grant the Automation account's managed identity the 'Key Vault Secrets User' role "
+                                 "on the vault (RBAC), then start the job again.")
 
 
 def test_another_vault_error_is_passed_on_with_where_to_look(azure_env: dict[str, str],
@@ -277,3 +280,26 @@ def test_a_local_vault_by_name_is_read(azure_env: dict[str, str], keyvault_serve
     url = keyvault_server.url.replace("127.0.0.1", "localhost")
     header = KeyVaultPatCredential(url, "ado-pat", managed_identity(None)).authorization()
     assert header == "Basic " + base64.b64encode(b":pat-from-vault").decode()
+
+
+def test_an_unreachable_vault_names_the_setting_and_the_firewall(azure_env: dict[str, str]) -> None:
+    with socket.socket() as closed:  # a port nothing listens on: the connection is refused
+        closed.bind(("127.0.0.1", 0))
+        url = f"https://127.0.0.1:{closed.getsockname()[1]}"
+    with pytest.raises(AuthError) as caught:
+        KeyVaultPatCredential(url, "ado-pat", managed_identity(None)).authorization()
+    assert caught.value.message.startswith(f"Reading the secret 'ado-pat' in Key Vault {url} failed: ")
+    assert "Connection refused" in caught.value.message
+    assert caught.value.hint == "Check AMLRELAY_KEY_VAULT_URL, the vault's firewall and the identity."
+
+
+def test_the_workstation_credential_asks_for_the_user_assigned_identity_too(azure_env: dict[str, str],
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """``AMLRELAY_CREDENTIAL=default`` on a machine whose only credential is a managed identity (a VM, a
+    container) must still use AMLRELAY_MANAGED_IDENTITY_CLIENT_ID, not the system-assigned identity."""
+    with IdentityServer(user_assigned={UA: "44444444-4444-4444-4444-444444444444"}) as identity:
+        for name, value in identity.env().items():
+            monkeypatch.setenv(name, value)
+        token = managed_identity(UA, kind="default").get_token(f"{ADO_RESOURCE}/.default").token
+    assert token == identity.token_for(ADO_RESOURCE, UA)
+    assert [r.query.get("client_id") for r in identity.token_requests] == [UA]
