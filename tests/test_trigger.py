@@ -109,9 +109,9 @@ def test_connection_reset_after_sending_is_not_retried_and_says_so(ado: AdoServe
     ado.reset(after_create=True)
     with pytest.raises(AdoError) as info:
         client(ado).run_pipeline(request_for())
-    assert info.value.status is None
-    assert info.value.ambiguous
-    assert "may have reached ADO" in info.value.hint
+    assert (info.value.status, info.value.ambiguous, info.value.retryable) == (None, True, True)
+    assert info.value.message.startswith("No answer from ADO for pipeline ")
+    assert info.value.hint == "The request may have reached ADO: check the pipeline's runs before starting it again."
     assert len(ado.runs) == 1  # the run exists: a blind retry would have started a second one
     assert len(ado.run_requests) == 1
 
@@ -120,7 +120,8 @@ def test_timeout_is_reported_as_possibly_started(ado: AdoServer) -> None:
     ado.delay(3)
     with pytest.raises(AdoError, match=r"did not answer within 0\.5 s") as info:
         client(ado, timeout=0.5).run_pipeline(request_for())
-    assert "may have started" in info.value.hint
+    assert (info.value.status, info.value.ambiguous, info.value.retryable) == (None, True, True)
+    assert info.value.hint == "The run may have started: check the pipeline's runs before starting it again."
 
 
 def test_unreachable_ado_is_retryable_and_names_the_setting() -> None:
@@ -129,8 +130,8 @@ def test_unreachable_ado_is_retryable_and_names_the_setting() -> None:
     unreachable = AdoClient(f"{identity.url}/contoso", _StaticCredential(), retries=1, backoff=0)
     with pytest.raises(AdoError) as info:
         unreachable.run_pipeline(request_for())
-    assert info.value.retryable
-    assert "AMLRELAY_ADO_BASE_URL" in info.value.hint
+    assert (info.value.status, info.value.ambiguous, info.value.retryable) == (None, False, True)
+    assert info.value.hint == "Check AMLRELAY_ADO_BASE_URL / AMLRELAY_ADO_ORGANIZATION and the network."
 
 
 def test_sign_in_page_is_recognised_as_a_refused_credential(ado: AdoServer) -> None:
