@@ -192,3 +192,12 @@ def test_retry_after_is_waited_for_before_retrying(ado: AdoServer) -> None:
     client(ado, max_retry_after=5).run_pipeline(request())
     assert time.monotonic() - started >= 0.9
     assert len(ado.run_requests) == 2
+
+
+def test_retries_back_off_exponentially(ado: AdoServer) -> None:
+    """Without a Retry-After, retries wait backoff * 2^(n-1) after the first: 0 then 0.5 s for backoff 0.25."""
+    ado.fail(503, times=2)
+    started = time.monotonic()
+    client(ado, backoff=0.25).run_pipeline(request())
+    assert time.monotonic() - started >= 0.45
+    assert len(ado.run_requests) == 3
