@@ -153,6 +153,10 @@ def test_a_refused_connection_is_retryable_and_not_ambiguous() -> None:
     assert (caught.value.ambiguous, caught.value.retryable) == (False, True)
     assert caught.value.message == (f"Could not connect to ADO for the runs of pipeline 12 in project 'mlops' "
                                     f"of {closed.url}/contoso: connection refused")
+    with pytest.raises(AdoError) as caught:
+        unreachable.get_run("mlops", 12, 5)
+    assert caught.value.message == (f"Could not connect to ADO for run 5 of pipeline 12 in project 'mlops' "
+                                    f"of {closed.url}/contoso: connection refused")
 
 
 def test_reasons_are_short_and_name_the_kind_of_failure() -> None:
