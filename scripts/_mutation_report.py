@@ -73,12 +73,15 @@ def main(argv: list[str] | None = None, *, mutants: Path = MUTANTS, equivalent_f
     parser.add_argument("--target", type=float, default=90.0)
     parser.add_argument("--no-diffs", action="store_true")
     parser.add_argument("--survivors", action="store_true", help="only print the survivors' names, one a line")
+    parser.add_argument("--pending", action="store_true", help="only print the names of mutants not run yet")
     ns = parser.parse_args(argv)
     equivalent = load_equivalent(equivalent_file)
-    if ns.survivors:
+    if ns.survivors or ns.pending:
+        # survivors: run and not killed (not the listed equivalents); pending: not run yet
         for module in ns.modules:
             for name, code in sorted(module_results(module, mutants).items()):
-                if name not in equivalent and code not in KILLED:
+                wanted = code is None if ns.pending else code is not None and code not in KILLED
+                if wanted and name not in equivalent:
                     print(name)
         return 0
     rows: list[tuple[str, int, int, int, int, float | None]] = []
