@@ -67,6 +67,8 @@ def test_json_kinds_are_named_in_jsons_words(value: Any, kind: str) -> None:
     ("ModelRegistered", {**MODEL, "modelVersion": 1.5}, "ModelRegistered event: data.modelVersion must be a string "
      "or an integer (as in the event schema), got the number 1.5."),
     ("ModelDeployed", {**DEPLOYED, "modelIds": None}, "ModelDeployed event: data.modelIds is missing."),
+    ("DatasetDriftDetected", {"runId": "r1"}, "DatasetDriftDetected event: data.dataDriftId is missing."),
+    ("DatasetDriftDetected", {"dataDriftId": " "}, "DatasetDriftDetected event: data.dataDriftId is empty."),
     ("DatasetDriftDetected", {**DRIFT, "driftCoefficient": "high"},
      "DatasetDriftDetected event: data.driftCoefficient must be a number, got 'high'."),
     ("DatasetDriftDetected", {**DRIFT, "driftCoefficient": True},
