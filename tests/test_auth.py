@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import socket
+import threading
+from collections.abc import Iterator
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -303,3 +307,64 @@ def test_the_workstation_credential_asks_for_the_user_assigned_identity_too(azur
         token = managed_identity(UA, kind="default").get_token(f"{ADO_RESOURCE}/.default").token
     assert token == identity.token_for(ADO_RESOURCE, UA)
     assert [r.query.get("client_id") for r in identity.token_requests] == [UA]
+
+
+@contextlib.contextmanager
+def ipv6_loopback_to(url: str) -> Iterator[int]:
+    """A TCP relay from [::1]:port to a stand-in (they listen on 127.0.0.1 only); yields the port. TLS passes
+    through untouched, and the stand-ins' certificate names ::1 too."""
+    target = urlsplit(url).port
+    try:
+        listener = socket.socket(socket.AF_INET6)
+        listener.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    listener.listen()
+    opened: list[socket.socket] = []
+
+    def pump(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+    def accept() -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", target or 443))
+            opened.extend((client, upstream))
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=pump, args=(source, sink), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        listener.close()
+        for connection in opened:
+            connection.close()
+
+
+def test_only_a_loopback_vault_skips_the_challenge_check(azure_env: dict[str, str],
+                                                        keyvault_server: KeyVaultServer) -> None:
+    """The challenge-resource check keeps the identity's token from a host that is not the vault the challenge
+    names: only the loopback names (a stand-in or a tunnel cannot answer that check) skip it. Any other spelling
+    of an address, even one that reaches the same vault, is checked, and gets no token."""
+    keyvault_server.set_secret("ado-pat", "pat-from-vault")
+    with ipv6_loopback_to(keyvault_server.url) as port:
+        header = KeyVaultPatCredential(f"https://[::1]:{port}", "ado-pat", managed_identity(None)).authorization()
+        assert header == "Basic " + base64.b64encode(b":pat-from-vault").decode()
+        keyvault_server.reset_state()
+        look_alike = KeyVaultPatCredential(f"https://[0:0:0:0:0:0:0:1]:{port}", "ado-pat", managed_identity(None))
+        with pytest.raises(AuthError) as caught:
+            look_alike.authorization()
+    assert keyvault_server.requests  # the vault was asked (for its challenge) ...
+    assert not [r for r in keyvault_server.requests if "Authorization" in r.headers]  # ... but got no token
+    assert caught.value.message == (f"Not reading the secret 'ado-pat' in Key Vault https://[0:0:0:0:0:0:0:1]:{port}: "
+                                    "that host did not prove to be the vault Key Vault's answer names, so the "
+                                    "identity's token was not sent to it.")
+    assert "AMLRELAY_KEY_VAULT_URL to the vault's own URL" in (caught.value.hint or "")

@@ -182,6 +182,15 @@ class KeyVaultPatCredential:
         except AzureError as exc:
             raise AuthError(f"Reading the {where} failed: {_first_line(exc)}",
                             hint="Check AMLRELAY_KEY_VAULT_URL, the vault's firewall and the identity.") from None
+        except ValueError:
+            # the SDK's own checks: a host that is not the vault its challenge names (e.g. a private-link name
+            # or an alias) gets no token. Not an AmlRelayError, this would stop the job as a "bug" with the
+            # event's claim held, and the SDK's message suggests a constructor argument nobody can pass here.
+            raise AuthError(f"Not reading the {where}: that host did not prove to be the vault Key Vault's answer "
+                            "names, so the identity's token was not sent to it.",
+                            hint="Set AMLRELAY_KEY_VAULT_URL to the vault's own URL as the portal shows it "
+                            "(https://<name>.vault.azure.net, or your cloud's vault domain), not a private-link "
+                            "or alias name.") from None
         if not value:
             raise AuthError(f"The {where} is empty.", hint="Store the ADO PAT as the secret's value.")
         return value
