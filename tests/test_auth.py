@@ -367,4 +367,6 @@ def test_only_a_loopback_vault_skips_the_challenge_check(azure_env: dict[str, st
     assert caught.value.message == (f"Not reading the secret 'ado-pat' in Key Vault https://[0:0:0:0:0:0:0:1]:{port}: "
                                     "that host did not prove to be the vault Key Vault's answer names, so the "
                                     "identity's token was not sent to it.")
-    assert "AMLRELAY_KEY_VAULT_URL to the vault's own URL" in (caught.value.hint or "")
+    assert caught.value.hint == ("Set AMLRELAY_KEY_VAULT_URL to the vault's own URL as the portal shows it "
+                                 "(https://<name>.vault.azure.net, or your cloud's vault domain), not a private-link "
+                                 "or alias name.")
