@@ -158,6 +158,14 @@ def test_dead_letters_and_journal_live_in_the_ledger_account_unless_told_otherwi
     assert settings(blob_url="https://dl.blob.core.windows.net").blob_account_url == "https://dl.blob.core.windows.net"
     assert resolve({"ledger": "false"}, env={k: v for k, v in BASE.items()
                                              if k != "AMLRELAY_LEDGER_TABLE_URL"}).blob_account_url is None
+    assert s.queue_account_url == "https://acct.queue.core.windows.net"
+    assert settings(journal_queue_url="https://q.queue.core.windows.net").queue_account_url == (
+        "https://q.queue.core.windows.net")
+    sovereign = settings(ledger_table_url="https://acct.table.core.usgovcloudapi.net")
+    assert (sovereign.blob_account_url, sovereign.queue_account_url) == (
+        "https://acct.blob.core.usgovcloudapi.net", "https://acct.queue.core.usgovcloudapi.net")
+    assert resolve({"ledger": "false"}, env={k: v for k, v in BASE.items()
+                                             if k != "AMLRELAY_LEDGER_TABLE_URL"}).queue_account_url is None
 
 
 def test_the_stale_window_must_exceed_the_longest_attempt_plus_clock_skew() -> None:
