@@ -136,8 +136,14 @@ def test_unreachable_ado_is_retryable_and_names_the_setting() -> None:
 
 def test_sign_in_page_is_recognised_as_a_refused_credential(ado: AdoServer) -> None:
     ado.signin_page()
-    with pytest.raises(AdoError, match="sign-in page"):
+    with pytest.raises(AdoError) as info:
         client(ado).run_pipeline(request_for())
+    assert info.value.message == (f"ADO answered pipeline 20 in project 'mlops' of {ado.org_url} with a sign-in page "
+                                  "instead of a run (HTTP 203): it did not accept the handler's managed identity "
+                                  "(object id 11111111-1111-1111-1111-111111111111, application id "
+                                  "22222222-2222-2222-2222-222222222222).")
+    assert (info.value.status, info.value.retryable, info.value.ambiguous) == (203, False, False)
+    assert info.value.hint.startswith("Add this identity to the ADO organization as a user with Basic access")
 
 
 def test_forbidden_names_the_identitys_object_id(ado: AdoServer, identity_server: IdentityServer) -> None:
