@@ -88,6 +88,7 @@ def test_rows_written_by_hand_or_by_strangers_are_refused_clearly() -> None:
     with pytest.raises(LedgerError) as caught:
         _from_entity({"RowKey": "rk", "state": "done"})
     assert caught.value.message == "Ledger row rk has unknown state 'done'."
+    assert caught.value.hint == "It was written by a newer or foreign writer; do not share the table."
     with pytest.raises(LedgerError, match="non-datetime timestamp: 'yesterday'"):
         _utc("yesterday")
     aware = _utc(datetime(2026, 1, 2, 3, 4, 5, 6))
@@ -182,8 +183,9 @@ def test_rows_without_optional_properties_read_with_their_defaults(ledger: Ledge
     assert (record.ado_run_id, record.ado_run_url, record.reason, record.row_key) == (7, None, None, rk)
     assert (record.tag_target, record.tagged, record.tag_attempts, record.tag_gave_up) == (None, None, None, None)
     assert record.claimed_at == when
-    assert type(record.updated_at) is datetime
-    assert record.updated_at.tzinfo is timezone.utc
+    for stamp in (record.claimed_at, record.updated_at):  # plain aware datetimes, not the SDK's subclass
+        assert type(stamp) is datetime
+        assert stamp.tzinfo is timezone.utc
 
 
 @pytest.mark.parametrize(("event", "kept", "truncated"), [
