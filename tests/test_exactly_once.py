@@ -70,6 +70,8 @@ def test_redelivery_and_completed_status_change_start_one_run(stack: Stack, ledg
     again = deliver(relay, sample("event-grid-schema", "run_completed"), completed_status_change())
     assert [o.outcome for o in first + again] == ["triggered", "duplicate", "duplicate"]
     assert {o.ado_run_id for o in first + again} == {stack.ado.runs[0]["id"]}
+    assert {o.ado_run_url for o in first + again} == {stack.ado.runs[0]["_links"]["web"]["href"]}
+    assert [o.reason for o in again] == ["already triggered", "already triggered"]
     assert len(stack.ado.runs) == 1
 
 

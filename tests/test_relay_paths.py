@@ -299,5 +299,5 @@ def test_items_beyond_the_raw_deliveries_given_are_handled_without_a_copy_to_rep
     outcomes = r.handle(parse_events([first, second]), raw=[first])
     assert [o.outcome for o in outcomes] == ["triggered", "failed", "triggered", "failed"]
     assert r.ledger is not None
-    kept = {rec.event_id: rec.event_json for rec in r.ledger.recent()}
-    assert kept == {first["id"]: json.dumps(first), "second-delivery": None}
+    kept = {rec.event_id: (rec.event_type, rec.event_json) for rec in r.ledger.recent()}
+    assert kept == {first["id"]: ("ModelRegistered", json.dumps(first)), "second-delivery": ("ModelRegistered", None)}
