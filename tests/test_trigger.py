@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -15,6 +17,7 @@ from amlrelay.router import build_request
 from amlrelay.routes import load_routes
 from amlrelay.trigger import AdoClient
 from tests.conftest import ROUTES_FILE, sample
+from tests.servers._base import LoopbackServer, RecordedRequest, Reply
 from tests.servers.ado import ADO_RESOURCE, AdoServer
 from tests.servers.identity import IdentityServer
 from tests.servers.keyvault import KeyVaultServer
@@ -110,7 +113,8 @@ def test_connection_reset_after_sending_is_not_retried_and_says_so(ado: AdoServe
     with pytest.raises(AdoError) as info:
         client(ado).run_pipeline(request_for())
     assert (info.value.status, info.value.ambiguous, info.value.retryable) == (None, True, True)
-    assert info.value.message.startswith("No answer from ADO for pipeline ")
+    assert info.value.message == (f"No answer from ADO for pipeline 20 in project 'mlops' of {ado.org_url}: "
+                                  "connection reset")
     assert info.value.hint == "The request may have reached ADO: check the pipeline's runs before starting it again."
     assert len(ado.runs) == 1  # the run exists: a blind retry would have started a second one
     assert len(ado.run_requests) == 1
@@ -198,3 +202,60 @@ class _StaticCredential:
 
     def remedy(self, status: int) -> str:
         return "n/a"
+
+
+class _NotAdo(LoopbackServer):
+    """Something at ADO's address that is not ADO (a proxy, a wrong base URL): 200s that hold no runs."""
+
+    def __init__(self, reply: Reply) -> None:
+        super().__init__()
+        self.reply = reply
+
+    def handle(self, request: RecordedRequest) -> Reply | None:
+        return self.reply
+
+
+@pytest.mark.parametrize("reply", [
+    Reply(200, b"<html><title>Azure DevOps Services | Sign In</title></html>", [("Content-Type", "text/html")]),
+    Reply.json(200, {"count": 0}), Reply.json(200, [{"id": 1}])], ids=["html", "no-value", "a-list"])
+def test_an_answer_that_holds_no_run_list_is_a_refusal_not_a_crash(reply: Reply) -> None:
+    with _NotAdo(reply) as server, pytest.raises(AdoError) as info:
+        AdoClient(f"{server.url}/contoso", _StaticCredential(), retries=0, backoff=0).list_runs("mlops", 20)
+    assert info.value.message.startswith(f"ADO answered the runs of pipeline 20 in project 'mlops' of {server.url}"
+                                         "/contoso with a sign-in page instead of a run (HTTP 200)")
+
+
+def test_entries_of_a_run_list_without_a_numeric_id_are_left_out() -> None:
+    runs = [{"id": 3, "state": "completed"}, {"id": "4"}, {"state": "inProgress"}, "5", {"id": 7}]
+    with _NotAdo(Reply.json(200, {"count": 5, "value": runs})) as server:
+        listed = AdoClient(f"{server.url}/contoso", _StaticCredential(), retries=0, backoff=0).list_runs("mlops", 20)
+    assert [r["id"] for r in listed] == [7, 3]
+
+
+def test_an_answer_cut_off_mid_body_is_reported_as_no_answer_in_time() -> None:
+    """Headers arrive, then the body stalls past the timeout (a gateway hanging mid-response): the run may
+    exist, so it is ambiguous, and it says it was a timeout."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    port = listener.getsockname()[1]
+
+    def stall() -> None:
+        connection, _ = listener.accept()
+        connection.recv(65536)
+        connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"id\"")
+        time.sleep(2)
+        connection.close()
+
+    thread = threading.Thread(target=stall, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(AdoError) as info:
+            AdoClient(f"http://127.0.0.1:{port}/contoso", _StaticCredential(), retries=0, backoff=0,
+                      timeout=0.5).run_pipeline(request_for())
+    finally:
+        thread.join()
+        listener.close()
+    assert info.value.message == (f"ADO did not answer within 0.5 s for pipeline 20 in project 'mlops' of "
+                                  f"http://127.0.0.1:{port}/contoso.")
+    assert (info.value.ambiguous, info.value.retryable) == (True, True)
