@@ -7,12 +7,17 @@ variable and what is wrong with the value.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import sys
 import types
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+import amlrelay.settings
 from amlrelay.auth import ADO_RESOURCE
 from amlrelay.errors import SettingsError
 from amlrelay.settings import CLOCK_SKEW, Settings, automation_lookup, env_name, resolve
@@ -338,3 +343,39 @@ def test_automation_variables_are_read_inside_automation(monkeypatch: pytest.Mon
     s = resolve({}, env=BASE, automation=lookup)
     assert (s.ado_organization, s.dry_run, s.max_retries) == ("from-automation", True, 2)
     assert s.routes == "routes.json"  # a variable without a value does not hide the environment
+
+
+_FRESH_JOB = """
+import json, sys
+from amlrelay.errors import SettingsError
+from amlrelay.settings import resolve
+try:
+    s = resolve({}, env=json.loads(sys.argv[1]))
+except SettingsError as exc:
+    print(json.dumps({"problems": exc.problems}))
+else:
+    print(json.dumps({"auth": s.auth, "credential": s.credential, "backoff": s.backoff, "max_retries": s.max_retries,
+                      "verify_lag": s.verify_lag}))
+"""
+
+
+def _in_a_fresh_process(**env: str) -> Any:
+    """Settings as a new job process reads them (Automation starts one per job): the parsers are built when the
+    module is imported, so they are checked there too, not only in this long-lived test process."""
+    package = str(Path(amlrelay.settings.__file__).resolve().parents[1])
+    child_env = {k: v for k, v in os.environ.items() if not k.startswith("AMLRELAY_")}
+    child_env["PYTHONPATH"] = package
+    variables = {**BASE, **{env_name(k): v for k, v in env.items()}}
+    done = subprocess.run([sys.executable, "-c", _FRESH_JOB, json.dumps(variables)], env=child_env,
+                          capture_output=True, text=True, timeout=60, check=True)
+    return json.loads(done.stdout)
+
+
+def test_a_fresh_job_process_parses_choices_and_numbers_alike() -> None:
+    assert _in_a_fresh_process(auth="PAT", key_vault_url="https://kv.vault.azure.net", credential="Default",
+                               backoff="0", max_retries="0", verify_lag="0.5") == {
+        "auth": "pat", "credential": "default", "backoff": 0.0, "max_retries": 0, "verify_lag": 0.5}
+    refused = _in_a_fresh_process(auth="password", backoff="-1", max_retries="many")
+    assert refused == {"problems": ["AMLRELAY_AUTH must be one of managed-identity, pat, got 'password'",
+                                    "AMLRELAY_MAX_RETRIES must be a number, got 'many'",
+                                    "AMLRELAY_BACKOFF must not be negative, got '-1'"]}
