@@ -224,10 +224,13 @@ def test_a_run_the_ledger_could_not_record_is_reported_triggered_with_the_reason
     assert exit_code([outcome]) == 1
 
 
-def test_without_a_ledger_a_500_with_no_run_behind_it_is_looked_up_then_sent_once_more(stack: Stack) -> None:
+@pytest.mark.parametrize("with_ledger", [True, False])
+def test_a_500_with_no_run_behind_it_is_looked_up_then_sent_once_more(stack: Stack, azurite: str, table_name: str,
+                                                                      with_ledger: bool) -> None:
     """A 500 is ADO's own answer, so a run it queued would be listed already: none there means none was
-    queued, and the request is sent once more — also without a ledger (no claim to renew)."""
-    r = relay(stack)
+    queued, and the request is sent once more (with a ledger, on the renewed claim; without, with no claim to
+    renew) — and the run it starts is this attempt's, ``triggered``, not an earlier one's."""
+    r = relay(stack, **ledger_env(azurite, table_name)) if with_ledger else relay(stack)
     stack.ado.fail(500)
     [outcome, _] = r.handle(parse_events([registered(modelTags={"area": "diabetes"}, ModelVersion="41")]))
     [run] = stack.ado.runs
