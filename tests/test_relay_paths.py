@@ -198,9 +198,11 @@ def test_an_answer_that_leaves_the_run_open_says_what_happens_next(stack: Stack)
 def test_an_item_without_an_event_type_is_shown_as_a_question_mark(stack: Stack) -> None:
     """The output line and table always name the event's kind; an item that has none says so with '?'."""
     r = relay(stack, AMLRELAY_DRY_RUN="true")
-    [junk, typeless] = r.handle(parse_events(["not an event", {"id": "y", "subject": "s"}]))
+    bare = {**sample("event-grid-schema", "model_registered"), "eventType": "Custom", "id": "c"}
+    [junk, typeless, custom] = r.handle(parse_events(["not an event", {"id": "y", "subject": "s"}, bare]))
     assert (junk.event_type, junk.outcome, typeless.event_type, typeless.event_id) == ("?", "rejected", "?", "y")
     assert "got a string" in (junk.reason or "")
+    assert (custom.event_type, custom.outcome) == ("Custom", "skipped")  # a type without a namespace: itself
 
 
 def test_a_run_the_ledger_could_not_record_is_reported_triggered_with_the_reason(stack: Stack, azurite: str,
