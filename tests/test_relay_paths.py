@@ -203,6 +203,10 @@ def test_an_item_without_an_event_type_is_shown_as_a_question_mark(stack: Stack)
     assert (junk.event_type, junk.outcome, typeless.event_type, typeless.event_id) == ("?", "rejected", "?", "y")
     assert "got a string" in (junk.reason or "")
     assert (custom.event_type, custom.outcome) == ("Custom", "skipped")  # a type without a namespace: itself
+    assert (custom.event_id, custom.subject, custom.reason) == ("c", bare["subject"],
+                                                                "not an Azure Machine Learning event type")
+    assert (typeless.subject, typeless.reason) == ("s", "The object is neither an Event Grid event (no eventType) "
+                                                        "nor a CloudEvent (no specversion).")
 
 
 def test_a_run_the_ledger_could_not_record_is_reported_triggered_with_the_reason(stack: Stack, azurite: str,
