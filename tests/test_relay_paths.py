@@ -206,7 +206,8 @@ def test_an_item_without_an_event_type_is_shown_as_a_question_mark(stack: Stack)
     assert (custom.event_id, custom.subject, custom.reason) == ("c", bare["subject"],
                                                                 "not an Azure Machine Learning event type")
     assert (typeless.subject, typeless.reason) == ("s", "The object is neither an Event Grid event (no eventType) "
-                                                        "nor a CloudEvent (no specversion).")
+                                                        "nor a CloudEvent (no specversion). Send Event Grid schema "
+                                                        "or CloudEvents 1.0 events from an Azure ML system topic.")
 
 
 def test_a_run_the_ledger_could_not_record_is_reported_triggered_with_the_reason(stack: Stack, azurite: str,
