@@ -311,3 +311,24 @@ def test_items_beyond_the_raw_deliveries_given_are_handled_without_a_copy_to_rep
     assert r.ledger is not None
     kept = {rec.event_id: (rec.event_type, rec.event_json) for rec in r.ledger.recent()}
     assert kept == {first["id"]: ("ModelRegistered", json.dumps(first)), "second-delivery": ("ModelRegistered", None)}
+
+
+def test_with_verification_an_unreadable_ledger_lookup_goes_on_to_verify_and_claim(stack: Stack, azurite: str,
+                                                                                   table_name: str) -> None:
+    """The read-only lookup before verification only saves AML reads: when it fails, the event is verified
+    and claimed as usual (the claim decides), not failed or crashed."""
+    from amlrelay.errors import LedgerError
+
+    class Unreadable(Ledger):
+        def get(self, key: str) -> Any:
+            raise LedgerError("the table is throttling reads")
+
+    r = relay(stack, **ledger_env(azurite, table_name))
+    r.ledger = Unreadable.from_connection_string(azurite, table=table_name)
+    r.verifier = verifier = _Approves()
+    [outcome, _] = r.handle(parse_events([registered(modelTags={"area": "diabetes"})]))
+    assert (outcome.outcome, outcome.reason) == ("triggered", None)
+    assert verifier.asked == 1
+    [again, _] = r.handle(parse_events([registered(modelTags={"area": "diabetes"})]))
+    assert (again.outcome, again.reason, again.ado_run_id) == ("duplicate", "already triggered", outcome.ado_run_id)
+    assert len(stack.ado.run_requests) == 1
