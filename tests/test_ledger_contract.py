@@ -89,8 +89,10 @@ def test_rows_written_by_hand_or_by_strangers_are_refused_clearly() -> None:
         _from_entity({"RowKey": "rk", "state": "done"})
     assert caught.value.message == "Ledger row rk has unknown state 'done'."
     assert caught.value.hint == "It was written by a newer or foreign writer; do not share the table."
-    with pytest.raises(LedgerError, match="non-datetime timestamp: 'yesterday'"):
+    with pytest.raises(LedgerError) as edited:
         _utc("yesterday")
+    assert edited.value.message == "Ledger row has a non-datetime timestamp: 'yesterday'."
+    assert edited.value.hint == "Someone edited the ledger table by hand: delete or fix that row."
     aware = _utc(datetime(2026, 1, 2, 3, 4, 5, 6))
     assert aware == datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=timezone.utc)
 
