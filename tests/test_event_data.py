@@ -192,3 +192,39 @@ def test_a_drift_event_offers_every_value_it_carries() -> None:
         "baseDatasetId": "3c56d136-0f64-4657-a0e8-5162089a88a3",
         "targetDatasetId": "d7e74d2e-c972-4266-b5fb-6c9c182d2a74", "driftCoefficient": "0.8350349068479208",
         "startTime": "2019-07-04T00:00:00+00:00", "endTime": "2019-07-05T00:00:00+00:00"}
+
+
+VALID = {"RunCompleted": RUN, "RunStatusChanged": RUN, "ModelRegistered": MODEL, "ModelDeployed": DEPLOYED,
+         "DatasetDriftDetected": DRIFT}
+REQUIRED = [("RunCompleted", f) for f in ("experimentId", "experimentName", "runId", "runType")] + [
+    ("RunStatusChanged", "runStatus"), ("ModelRegistered", "modelName"), ("ModelRegistered", "modelVersion"),
+    ("ModelDeployed", "serviceName"), ("ModelDeployed", "serviceComputeType"), ("ModelDeployed", "modelIds"),
+    ("DatasetDriftDetected", "dataDriftId")]
+MAPS = [("RunCompleted", "runTags"), ("RunCompleted", "runProperties"), ("ModelRegistered", "modelTags"),
+        ("ModelRegistered", "modelProperties"), ("ModelDeployed", "serviceTags"),
+        ("ModelDeployed", "serviceProperties")]
+TEXTS = [(t, f) for t, f in REQUIRED if f != "modelVersion"] + [
+    ("DatasetDriftDetected", f) for f in ("dataDriftName", "runId", "baseDatasetId", "targetDatasetId", "startTime",
+                                          "endTime")]
+
+
+@pytest.mark.parametrize(("event_type", "field"), REQUIRED)
+def test_each_required_field_is_required_and_named_as_the_schema_spells_it(event_type: str, field: str) -> None:
+    data = {k: v for k, v in VALID[event_type].items() if k != field}
+    assert refused(event_type, data) == f"{event_type} event: data.{field} is missing."
+
+
+@pytest.mark.parametrize(("event_type", "field"), TEXTS)
+def test_a_text_field_of_another_json_type_is_named_as_the_schema_spells_it(event_type: str, field: str) -> None:
+    data = {**VALID[event_type], field.upper(): ["x"]}  # the key's case in the event does not matter
+    data = {k: v for k, v in data.items() if k != field}
+    assert refused(event_type, data) == (f"{event_type} event: data.{field} must be a string (as in the event "
+                                         "schema), got an array.")
+
+
+@pytest.mark.parametrize(("event_type", "field"), MAPS)
+def test_a_tag_or_property_map_must_be_an_object_and_is_read_whatever_its_case(event_type: str, field: str) -> None:
+    assert refused(event_type, {**VALID[event_type], field: "x"}) == (f"{event_type} event: data.{field} must be "
+                                                                     "an object, got a string.")
+    parsed = parse_data(event_type, {**VALID[event_type], field.upper(): {"k": "v"}})
+    assert parsed.fields()[f"{field}.k"] == "v"

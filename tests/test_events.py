@@ -246,3 +246,36 @@ def test_a_validation_event_whose_data_is_not_an_object_cannot_be_validated_by_h
     assert isinstance(item, Skipped)
     assert item.reason == (f"{VALIDATION_WHAT}. The event carries no https validationUrl, so it cannot be "
                            "validated by hand.")
+
+
+def test_a_hand_started_event_is_built_like_a_delivered_one() -> None:
+    """Portal parameters become an event with no subject, the canonical type in any spelling, the current UTC
+    time, and an id of its own, so routes, templates and the ledger treat it like a delivery."""
+    from datetime import datetime, timedelta, timezone
+
+    from amlrelay.events import manual_event
+
+    before = datetime.now(timezone.utc)
+    event = manual_event("modelregistered", SAMPLE_WORKSPACE, {"modelName": "churn", "modelVersion": "7"})
+    other = manual_event("ModelRegistered", SAMPLE_WORKSPACE, {"modelName": "churn", "modelVersion": "7"})
+    assert (event.type, event.source, event.subject, event.schema) == ("ModelRegistered", SAMPLE_WORKSPACE, "",
+                                                                       "Manual")
+    assert event.fields()["subject"] == ""
+    assert isinstance(event.data, ModelRegisteredData)
+    assert (event.data.model_name, event.data.model_version) == ("churn", "7")
+    assert event.id.startswith("manual-")
+    assert event.id != other.id
+    assert event.time is not None
+    assert event.time.utcoffset() == timedelta(0)
+    assert before <= event.time <= datetime.now(timezone.utc)
+    assert event.outcome_key() == other.outcome_key()  # a second hand start is the same outcome
+
+
+def test_a_hand_started_event_of_an_unknown_type_lists_the_known_ones() -> None:
+    from amlrelay.events import manual_event
+
+    with pytest.raises(InvalidEventError) as caught:
+        manual_event("ModelCreated", SAMPLE_WORKSPACE, {})
+    assert caught.value.message == "Unknown event type 'ModelCreated'."
+    assert caught.value.hint == ("Use one of RunCompleted, RunStatusChanged, ModelRegistered, ModelDeployed, "
+                                 "DatasetDriftDetected.")
