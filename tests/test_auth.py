@@ -233,9 +233,10 @@ def test_tokens_are_reused_while_fresh_and_fetched_again_before_expiry(azure_env
     assert {t.resource for t in identity.issued} == {ADO_RESOURCE}
 
 
-@pytest.mark.parametrize("status", [500, 502])
-def test_an_endpoint_s_own_failure_says_to_start_again_later(status: int) -> None:
-    error = identity_error(RuntimeError(f"Token request error: (server_error) {status}, busy"), "No token")
+@pytest.mark.parametrize(("status", "client_id"), [(500, None), (502, None), (503, UA)])
+def test_an_endpoint_s_own_failure_says_to_start_again_later(status: int, client_id: str | None) -> None:
+    """Whatever identity was asked for: a 5xx is the endpoint's trouble, not an identity it does not know."""
+    error = identity_error(RuntimeError(f"Token request error: (server_error) {status}, busy"), "No token", client_id)
     assert error.message == f"No token: the managed identity endpoint failed with HTTP {status}."
     assert error.hint == "This is Automation's own endpoint: start the job again in a few minutes."
     below = identity_error(RuntimeError("Token request error: (x) 499, no"), "No token")
