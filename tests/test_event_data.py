@@ -194,8 +194,8 @@ def test_a_drift_event_offers_every_value_it_carries() -> None:
         "startTime": "2019-07-04T00:00:00+00:00", "endTime": "2019-07-05T00:00:00+00:00"}
 
 
-VALID = {"RunCompleted": RUN, "RunStatusChanged": RUN, "ModelRegistered": MODEL, "ModelDeployed": DEPLOYED,
-         "DatasetDriftDetected": DRIFT}
+VALID: dict[str, dict[str, Any]] = {"RunCompleted": RUN, "RunStatusChanged": RUN, "ModelRegistered": MODEL,
+                                    "ModelDeployed": DEPLOYED, "DatasetDriftDetected": DRIFT}
 REQUIRED = [("RunCompleted", f) for f in ("experimentId", "experimentName", "runId", "runType")] + [
     ("RunStatusChanged", "runStatus"), ("ModelRegistered", "modelName"), ("ModelRegistered", "modelVersion"),
     ("ModelDeployed", "serviceName"), ("ModelDeployed", "serviceComputeType"), ("ModelDeployed", "modelIds"),
@@ -216,7 +216,7 @@ def test_each_required_field_is_required_and_named_as_the_schema_spells_it(event
 
 @pytest.mark.parametrize(("event_type", "field"), TEXTS)
 def test_a_text_field_of_another_json_type_is_named_as_the_schema_spells_it(event_type: str, field: str) -> None:
-    data = {**VALID[event_type], field.upper(): ["x"]}  # the key's case in the event does not matter
+    data: dict[str, Any] = {**VALID[event_type], field.upper(): ["x"]}  # the key's case does not matter
     data = {k: v for k, v in data.items() if k != field}
     assert refused(event_type, data) == (f"{event_type} event: data.{field} must be a string (as in the event "
                                          "schema), got an array.")
