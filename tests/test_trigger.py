@@ -259,3 +259,17 @@ def test_an_answer_cut_off_mid_body_is_reported_as_no_answer_in_time() -> None:
     assert info.value.message == (f"ADO did not answer within 0.5 s for pipeline 20 in project 'mlops' of "
                                   f"http://127.0.0.1:{port}/contoso.")
     assert (info.value.ambiguous, info.value.retryable) == (True, True)
+
+
+@pytest.mark.parametrize("reply", [
+    Reply.json(203, {"message": "sign in"}), Reply(202, b"<html>Sign In</html>", [("Content-Type", "text/html")]),
+    Reply.json(200, {"state": "inProgress"}), Reply(204)], ids=["203-json", "202-html", "200-no-id", "204-empty"])
+def test_a_success_status_without_a_run_is_a_refused_credential_never_a_trigger(reply: Reply) -> None:
+    """Only a run (an answer with its id) counts as started; any other 2xx — ADO's sign-in pages come as
+    200/203 — is refused with the credential's remedy, so no outcome says triggered without a run."""
+    with _NotAdo(reply) as server, pytest.raises(AdoError) as info:
+        AdoClient(f"{server.url}/contoso", _StaticCredential(), retries=0, backoff=0).run_pipeline(request_for())
+    assert info.value.message == (f"ADO answered pipeline 20 in project 'mlops' of {server.url}/contoso with a "
+                                  f"sign-in page instead of a run (HTTP {reply.status}): it did not accept a static "
+                                  "test token.")
+    assert (info.value.status, info.value.ambiguous) == (reply.status, False)
