@@ -273,3 +273,13 @@ def test_a_success_status_without_a_run_is_a_refused_credential_never_a_trigger(
                                   f"sign-in page instead of a run (HTTP {reply.status}): it did not accept a static "
                                   "test token.")
     assert (info.value.status, info.value.ambiguous) == (reply.status, False)
+
+
+def test_a_3xx_that_is_not_followed_is_rejected_with_its_status() -> None:
+    """Only 2xx answers are read as a refused sign-in; a 300 (no redirect to follow) is passed on as it is."""
+    reply = Reply(300, b"<html>Multiple Choices</html>", [("Content-Type", "text/html")])
+    with _NotAdo(reply) as server, pytest.raises(AdoError) as info:
+        AdoClient(f"{server.url}/contoso", _StaticCredential(), retries=0, backoff=0).run_pipeline(request_for())
+    assert info.value.message == (f"ADO rejected the request for pipeline 20 in project 'mlops' of {server.url}"
+                                  "/contoso (HTTP 300): Multiple Choices")
+    assert info.value.status == 300
