@@ -244,7 +244,7 @@ def test_an_answer_cut_off_mid_body_is_reported_as_no_answer_in_time() -> None:
         connection, _ = listener.accept()
         connection.recv(65536)
         connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"id\"")
-        time.sleep(2)
+        time.sleep(1)  # twice the client's timeout
         connection.close()
 
     thread = threading.Thread(target=stall, daemon=True)
