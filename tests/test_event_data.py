@@ -228,3 +228,20 @@ def test_a_tag_or_property_map_must_be_an_object_and_is_read_whatever_its_case(e
                                                                      "an object, got a string.")
     parsed = parse_data(event_type, {**VALID[event_type], field.upper(): {"k": "v"}})
     assert parsed.fields()[f"{field}.k"] == "v"
+
+
+def test_values_up_to_the_length_limit_are_kept_and_one_more_character_is_refused() -> None:
+    """AML ids, names, tag keys and tag values all fit; a value one character over the limit is hostile."""
+    limit = "x" * MAX_FIELD_LENGTH
+    data = parse_data("RunCompleted", {**RUN, "runId": limit, "runTags": {limit: limit}})
+    assert data.fields()["runId"] == limit
+    assert data.fields()[f"runTags.{limit}"] == limit
+    over = limit + "x"
+    assert refused("RunCompleted", {**RUN, "runTags": {over: "v"}}) == (
+        f"RunCompleted event: data.runTags.{over} is longer than {MAX_FIELD_LENGTH} characters.")
+
+
+def test_a_coefficient_that_is_not_a_number_is_quoted_up_to_40_characters() -> None:
+    text = "high: " + "0123456789" * 5
+    assert refused("DatasetDriftDetected", {**DRIFT, "driftCoefficient": text}) == (
+        f"DatasetDriftDetected event: data.driftCoefficient must be a number, got {text[:40]!r}.")

@@ -11,7 +11,7 @@ import pytest
 from amlrelay.errors import InvalidEventError
 from amlrelay.events import CLOUD_EVENT_SCHEMA, EVENT_GRID_SCHEMA, Invalid, Skipped, load_body, parse_events
 from amlrelay.models import AmlEvent, DatasetDriftData, ModelDeployedData, ModelRegisteredData, RunEventData
-from tests.conftest import SAMPLE_WORKSPACE, all_samples, sample
+from tests.conftest import SAMPLE_WORKSPACE, SCHEMAS, all_samples, sample
 
 EXPECTED = {
     "run_completed": ("RunCompleted", RunEventData, "AutoML_ad912b2d-6467-4f32-a616-dbe4af6dd8fc_5"),
@@ -36,6 +36,7 @@ def test_every_official_sample_parses_to_its_typed_model(schema: str, name: str)
     assert event.type == short
     assert isinstance(event.data, model)
     assert event.source == SAMPLE_WORKSPACE
+    assert (event.id, event.subject) == (sample(schema, name)["id"], sample(schema, name)["subject"])
     assert event.schema == (EVENT_GRID_SCHEMA if schema == "event-grid-schema" else CLOUD_EVENT_SCHEMA)
     if run_id:
         assert event.fields()["runId"] == run_id
@@ -220,6 +221,7 @@ def test_the_validation_handshake_tells_the_operator_how_to_validate_by_hand() -
     url = "https://rp-eastus2.eventgrid.azure.net/eventsubscriptions/x/validate?id=y"
     item = only([validation_event({"validationCode": "c0de", "validationUrl": url})])
     assert isinstance(item, Skipped)
+    assert (item.id, item.type, item.subject) == ("v1", "Microsoft.EventGrid.SubscriptionValidationEvent", "")
     assert item.reason == (f"{VALIDATION_WHAT}. If the subscription stays 'AwaitingManualAction', validate it by "
                            f"hand within 5 minutes of the event: open {url} (validation code c0de) with an HTTP GET.")
 
@@ -279,3 +281,36 @@ def test_a_hand_started_event_of_an_unknown_type_lists_the_known_ones() -> None:
     assert caught.value.message == "Unknown event type 'ModelCreated'."
     assert caught.value.hint == ("Use one of RunCompleted, RunStatusChanged, ModelRegistered, ModelDeployed, "
                                  "DatasetDriftDetected.")
+
+
+@pytest.mark.parametrize("event_type", ["Microsoft.EventGrid.SubscriptionDeletedEvent",
+                                        "microsoft.eventgrid.subscriptiondeletedevent"])
+def test_a_subscription_lifecycle_event_is_skipped_as_such(event_type: str) -> None:
+    item = only([{**validation_event({}), "eventType": event_type}])
+    assert isinstance(item, Skipped)
+    assert (item.id, item.type, item.subject) == ("v1", event_type, "")
+    assert item.reason == "Event Grid subscription lifecycle event: nothing to relay."
+
+
+def test_a_foreign_or_unknown_event_is_skipped_with_its_id_type_and_subject() -> None:
+    storage = {**sample("event-grid-schema", "run_completed"), "eventType": "Microsoft.Storage.BlobCreated",
+               "id": "b1", "subject": "/blobServices/default/containers/c"}
+    unknown = {**storage, "eventType": "Microsoft.MachineLearningServices.SomethingNew", "id": "u1"}
+    skipped = parse_events([storage, unknown])
+    assert skipped == [
+        Skipped("b1", "Microsoft.Storage.BlobCreated", "/blobServices/default/containers/c",
+                "not an Azure Machine Learning event type"),
+        Skipped("u1", "Microsoft.MachineLearningServices.SomethingNew", "/blobServices/default/containers/c",
+                "unknown AML event type (amlrelay knows RunCompleted, RunStatusChanged, ModelRegistered, "
+                "ModelDeployed, DatasetDriftDetected)")]
+
+
+@pytest.mark.parametrize("schema", SCHEMAS)
+def test_an_aml_event_without_its_workspace_is_rejected_with_what_to_send(schema: str) -> None:
+    event = sample(schema, "model_registered")
+    event.pop("topic" if schema == "event-grid-schema" else "source")
+    item = only([event])
+    assert isinstance(item, Invalid)
+    if schema == "event-grid-schema":  # CloudEvents require a source: its absence is named before the type
+        assert item.error.message == "ModelRegistered event has no topic/source, so its workspace is unknown."
+    assert item.error.hint == "Send Event Grid schema or CloudEvents 1.0 events from an Azure ML system topic."
