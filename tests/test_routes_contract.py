@@ -370,3 +370,10 @@ def test_a_description_is_kept_as_written() -> None:
     routes: Routes = parse_routes(json.dumps(doc(route(name="a", description="Evaluate a trained model"),
                                                  route(name="b"))))
     assert [r.description for r in routes.routes] == ["Evaluate a trained model", ""]
+
+
+def test_defaults_variables_and_parameters_must_be_objects() -> None:
+    """An array in ``defaults`` (ADO's YAML shape for variables) was silently ignored, so every route's runs
+    started without those values; the schema refuses it, and so does the loader now."""
+    assert problem_lines(doc(defaults={"variables": [{"name": "A", "value": "x"}], "templateParameters": "p"})) == [
+        "defaults.variables: must be an object", "defaults.templateParameters: must be an object"]

@@ -168,6 +168,9 @@ class _Loader:
             self.fail("defaults", "must be an object")
             defaults = {}
         self.unknown_keys("defaults", defaults, _DEFAULT_KEYS)
+        for key in ("variables", "templateParameters"):  # not merged into any route when not an object
+            if key in defaults and not isinstance(defaults[key], dict):
+                self.fail(f"defaults.{key}", "must be an object")
         raw_routes = document.get("routes")
         if not isinstance(raw_routes, list) or not raw_routes:
             self.fail("routes", "must be a non-empty array")
