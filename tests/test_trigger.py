@@ -283,3 +283,26 @@ def test_a_3xx_that_is_not_followed_is_rejected_with_its_status() -> None:
     assert info.value.message == (f"ADO rejected the request for pipeline 20 in project 'mlops' of {server.url}"
                                   "/contoso (HTTP 300): Multiple Choices")
     assert info.value.status == 300
+
+
+class _Answers(LoopbackServer):
+    """Answers from a script, one per request, then 404s."""
+
+    def __init__(self, *replies: Reply) -> None:
+        super().__init__()
+        self.replies = list(replies)
+
+    def handle(self, request: RecordedRequest) -> Reply | None:
+        return self.replies.pop(0) if self.replies else Reply.json(404, {"message": "gone"})
+
+
+def test_a_read_refused_with_413_and_retry_after_is_retried_after_it() -> None:
+    """Retry-After is honoured on every status that may carry it (429, 503 and 413), not only the listed ones."""
+    with _Answers(Reply.json(413, {"message": "too large"}, [("Retry-After", "1")]),
+                  Reply.json(200, {"id": 5, "state": "completed"})) as server:
+        started = time.monotonic()
+        run = AdoClient(f"{server.url}/contoso", _StaticCredential(), retries=1, backoff=0,
+                        max_retry_after=5).get_run("mlops", 20, 5)
+        assert time.monotonic() - started >= 0.9
+        assert run["id"] == 5
+        assert len(server.requests) == 2
