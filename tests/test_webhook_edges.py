@@ -67,7 +67,18 @@ def test_the_webhook_name_comes_from_either_form_and_only_when_it_is_a_string() 
     assert parse_webhook_argv([json.dumps({"WebhookName": 5, "RequestBody": "[]"})]).webhook_name is None
     assert parse_webhook_argv(["{WebhookName:relay-2,RequestBody:[],RequestHeader:{}}"]).webhook_name == "relay-2"
     assert parse_webhook_argv(["{RequestBody:[],RequestHeader:{WebhookName:x}}"]).webhook_name is None
+    # a body given as a string literal: the name is read all the same
+    assert parse_webhook_argv(['{WebhookName:relay-3,RequestBody:"[]",RequestHeader:{}}']).webhook_name == "relay-3"
+    assert parse_webhook_argv(['{RequestBody:"[]",RequestHeader:{WebhookName:x}}']).webhook_name is None
+    # an empty name is empty: the name is read only up to the RequestBody key, not from it
+    assert parse_webhook_argv(["{WebhookName: RequestBody:[],RequestHeader:{}}"]).webhook_name == ""
     assert parse_webhook_argv(["[]"]).webhook_name is None
+
+
+def test_the_body_may_start_after_a_space_in_the_hashtable_form() -> None:
+    """Automation splits WEBHOOKDATA on whitespace; a body in the next argv item follows the key after a space."""
+    argv = ["{WebhookName:w,RequestBody:", '[{"a":1}],RequestHeader:{}}']
+    assert parse_webhook_argv(argv).body == [{"a": 1}]
 
 
 def test_argv_items_are_trimmed_and_joined_with_single_spaces() -> None:
