@@ -314,3 +314,26 @@ def test_an_aml_event_without_its_workspace_is_rejected_with_what_to_send(schema
     if schema == "event-grid-schema":  # CloudEvents require a source: its absence is named before the type
         assert item.error.message == "ModelRegistered event has no topic/source, so its workspace is unknown."
     assert item.error.hint == "Send Event Grid schema or CloudEvents 1.0 events from an Azure ML system topic."
+
+
+HINT = "Send Event Grid schema or CloudEvents 1.0 events from an Azure ML system topic."
+
+
+@pytest.mark.parametrize("key", ["specversion", "specVersion"])
+def test_another_cloudevents_version_is_refused_naming_it(key: str) -> None:
+    event = sample("cloud-events-schema", "model_registered")
+    event.pop("specversion")
+    event[key] = "0.3"
+    item = only([event])
+    assert isinstance(item, Invalid)
+    assert item.error.message == "CloudEvents specversion '0.3' is not supported (only 1.0)."
+    assert item.error.hint == HINT
+
+
+def test_a_cloud_event_without_id_or_type_is_refused_naming_what_is_missing() -> None:
+    event = {**sample("cloud-events-schema", "model_registered"), "id": ""}
+    del event["type"]
+    item = only([event])
+    assert isinstance(item, Invalid)
+    assert item.error.message == "CloudEvent is missing id, type."
+    assert item.error.hint == HINT

@@ -55,6 +55,8 @@ def test_a_decoded_request_body_is_measured_compactly() -> None:
 
 
 def test_argv_over_twice_the_limit_is_refused_before_parsing() -> None:
+    with pytest.raises(InvalidEventError, match="no RequestBody found"):  # at the limit: parsed, then refused
+        parse_webhook_argv(["x" * (2 * MAX_BODY_BYTES)])
     with pytest.raises(InvalidEventError) as caught:
         parse_webhook_argv(["x" * (2 * MAX_BODY_BYTES + 1)])
     assert caught.value.message == (f"The webhook data is larger than the {MAX_BODY_BYTES}-byte limit of Azure "
@@ -100,6 +102,17 @@ def test_an_escaped_body_is_recognised_by_its_first_quote_whatever_the_header_ho
     assert parse_webhook_argv(argv).body == [{"k": "v"}]
 
 
+def test_a_body_that_is_not_json_is_refused_as_such_and_one_cut_short_as_incomplete() -> None:
+    """Only brackets open and close a body: a stray letter makes it invalid JSON, not unbalanced, and a body
+    cut short stays incomplete whatever letters it holds."""
+    with pytest.raises(InvalidEventError, match=r"^The request body is not valid JSON"):
+        parse_webhook_argv(["{WebhookName:w,RequestBody:[XX],RequestHeader:{}}"])
+    with pytest.raises(InvalidEventError) as caught:
+        parse_webhook_argv(['{WebhookName:w,RequestBody:[{"k":1},X'])
+    assert caught.value.message == ("WEBHOOKDATA.RequestBody is not a complete JSON array or object (unbalanced "
+                                    "brackets).")
+
+
 def test_brackets_inside_strings_do_not_count() -> None:
     assert _matching_end('[{"a":"]}"},"\\"]"] tail') == 18
     assert _matching_end("{}x") == 2
@@ -113,6 +126,12 @@ def test_brackets_inside_strings_do_not_count() -> None:
 @pytest.mark.parametrize(("argv", "webhook"), [
     (["{WebhookName:w}"], True), (["[1]"], True), (["  {"], True), (["x", "RequestBody:1"], True),
     (["--run-id", "r"], False), (["run_id=r"], False), (["run_id={x}"], False), ([], False), (["churn"], False),
+    # a flag or a portal box is a manual start even when its value mentions RequestBody
+    (["--route", "RequestBody"], False), (["note=RequestBody"], False),
+    # an '=' inside the body (a URL's query) does not make WEBHOOKDATA a portal box
+    (['{WebhookName:w,RequestBody:[{"url":"https://contoso.example/v?id=1"}]}'], True),
+    (["", "[1]"], True),  # an empty first item is only whitespace
+    (["x" * 4085 + "RequestBody"], True), (["x" * 4086 + "RequestBody"], False),  # looked for in the first 4 KiB
 ])
 def test_what_looks_like_webhook_data(argv: list[str], webhook: bool) -> None:
     assert looks_like_webhook(argv) is webhook
