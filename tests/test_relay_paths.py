@@ -332,3 +332,29 @@ def test_with_verification_an_unreadable_ledger_lookup_goes_on_to_verify_and_cla
     [again, _] = r.handle(parse_events([registered(modelTags={"area": "diabetes"})]))
     assert (again.outcome, again.reason, again.ado_run_id) == ("duplicate", "already triggered", outcome.ado_run_id)
     assert len(stack.ado.run_requests) == 1
+
+
+def test_a_long_failure_reason_is_whole_in_the_outcome_and_cut_to_4000_characters_in_the_ledger(
+        stack: Stack, azurite: str, table_name: str) -> None:
+    """A refusal can carry a long message from ADO: the job's output keeps the whole reason,
+    the ledger row its first 4,000 characters."""
+    from amlrelay.errors import AdoError
+
+    class Refuses:
+        def run_pipeline(self, request: Any) -> Any:
+            raise AdoError("ADO rejected the request: " + "x" * 5000, status=400)
+
+        def list_runs(self, project: str, pipeline_id: int) -> list[dict[str, Any]]:
+            return []
+
+        def get_run(self, project: str, pipeline_id: int, run_id: int) -> dict[str, Any]:
+            raise AssertionError("no run to read")
+
+    r = relay(stack, **ledger_env(azurite, table_name))
+    r.trigger = Refuses()
+    [outcome, _] = r.handle(parse_events([registered(modelTags={"area": "diabetes"})]))
+    assert outcome.outcome == "failed"
+    assert outcome.reason == "ADO rejected the request: " + "x" * 5000
+    assert r.ledger is not None
+    [record] = r.ledger.recent()
+    assert record.reason == outcome.reason[:4000]
