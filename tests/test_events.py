@@ -161,14 +161,18 @@ def test_a_json_string_is_not_an_event_list() -> None:
         parse_events("hello")
 
 
-@pytest.mark.parametrize(("schema", "field"), [("event-grid-schema", "id"), ("event-grid-schema", "subject"),
-                                               ("cloud-events-schema", "id"), ("cloud-events-schema", "subject")])
+@pytest.mark.parametrize(("schema", "field"), [
+    ("event-grid-schema", "id"), ("event-grid-schema", "subject"), ("event-grid-schema", "topic"),
+    ("event-grid-schema", "eventType"), ("cloud-events-schema", "id"), ("cloud-events-schema", "subject"),
+    ("cloud-events-schema", "source"), ("cloud-events-schema", "type")])
 def test_envelope_attributes_must_be_strings(schema: str, field: str) -> None:
     event = sample(schema, "model_registered")
     event[field] = {"$ne": None}
     item = only([event])
     assert isinstance(item, Invalid)
-    assert f"{field} must be a string" in str(item.error)
+    what = "Event Grid event" if schema == "event-grid-schema" else "CloudEvent"
+    assert item.error.message == f"{what}: {field} must be a string."
+    assert item.error.hint == "Send Event Grid schema or CloudEvents 1.0 events from an Azure ML system topic."
 
 
 NOT_UTF8_HINT = "Send the events as UTF-8 JSON; if this job was started by hand, retype the parameters."
@@ -337,3 +341,18 @@ def test_a_cloud_event_without_id_or_type_is_refused_naming_what_is_missing() ->
     assert isinstance(item, Invalid)
     assert item.error.message == "CloudEvent is missing id, type."
     assert item.error.hint == HINT
+
+
+def test_a_cloud_event_the_sdk_cannot_read_is_refused_with_its_reason() -> None:
+    item = only([{**sample("cloud-events-schema", "model_registered"), "time": "nope"}])
+    assert isinstance(item, Invalid)
+    assert item.error.message == "CloudEvent could not be parsed: string index out of range."
+    assert item.error.hint == HINT
+
+
+def test_a_cloud_event_without_data_names_the_null() -> None:
+    event = sample("cloud-events-schema", "model_registered")
+    event.pop("data")
+    item = only([event])
+    assert isinstance(item, Invalid)
+    assert item.error.message == "ModelRegistered event: data must be a JSON object, got null."
