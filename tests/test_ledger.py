@@ -718,3 +718,18 @@ def test_tag_back_is_owed_until_written_and_retried_least_tried_first(
     a.set_tagged(done["tagged"])  # purged meanwhile: nothing to do, nothing recreated
     a.record_tag_failure(done["tagged"], "x", attempts=1, give_up=False)
     assert a.get("tagged") is None
+
+
+def test_a_result_is_stamped_when_it_is_recorded(make: Any, clock: Callable[[timedelta], datetime]) -> None:
+    """``updated_at`` is when the outcome was settled: ``recent`` orders by it, ``purge`` ages by it."""
+    a = make("job-a")
+    clock(timedelta(0))
+    failing, triggering = claim(a, key="failing"), claim(a, key="triggering")
+    clock(timedelta(minutes=5))
+    failed = a.mark_failed(failing, "ADO 503")
+    clock(timedelta(minutes=7))
+    done = a.mark_triggered(triggering, run_id=1, run_url=None)
+    assert (failed.claimed_at, failed.updated_at) == (T0, T0 + timedelta(minutes=5))
+    assert (done.claimed_at, done.updated_at) == (T0, T0 + timedelta(minutes=7))
+    assert [(r.key, r.updated_at) for r in a.recent()] == [("triggering", T0 + timedelta(minutes=7)),
+                                                          ("failing", T0 + timedelta(minutes=5))]
