@@ -356,3 +356,14 @@ def test_a_cloud_event_without_data_names_the_null() -> None:
     item = only([event])
     assert isinstance(item, Invalid)
     assert item.error.message == "ModelRegistered event: data must be a JSON object, got null."
+
+
+def test_a_cloud_event_with_binary_data_is_refused_as_such() -> None:
+    """The SDK decodes ``data_base64`` into bytes; the refusal still says what is wrong (not 'not JSON')."""
+    event = sample("cloud-events-schema", "model_registered")
+    event.pop("data")
+    event["data_base64"] = "e30="  # {} in base64
+    item = only([event])
+    assert isinstance(item, Invalid)
+    assert item.error.message == "CloudEvent carries data_base64; AML events carry JSON data."
+    assert item.error.hint == HINT

@@ -199,7 +199,7 @@ def _from_cloud_event(item: Mapping[str, Any], lower: Mapping[str, Any]) -> AmlE
         event: CloudEvent[Any] = CloudEvent.from_dict(normalized)
     except Exception as exc:  # IndexError/ValueError on bad times, among others
         raise InvalidEventError(f"CloudEvent could not be parsed: {_short(exc)}.", hint=_HINT) from None
-    if event.data is None and normalized.get("data_base64") is not None:
+    if "data" not in normalized and normalized.get("data_base64") is not None:  # the SDK decodes it into bytes
         raise InvalidEventError("CloudEvent carries data_base64; AML events carry JSON data.", hint=_HINT)
     return _build(
         ident=str(event.id),
