@@ -345,7 +345,7 @@ def test_without_a_ledger_the_run_is_still_tagged_and_a_failed_tag_says_nothing_
     assert (tagged.outcome, tagged.warning) == ("triggered", None)
     run = stack.ado.runs[0]
     assert mlflow_server.run_tags(RUN_ID)[RUN_ID_TAG] == str(run["id"]) == str(tagged.ado_run_id)
-    assert mlflow_server.run_tags(RUN_ID)[RUN_URL_TAG] == run["_links"]["web"]["href"]
+    assert mlflow_server.run_tags(RUN_ID)[RUN_URL_TAG] == run["_links"]["web"]["href"] == tagged.ado_run_url
     mlflow_server.fail(500, times=100)
     [untagged] = deliver(relay, event("model_registered"))
     assert untagged.outcome == "triggered"
