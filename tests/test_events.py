@@ -367,3 +367,13 @@ def test_a_cloud_event_with_binary_data_is_refused_as_such() -> None:
     assert isinstance(item, Invalid)
     assert item.error.message == "CloudEvent carries data_base64; AML events carry JSON data."
     assert item.error.hint == HINT
+
+
+def test_a_cloud_event_without_a_subject_has_an_empty_one() -> None:
+    """``subject`` is optional in CloudEvents; a route filtering on it sees an empty value, never 'None'."""
+    event = sample("cloud-events-schema", "model_registered")
+    event.pop("subject", None)
+    item = only([event])
+    assert isinstance(item, AmlEvent)
+    assert item.subject == ""
+    assert item.fields()["subject"] == ""
