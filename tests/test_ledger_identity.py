@@ -10,8 +10,10 @@ Azurite would not accept makes the event fail before anything is sent to ADO.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -25,7 +27,8 @@ from amlrelay.routes import load_routes
 from amlrelay.runbook import build_relay, open_ledger
 from amlrelay.settings import Settings, resolve
 from tests.conftest import ROUTES_FILE, sample
-from tests.servers import ADO_RESOURCE
+from tests.servers import ADO_RESOURCE, RecordedRequest
+from tests.servers._base import Reply
 from tests.servers.identity import CONFLICTING_ENV, IdentityServer
 from tests.servers.table_gateway import TableGateway
 from tests.servers.tls import TlsMaterial
@@ -117,14 +120,36 @@ def test_dead_letters_are_read_with_a_managed_identity_token(mi_env: tuple[Stack
     assert [len(letter.events) for letter in letters] == [1]
 
 
+_ODATA_WORDS = {"and", "or", "not", "eq", "ne", "gt", "ge", "lt", "le", "true", "false", "datetime", "guid"}
+
+
+def _odata_case_error(flt: str) -> str | None:
+    """Azure's Table service reads a $filter case-sensitively ("All parts of the filter string are
+    case-sensitive"); Azurite lower-cases operators, so without this check ``AND`` would pass here and fail
+    in Azure."""
+    outside = re.sub(r"'(?:[^']|'')*'", "''", flt)  # string literals may hold anything
+    wrong = [w for w in re.findall(r"[A-Za-z]+", outside) if w.lower() in _ODATA_WORDS and w != w.lower()]
+    return f"operator {wrong[0]!r} is not lower-case" if wrong else None
+
+
 class TlsTableGateway(TableGateway):
-    """The Entra-checking front door of Table storage over HTTPS, as azure-core sends bearer tokens only there."""
+    """The Entra-checking front door of Table storage over HTTPS, as azure-core sends bearer tokens only there;
+    it also refuses a $filter Azure would refuse for its case (see :func:`_odata_case_error`)."""
 
     scheme = "https"
 
     def __init__(self, connection_string: str, *, accepted_tokens: set[str], tls: TlsMaterial) -> None:
         super().__init__(connection_string, accepted_tokens=accepted_tokens)
         self._ssl_context = tls.server_context()
+
+    def handle(self, request: RecordedRequest) -> Reply | None:
+        why = _odata_case_error(request.query.get("$filter", ""))
+        if why is not None:
+            body = {"odata.error": {"code": "InvalidInput",
+                                    "message": {"lang": "en-US", "value": f"One of the request inputs is not valid "
+                                                f"({why})."}}}
+            return Reply.json(400, body, content_type="application/json;odata=minimalmetadata")
+        return super().handle(request)
 
 
 @pytest.fixture
@@ -156,6 +181,11 @@ def test_from_table_url_claims_exactly_once_with_a_storage_token(
         a.mark_triggered(first, run_id=42, run_url=None)
         again = b.claim("k", route="r", event_id="e2", event_type="ModelRegistered", event_json="{}")
         assert (again.status, again.record.ado_run_id) == ("duplicate", 42)
+        since = datetime.now(timezone.utc) - timedelta(hours=1)
+        assert [r.key for r in b.recent(state="triggered", since=since)] == ["k"]  # filters as Azure reads them
+        assert [r.key for r in b.recent(since=since)] == ["k"]
+        assert b.stale_claims() == []
+        assert b.untagged() == []
         assert {r.headers.get("Authorization") for r in gateway.requests} == {f"Bearer {storage_token}"}
 
         other = managed_identity.token_for(ADO_RESOURCE)
