@@ -82,12 +82,17 @@ def test_cloud_event_with_spec_version_in_camel_case_is_parsed() -> None:
     assert isinstance(only(event), AmlEvent)
 
 
-def test_mixed_envelope_is_rejected_not_guessed() -> None:
+@pytest.mark.parametrize(("key", "value"), [("eventType", "Microsoft.MachineLearningServices.RunCompleted"),
+                                          ("topic", SAMPLE_WORKSPACE)])
+def test_mixed_envelope_is_rejected_not_guessed(key: str, value: str) -> None:
+    """A CloudEvent carrying an Event Grid ``topic`` could claim two workspaces: neither is believed."""
     event = sample("cloud-events-schema", "run_completed")
-    event["eventType"] = "Microsoft.MachineLearningServices.RunCompleted"
+    event[key] = value
     item = only(event)
     assert isinstance(item, Invalid)
-    assert "mixes CloudEvents" in str(item.error)
+    assert item.error.message == ("The event mixes CloudEvents fields (specversion) with Event Grid schema fields "
+                                  "(eventType/topic).")
+    assert item.error.hint == "Send Event Grid schema or CloudEvents 1.0 events from an Azure ML system topic."
 
 
 @pytest.mark.parametrize(
@@ -377,3 +382,45 @@ def test_a_cloud_event_without_a_subject_has_an_empty_one() -> None:
     assert isinstance(item, AmlEvent)
     assert item.subject == ""
     assert item.fields()["subject"] == ""
+
+
+def test_an_object_of_neither_schema_is_rejected_saying_what_it_lacks() -> None:
+    item = only([{"id": "x1", "subject": "s"}])
+    assert isinstance(item, Invalid)
+    assert item.error.message == ("The object is neither an Event Grid event (no eventType) nor a CloudEvent (no "
+                                  "specversion).")
+    assert item.error.hint == HINT
+
+
+def test_a_rejected_event_keeps_its_id_type_and_subject_cut_to_200_characters() -> None:
+    """The job output names what was rejected, so the operator can find it, without echoing a flood."""
+    event = {**sample("event-grid-schema", "run_completed"), "id": "i" * 300, "subject": "s" * 300}
+    event["data"] = {**event["data"], "runId": 5}
+    item = only([event])
+    assert isinstance(item, Invalid)
+    assert (item.id, item.type, item.subject) == ("i" * 200, "Microsoft.MachineLearningServices.RunCompleted",
+                                                  "s" * 200)
+    cloud = {**sample("cloud-events-schema", "run_completed"), "id": 7, "subject": None}
+    item = only([cloud])
+    assert isinstance(item, Invalid)
+    assert (item.id, item.type, item.subject) == ("", "Microsoft.MachineLearningServices.RunCompleted", "")
+
+
+def test_a_lone_surrogate_anywhere_in_the_event_rejects_it_naming_the_problem() -> None:
+    event = {**sample("event-grid-schema", "model_registered"), "subject": "models/\udc80"}
+    item = only([event])
+    assert isinstance(item, Invalid)
+    assert item.error.message == ("The event holds text that is not valid Unicode (a lone surrogate such as "
+                                  "\\udc80).")
+    assert item.error.hint == HINT
+    accented = {**sample("event-grid-schema", "model_registered"), "subject": "modèles/é"}
+    assert isinstance(only([accented]), AmlEvent)  # valid non-ASCII text is fine
+
+
+def test_a_value_that_is_not_json_is_left_to_the_parser() -> None:
+    """Called with Python values (not decoded JSON), the Unicode check does not pretend it found a surrogate."""
+    event = sample("event-grid-schema", "model_registered")
+    event["data"] = {**event["data"], "ModelTags": {"when": frozenset({1})}}
+    item = only([event])
+    assert isinstance(item, Invalid)
+    assert item.error.message.startswith("Event Grid event could not be parsed: ")
