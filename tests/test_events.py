@@ -429,7 +429,7 @@ def test_a_value_that_is_not_json_is_left_to_the_parser() -> None:
 @pytest.mark.parametrize(("char", "detail"), [
     (b"\x80".decode("utf-8", "surrogateescape"), "byte 0x80 at position 1"),
     (b"\xff".decode("utf-8", "surrogateescape"), "byte 0xff at position 1"),
-    ("\udc7f", "a lone surrogate at position 1"), ("\udd00", "a lone surrogate at position 1"),
+    (chr(0xDC7F), "a lone surrogate at position 1"), (chr(0xDD00), "a lone surrogate at position 1"),
 ])
 def test_a_byte_that_is_not_utf8_is_named_as_the_byte_it_was(char: str, detail: str) -> None:
     """Bytes that are not UTF-8 reach argv as U+DC80..U+DCFF (surrogateescape): the operator sees the byte."""
