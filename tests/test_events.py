@@ -9,7 +9,15 @@ from typing import Any
 import pytest
 
 from amlrelay.errors import InvalidEventError
-from amlrelay.events import CLOUD_EVENT_SCHEMA, EVENT_GRID_SCHEMA, Invalid, Skipped, load_body, parse_events
+from amlrelay.events import (
+    CLOUD_EVENT_SCHEMA,
+    EVENT_GRID_SCHEMA,
+    MAX_BODY_BYTES,
+    Invalid,
+    Skipped,
+    load_body,
+    parse_events,
+)
 from amlrelay.models import AmlEvent, DatasetDriftData, ModelDeployedData, ModelRegisteredData, RunEventData
 from tests.conftest import SAMPLE_WORKSPACE, SCHEMAS, all_samples, sample
 
@@ -157,13 +165,32 @@ def test_one_bad_event_does_not_hide_its_neighbours() -> None:
     ],
 )
 def test_load_body_refuses_what_automation_would_never_deliver(body: str, message: str) -> None:
-    with pytest.raises(InvalidEventError, match=message):
+    with pytest.raises(InvalidEventError, match=message) as caught:
         load_body(body)
+    assert caught.value.hint == (
+        "Lower the subscription's maxEventsPerBatch / preferredBatchSizeInKilobytes." if "at most" in message
+        else "Send Event Grid schema or CloudEvents 1.0 events from an Azure ML system topic.")
+
+
+def test_load_body_refusals_are_exact() -> None:
+    with pytest.raises(InvalidEventError) as caught:
+        load_body("[" * 100_000 + "]" * 100_000)
+    assert caught.value.message == "The request body is nested too deeply to be an event."
+    with pytest.raises(InvalidEventError) as caught:
+        load_body("not json")
+    assert caught.value.message == "The request body is not valid JSON (Expecting value: line 1 column 1 (char 0))."
+
+
+def test_a_body_of_exactly_the_limit_is_read() -> None:
+    body = json.dumps(["x" * (MAX_BODY_BYTES - len('[""]'))], separators=(",", ":"))
+    assert len(body) == MAX_BODY_BYTES
+    assert load_body(body) == ["x" * (MAX_BODY_BYTES - len('[""]'))]
 
 
 def test_a_json_string_is_not_an_event_list() -> None:
-    with pytest.raises(InvalidEventError, match="got a string"):
+    with pytest.raises(InvalidEventError, match="got a string") as caught:
         parse_events("hello")
+    assert caught.value.hint == HINT
 
 
 @pytest.mark.parametrize(("schema", "field"), [
