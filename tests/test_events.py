@@ -463,3 +463,14 @@ def test_a_byte_that_is_not_utf8_is_named_as_the_byte_it_was(char: str, detail: 
     with pytest.raises(InvalidEventError) as caught:
         load_body(f"[{char}]")
     assert caught.value.message.startswith(f"The request body is not UTF-8 ({detail}): ")
+
+
+def test_an_item_that_is_not_an_object_is_rejected_in_its_place_naming_its_kind() -> None:
+    items = parse_events([sample("event-grid-schema", "model_registered"), 42, "x"])
+    assert isinstance(items[1], Invalid)
+    assert (items[1].id, items[1].type, items[1].subject) == ("", "", "")
+    assert items[1].error.message == "An event must be a JSON object, got the number 42."
+    assert items[1].error.hint == HINT
+    assert isinstance(items[2], Invalid)
+    assert (items[2].id, items[2].type, items[2].subject) == ("", "", "")
+    assert items[2].error.message == "An event must be a JSON object, got a string."
