@@ -126,7 +126,7 @@ def test_runs_are_listed_newest_first_and_read_back(ado: AdoServer) -> None:
     with pytest.raises(AdoError) as caught:
         ado_client.get_run("mlops", 20, 999)
     assert caught.value.message.startswith(f"ADO found no run 999 of pipeline 20 in project 'mlops' of {ado.org_url}")
-    with pytest.raises(AdoError, match="ADO found no the runs of pipeline 77"):
+    with pytest.raises(AdoError, match="ADO found no runs of pipeline 77"):
         ado_client.list_runs("mlops", 77)
 
 
@@ -159,7 +159,7 @@ def test_a_refused_connection_is_retryable_and_not_ambiguous() -> None:
     with pytest.raises(AdoError) as caught:
         unreachable.list_runs("mlops", 12)
     assert (caught.value.ambiguous, caught.value.retryable) == (False, True)
-    assert caught.value.message == (f"Could not connect to ADO for the runs of pipeline 12 in project 'mlops' "
+    assert caught.value.message == (f"Could not connect to ADO for runs of pipeline 12 in project 'mlops' "
                                     f"of {closed.url}/contoso: connection refused")
     with pytest.raises(AdoError) as caught:
         unreachable.get_run("mlops", 12, 5)

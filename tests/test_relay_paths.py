@@ -190,7 +190,7 @@ def test_an_answer_that_leaves_the_run_open_says_what_happens_next(stack: Stack)
     [blind, _] = r.handle(parse_events([registered(modelTags={"area": "diabetes"}, ModelVersion="32")]))
     assert blind.outcome == "failed"
     assert blind.reason == (f"{AMBIGUOUS}ADO failed {where} (HTTP 502). Looking for the run failed too: ADO found "
-                            f"no the runs of pipeline 70 in project 'ml ops' of {stack.ado.org_url} (HTTP 404). "
+                            f"no runs of pipeline 70 in project 'ml ops' of {stack.ado.org_url} (HTTP 404). "
                             f"Scripted 404 from the ADO stand-in. {LATER}")
     assert len(stack.ado.run_requests) == 2  # one POST each, no resend
 

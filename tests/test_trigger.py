@@ -221,7 +221,7 @@ class _NotAdo(LoopbackServer):
 def test_an_answer_that_holds_no_run_list_is_a_refusal_not_a_crash(reply: Reply) -> None:
     with _NotAdo(reply) as server, pytest.raises(AdoError) as info:
         AdoClient(f"{server.url}/contoso", _StaticCredential(), retries=0, backoff=0).list_runs("mlops", 20)
-    assert info.value.message.startswith(f"ADO answered the runs of pipeline 20 in project 'mlops' of {server.url}"
+    assert info.value.message.startswith(f"ADO answered runs of pipeline 20 in project 'mlops' of {server.url}"
                                          "/contoso with a sign-in page instead of a run (HTTP 200)")
 
 

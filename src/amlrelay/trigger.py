@@ -107,7 +107,7 @@ class AdoClient:
 
     def list_runs(self, project: str, pipeline_id: int) -> list[dict[str, Any]]:
         """Recent runs of a pipeline, newest first (ADO's list omits variables and parameters)."""
-        where = f"the runs of pipeline {pipeline_id} in project {project!r} of {self.org_url}"
+        where = f"runs of pipeline {pipeline_id} in project {project!r} of {self.org_url}"
         url = f"{self.org_url}/{quote(project, safe='')}/_apis/pipelines/{pipeline_id}/runs"
         response = self._send("GET", url, {"api-version": API_VERSION}, None, where)
         body = _json(response)
