@@ -374,7 +374,8 @@ class Ledger:
             raise
         except AzureError as exc:
             status = getattr(exc, "status_code", None)
-            code = str(getattr(exc, "error_code", None) or "")
+            error_code = getattr(exc, "error_code", None) or ""
+            code = str(getattr(error_code, "value", error_code))  # an SDK enum prints as TableErrorCode.X on 3.11
             hint, what = _REACH_HINT, "storage error"
             if isinstance(exc, ClientAuthenticationError) or status == 403:
                 hint, what = _AUTH_HINT, "access denied"
