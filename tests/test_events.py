@@ -45,6 +45,9 @@ def test_every_official_sample_parses_to_its_typed_model(schema: str, name: str)
     assert isinstance(event.data, model)
     assert event.source == SAMPLE_WORKSPACE
     assert (event.id, event.subject) == (sample(schema, name)["id"], sample(schema, name)["subject"])
+    raw_time = sample(schema, name)["eventTime" if schema == "event-grid-schema" else "time"]
+    assert event.time is not None
+    assert event.fields()["eventTime"][:19] == raw_time[:19]
     assert event.schema == (EVENT_GRID_SCHEMA if schema == "event-grid-schema" else CLOUD_EVENT_SCHEMA)
     if run_id:
         assert event.fields()["runId"] == run_id
@@ -474,3 +477,15 @@ def test_an_item_that_is_not_an_object_is_rejected_in_its_place_naming_its_kind(
     assert isinstance(items[2], Invalid)
     assert (items[2].id, items[2].type, items[2].subject) == ("", "", "")
     assert items[2].error.message == "An event must be a JSON object, got a string."
+
+
+def test_an_event_grid_event_missing_its_attributes_names_them_all() -> None:
+    """An empty id counts as missing; an empty subject does not (Event Grid sends one), an absent one does."""
+    event = {**sample("event-grid-schema", "model_registered"), "id": ""}
+    del event["subject"]
+    del event["eventTime"]
+    item = only([event])
+    assert isinstance(item, Invalid)
+    assert item.error.message == "Event Grid event is missing id, eventTime, subject."
+    assert item.error.hint == HINT
+    assert isinstance(only([{**sample("event-grid-schema", "model_registered"), "subject": ""}]), AmlEvent)
