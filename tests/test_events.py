@@ -489,3 +489,10 @@ def test_an_event_grid_event_missing_its_attributes_names_them_all() -> None:
     assert item.error.message == "Event Grid event is missing id, eventTime, subject."
     assert item.error.hint == HINT
     assert isinstance(only([{**sample("event-grid-schema", "model_registered"), "subject": ""}]), AmlEvent)
+
+
+def test_every_envelope_attribute_that_is_not_a_string_is_named_at_once() -> None:
+    event = {**sample("event-grid-schema", "model_registered"), "id": 1, "subject": ["s"]}
+    item = only([event])
+    assert isinstance(item, Invalid)
+    assert item.error.message == "Event Grid event: id, subject must be a string."
