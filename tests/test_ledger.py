@@ -123,6 +123,9 @@ def test_retry_after_failed(make: Any) -> None:
     assert again.previous.reason == "ADO 503 Service Unavailable"
     assert again.record.reason is None
     assert again.record.event_json == '{"id": "e2"}'
+    stored = b.get(KEY)  # the row itself is replaced, not merged: the old failure's reason is gone
+    assert stored is not None
+    assert (stored.state, stored.holder, stored.reason) == ("claimed", "job-b", None)
     assert claim(a).status == "busy"
     b.mark_triggered(again, run_id=9, run_url=None)
     assert claim(a).status == "duplicate"

@@ -469,6 +469,7 @@ def test_with_the_ledger_a_refused_event_leaves_no_record_and_a_genuine_one_stay
     assert [(o.outcome, o.reason) for o in fourth] == [("duplicate", "already triggered")]
     assert fourth[0].ado_run_id == third[0].ado_run_id is not None
     assert fourth[0].ado_run_url == third[0].ado_run_url is not None
+    assert fourth[0].route == second[0].route is not None  # the lookup names the route it found triggered
 
 
 # --- ARM lagging the event (review SHOULD 2) --------------------------------------------------------------------
