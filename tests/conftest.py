@@ -12,7 +12,8 @@ from hypothesis import settings
 
 from tests import secret_guard
 
-pytest_plugins = ["tests.servers.pytest_plugin", "tests.azurite_plugin", "tests.aml_waiting", "tests.mutation.ordering"]
+pytest_plugins = ["tests.servers.pytest_plugin", "tests.azurite_plugin", "tests.aml_waiting", "tests.mutation.ordering",
+                  "tests.ledger_clock"]
 
 # Property tests: reproducible by default (the same examples on every run and machine, no example database),
 # exploratory on demand: HYPOTHESIS_PROFILE=explore scripts/test (random seeds, many more examples).

@@ -10,16 +10,16 @@ import socket
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any, cast
 
 import pytest
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError
 from azure.data.tables import TableClient, UpdateMode
 
-import amlrelay.ledger as ledger_module
 from amlrelay.errors import LedgerError
 from amlrelay.ledger import MIN_RETENTION, Claim, Ledger, LostClaimError, table_address
+from tests.ledger_clock import T0
 
 WS = "/subscriptions/0000/resourcegroups/rg/providers/microsoft.machinelearningservices/workspaces/ws"
 KEY = f"{WS}|run|r1|completed|deploy"
@@ -390,22 +390,6 @@ def interleaved(ledger: Ledger, every: bool = False, **before: Callable[[], obje
 
 def etag_of(ledger: Ledger, key: str) -> str:
     return str(ledger._table.get_entity(*table_address(key)).metadata["etag"])
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Callable[[timedelta], datetime]:
-    """Every holder's clock, set by the test: ``clock(offset)`` makes "now" T0 + offset."""
-    now = [T0]
-    monkeypatch.setattr(ledger_module, "_now", lambda: now[0])
-
-    def move(offset: timedelta) -> datetime:
-        now[0] = T0 + offset
-        return now[0]
-
-    return move
-
-
-T0 = datetime(2026, 11, 30, 12, 0, 0, tzinfo=timezone.utc)
 
 
 @pytest.mark.parametrize("winner_finishes", [True, False], ids=["winner-triggered", "winner-holding"])
