@@ -76,6 +76,19 @@ def test_a_batch_of_every_sample_both_schemas_and_a_triage_route(both: Pair) -> 
     assert len(logicapp.requests) == 5  # EG and CE copies of one outcome start it once; triage starts another
 
 
+@pytest.mark.parametrize("tags", [{}, {"branch": ""}, {"branch": None}, {"branch": "release/2"}],
+                         ids=["missing", "empty", "null", "present"])
+def test_a_branch_tag_with_a_fallback_starts_the_same_run(both: Pair, tags: dict[str, Any]) -> None:
+    """routes.json's ``{{ runTags.branch | main }}``: a missing, null or empty tag starts the run on main
+    in both handlers, never on 'refs/heads/'."""
+    event = sample("event-grid-schema", "run_completed")
+    event["data"]["runTags"] = tags
+    runbook, logicapp = both.deliver(body(event))
+    same(logicapp, runbook)
+    [sent] = logicapp.requests
+    assert sent["body"]["resources"]["repositories"]["self"]["refName"] == f"refs/heads/{tags.get('branch') or 'main'}"
+
+
 def foreign() -> dict[str, Any]:
     event = sample("event-grid-schema", "model_registered")
     event["topic"] = event["topic"].replace("{workspace-name}", "someone-elses")

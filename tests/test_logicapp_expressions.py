@@ -88,6 +88,12 @@ def test_function_reference_examples(expression: str, expected: Any) -> None:
     ("string(null)", ""),
     ("coalesce(triggerBody()[0]?['missing'], 'fallback')", "fallback"),
     ("coalesce('', 'fallback')", ""),  # '' is not null
+    ("empty(createArray())", True),  # true for '', [] and {}
+    ("empty(json('{}'))", True),
+    ("empty(string(triggerBody()[0]?['missing']))", True),  # how a template's fallback meets a missing field
+    ("if(empty(string(triggerBody()[0]?['data']?['runId'])), 'x', string(triggerBody()[0]?['data']?['runId']))",
+     "r1"),
+    ("if(empty(string(triggerBody()[0]?['n'])), 'x', string(triggerBody()[0]?['n']))", "0"),  # 0 is not empty
     ("triggerOutputs()?['headers']?['aeg-event-type']", "Notification"),
     ("parameters('retries')", 4),
 ])
@@ -103,6 +109,7 @@ def test_null_safe_access_and_null_handling(expression: str, expected: Any) -> N
     "and('true', true)",  # booleans only
     "if('yes', 1, 2)",
     "if(true, 'taken', triggerBody()[0]['missing'])",  # both branches are evaluated
+    "empty(null)",  # not stated in the docs: the stricter reading
     "concat('only one')",
     "json('{not json')",
     "noSuchFunction(1)",

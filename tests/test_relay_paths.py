@@ -111,6 +111,22 @@ def test_a_template_failure_fails_that_route_only_and_claims_nothing(stack: Stac
     assert [rec.route for rec in r.ledger.recent()] == ["Deploy"]
 
 
+def test_an_empty_branch_tag_with_a_fallback_starts_the_run_on_the_fallback_branch(stack: Stack) -> None:
+    """AML keeps a tag set to '': ``{{ runTags.branch | main }}`` then starts the run on refs/heads/main,
+    never on 'refs/heads/' (which ADO refuses)."""
+    routes = {"version": 1, "routes": [{"name": "evaluate", "events": ["RunCompleted"], "pipeline": {
+        "project": "ml ops", "id": 72, "branch": "{{ runTags.branch | main }}"}}]}
+    r = build_relay(resolve({}, env=stack.env()), parse_routes(json.dumps(routes)))
+    raw = sample("event-grid-schema", "run_completed")
+    raw["data"]["runTags"] = {"branch": ""}
+    [outcome] = r.handle(parse_events([raw]))
+    assert outcome.outcome == "triggered"
+    [sent] = stack.ado.run_requests
+    assert sent.json["resources"] == {"repositories": {"self": {"refName": "refs/heads/main"}}}
+    [run] = stack.ado.runs
+    assert run["resources"]["repositories"]["self"]["refName"] == "refs/heads/main"
+
+
 def test_the_delivery_is_kept_with_its_claim_for_replay(stack: Stack, azurite: str, table_name: str) -> None:
     r = relay(stack, **ledger_env(azurite, table_name))
     first, second = registered(modelTags={"area": "diabetes"}), registered(modelTags={"area": "diabetes"})

@@ -65,8 +65,10 @@ def test_branch_comes_from_a_run_tag_with_a_fallback() -> None:
     route = load_routes(ROUTES_FILE).by_name("evaluate-trained-model")
     tagged = build_request(route, event("event-grid-schema", "run_completed", runTags={"branch": "release/2"}))
     plain = build_request(route, event("event-grid-schema", "run_completed"))
+    empty = build_request(route, event("event-grid-schema", "run_completed", runTags={"branch": ""}))
     assert tagged.body["resources"]["repositories"]["self"]["refName"] == "refs/heads/release/2"
     assert plain.body["resources"]["repositories"]["self"]["refName"] == "refs/heads/main"
+    assert empty.body["resources"]["repositories"]["self"]["refName"] == "refs/heads/main"  # never 'refs/heads/'
 
 
 def test_loop_guard_refuses_runs_the_pipeline_started_itself() -> None:

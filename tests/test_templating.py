@@ -39,6 +39,23 @@ def test_the_parts_of_a_template() -> None:
     assert parse_template("x").fields == ()
 
 
+@pytest.mark.parametrize(("tags", "with_fallback", "without"), [
+    ({}, "main", TemplateError),  # missing
+    ({"runTags.branch": ""}, "main", ""),  # present but empty: the fallback, or the empty value as the event says
+    ({"runTags.branch": "release/2"}, "release/2", "release/2"),
+], ids=["missing", "empty", "present"])
+def test_a_fallback_covers_a_missing_and_an_empty_field(tags: dict[str, str], with_fallback: str,
+                                                       without: str | type[Exception]) -> None:
+    values = {"runId": "r1", **tags}
+    assert parse_template("refs/heads/{{ runTags.branch | main }}").render(values) == f"refs/heads/{with_fallback}"
+    assert parse_template("{{ runTags.branch | }}").render(values) == tags.get("runTags.branch", "")
+    if isinstance(without, str):
+        assert parse_template("{{ runTags.branch }}").render(values) == without
+    else:
+        with pytest.raises(without):
+            parse_template("{{ runTags.branch }}").render(values)
+
+
 def test_a_missing_field_without_fallback_is_an_error_naming_it_and_the_fix() -> None:
     with pytest.raises(TemplateError) as caught:
         parse_template("x {{ modelTags.stage }}").render(VALUES)

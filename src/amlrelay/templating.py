@@ -2,8 +2,12 @@
 
 The syntax is deliberately tiny so it translates one-to-one into Logic App expressions and stays
 readable in a routes file: ``{{ runId }}``, ``{{ runTags.stage }}``, and a literal fallback after a bar,
-``{{ runTags.branch | main }}``. A field without a fallback that the event lacks is an error, never a
-silent empty string: an empty variable would start the wrong pipeline run.
+``{{ runTags.branch | main }}``. The fallback stands in for a field the event lacks *and* for one whose value
+is the empty string: AML keeps a tag set to ``""``, and ``refs/heads/`` (or an empty variable) is never what
+the author of a fallback meant. A field without a fallback that the event lacks is an error, never a silent
+empty string: an empty variable would start the wrong pipeline run. One that is present but empty renders
+empty, as the event says: the author wrote no fallback, and the Logic App (which cannot fail one route of
+an event) renders it the same way.
 """
 
 from __future__ import annotations
@@ -37,15 +41,17 @@ class Template:
         return tuple(p.field for p in self.placeholders)
 
     def render(self, values: Mapping[str, str], *, lower_index: Mapping[str, str] | None = None) -> str:
-        """Fill the placeholders; ``values`` keys are matched case-insensitively."""
+        """Fill the placeholders; ``values`` keys are matched case-insensitively. A fallback covers a missing
+        field and an empty one alike (``logicapp._fields.render`` renders the same)."""
         index = lower_index if lower_index is not None else {k.lower(): k for k in values}
         out = [self.literals[0]]
         for placeholder, literal in zip(self.placeholders, self.literals[1:], strict=True):
             key = index.get(placeholder.field.lower())
-            if key is not None:
-                out.append(values[key])
-            elif placeholder.default is not None:
+            value = None if key is None else values[key]
+            if placeholder.default is not None and not value:
                 out.append(placeholder.default)
+            elif value is not None:
+                out.append(value)
             else:
                 raise TemplateError(
                     f"the event has no {placeholder.field}",

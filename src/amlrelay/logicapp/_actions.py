@@ -273,8 +273,8 @@ def _body(route: Route) -> str:
     target = route.pipeline
     pairs: list[tuple[str, str]] = []
     if target.branch is not None:
-        ref = call("trim", f.render(target.branch))
-        ref = call("if", call("startsWith", ref, "'refs/'"), ref, call("concat", "'refs/heads/'", ref))
+        ref = call("trim", f.render(target.branch))  # router.normalize_ref; the ref written twice, not three times
+        ref = call("concat", call("if", call("startsWith", ref, "'refs/'"), "''", "'refs/heads/'"), ref)
         pairs.append(("resources", _obj([("repositories", _obj([("self", _obj([("refName", ref)]))]))])))
     if target.variables:
         pairs.append(("variables", _obj([

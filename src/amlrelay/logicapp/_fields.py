@@ -263,16 +263,22 @@ def event_json() -> str:
 
 def render(template: Template) -> str:
     """:meth:`amlrelay.templating.Template.render`; the generator proved every field without a fallback is
-    present whenever the route matches, so no branch here can meet a missing field."""
+    present whenever the route matches, so no branch here can meet a missing field.
+
+    A fallback covers a missing (null) field and an empty one alike: ``if(empty(string(v)), 'x', string(v))``.
+    ``coalesce`` alone would keep ``''``. ``string(null)`` is ``''`` (LOGICAPPS.md §2), so ``empty`` never
+    sees null (whose ``empty`` the docs leave open), and an integer or boolean tag renders as the runbook's
+    ``str()`` does (``5``, ``True``). The field is written twice and no more: every route's body shares one
+    8,192-character expression."""
     parts: list[str] = []
     for literal, placeholder in zip(template.literals, (*template.placeholders, None), strict=True):
         if literal:
             parts.append(q(literal))
         if placeholder is not None:
-            value = field(placeholder.field)
+            text = call("string", field(placeholder.field))
             if placeholder.default is not None:
-                value = call("coalesce", value, q(placeholder.default))
-            parts.append(call("string", value))
+                text = call("if", call("empty", text), q(placeholder.default), text)
+            parts.append(text)
     if not parts:
         return "''"
     return parts[0] if len(parts) == 1 else call("concat", *parts)
