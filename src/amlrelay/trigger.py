@@ -9,18 +9,28 @@ honours ``Retry-After`` up to a cap. What is retried depends on whether ADO can 
   (:mod:`amlrelay.reconcile`) before sending again. Only a 500 is ``settled`` (ADO's application answered,
   so a run it queued is visible already); after a gateway error or no answer ADO may still be working,
   and a look now could miss a run that appears a second later. Reads (GET) are retried on every 5xx.
+* A TLS handshake that fails (an untrusted certificate, a wrong host name, plain HTTP at an HTTPS address, no
+  handshake in time): nothing was sent, so it is not ambiguous; sending again is safe once it is fixed
+  (:func:`_failed_while_connecting` says how that is told apart from a TLS error after the request went out).
 """
 
 from __future__ import annotations
 
+import re
+import ssl
+from collections.abc import Iterator
 from dataclasses import dataclass
+from types import CodeType
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.exceptions import ConnectTimeoutError, ReadTimeoutError
+from urllib3.exceptions import TimeoutError as Urllib3TimeoutError
 from urllib3.util.retry import Retry
+from urllib3.util.ssl_match_hostname import CertificateError
 
 from .auth import AdoCredential
 from .errors import AdoError
@@ -131,22 +141,52 @@ class AdoClient:
             return self._session.request(method, url, params=params, json=body, headers=headers,
                                          timeout=self._timeout)
         except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
-            raise self._no_answer(exc, where) from None
+            raise self._no_answer(exc, method, url, where) from None
 
-    def _no_answer(self, exc: requests.exceptions.RequestException, where: str) -> AdoError:
+    def _no_answer(self, exc: requests.exceptions.RequestException, method: str, url: str, where: str) -> AdoError:
         reason = exc.args[0] if exc.args else None
         inner = getattr(reason, "reason", reason)
-        if isinstance(exc, requests.exceptions.ReadTimeout) or isinstance(inner, ReadTimeoutError):
-            return AdoError(f"ADO did not answer within {self._timeout:g} s for {where}.", status=None,
-                            retryable=True, ambiguous=True,
-                            hint="The run may have started: check the pipeline's runs before starting it again.")
         if isinstance(exc, requests.exceptions.ConnectTimeout) or isinstance(inner, ConnectTimeoutError):
             # NewConnectionError and DNS failures derive from ConnectTimeoutError: nothing was sent
             return AdoError(f"Could not connect to ADO for {where}: {_reason(exc)}", status=None, retryable=True,
                             hint="Check AMLRELAY_ADO_BASE_URL / AMLRELAY_ADO_ORGANIZATION and the network.")
-        return AdoError(f"No answer from ADO for {where}: {_reason(exc)}", status=None, retryable=True,
+        failure = _failed_while_connecting(exc, method, url)
+        if failure is not None:
+            return self._not_connected(failure, where)
+        if isinstance(exc, requests.exceptions.ReadTimeout) or isinstance(inner, ReadTimeoutError):
+            return AdoError(f"ADO did not answer within {self._timeout:g} s for {where}.", status=None,
+                            retryable=True, ambiguous=True,
+                            hint="The run may have started: check the pipeline's runs before starting it again.")
+        tls = next((e for e in _wrapped(exc) if isinstance(e, ssl.SSLError)), None)
+        detail = _reason(exc) if tls is None else f"a TLS error on the open connection ({_ssl_reason(tls)})"
+        return AdoError(f"No answer from ADO for {where}: {detail}", status=None, retryable=True,
                         ambiguous=True,
                         hint="The request may have reached ADO: check the pipeline's runs before starting it again.")
+
+    def _not_connected(self, failure: BaseException, where: str) -> AdoError:
+        """A connection that failed while it was being set up: nothing was sent, so no run can exist."""
+        safe = "Nothing was sent, so sending again is safe once that is fixed."
+        if isinstance(failure, (ssl.SSLCertVerificationError, CertificateError)):
+            detail = str(getattr(failure, "verify_message", None) or failure).rstrip(".")
+            return AdoError(f"Could not connect to ADO for {where}: its TLS certificate was not accepted "
+                            f"(certificate verify failed: {detail}). {safe}", status=None, retryable=True,
+                            hint="Check that AMLRELAY_ADO_BASE_URL names ADO's host as its certificate does; if a "
+                            "proxy intercepts TLS, or ADO Server's certificate comes from a private CA, set "
+                            "REQUESTS_CA_BUNDLE to a PEM bundle that includes that CA.")
+        if isinstance(failure, ssl.SSLError) or _raised_in(failure, _HANDSHAKE):
+            if isinstance(failure, TimeoutError):
+                detail = f"no handshake within {self._timeout:g} s"
+            else:
+                detail = _ssl_reason(failure)
+            return AdoError(f"Could not connect to ADO for {where}: the TLS handshake failed ({detail}). {safe}",
+                            status=None, retryable=True,
+                            hint="Check that AMLRELAY_ADO_BASE_URL is ADO's https:// address ('wrong version "
+                            "number' means the port speaks plain HTTP), and whether a proxy or firewall "
+                            "interferes with TLS (if a proxy intercepts it, set REQUESTS_CA_BUNDLE to a PEM bundle "
+                            "that includes its CA).")
+        return AdoError(f"Could not connect to ADO for {where}: the connection failed while it was being set up "
+                        f"({_reason(failure)}). {safe}", status=None, retryable=True,
+                        hint="Check AMLRELAY_ADO_BASE_URL / AMLRELAY_ADO_ORGANIZATION, any proxy, and the network.")
 
     def _refusal(self, response: requests.Response, route: str | None, where: str) -> AdoError:
         status = response.status_code
@@ -203,6 +243,75 @@ def _json(response: requests.Response) -> Any:
         return response.json()
     except ValueError:
         return None
+
+
+_CONNECT: frozenset[CodeType] = frozenset({HTTPConnection.connect.__code__, HTTPSConnection.connect.__code__})
+_HANDSHAKE: frozenset[CodeType] = frozenset({ssl.SSLSocket.do_handshake.__code__})
+
+
+def _failed_while_connecting(exc: requests.exceptions.RequestException, method: str,
+                             url: str) -> BaseException | None:
+    """The error that stopped the connection to ADO before the request went out, or ``None`` when the request
+    may have been sent.
+
+    requests raises the same ``SSLError`` whether TLS failed during the handshake (nothing sent: safe to
+    send again) or on the open connection after the request was written (a bad record while reading the
+    answer: ADO may have queued the run); even OpenSSL's reason can be the same ("wrong version number"),
+    and a handshake that times out comes as the "read timed out" of an answer that never came. What tells
+    them apart is where the underlying error was raised: inside urllib3's ``HTTP(S)Connection.connect``,
+    which opens the socket and completes the handshake (``_validate_conn`` calls it before a byte of the
+    request is written), or after it returned. A POST is retried only after 429/503 or a connection that
+    never opened, so the last attempt's error speaks for all of them. Whenever the chain does not show it
+    (another urllib3, an error raised elsewhere, a redirect's request rather than ours), this says
+    ``None``: ambiguous, and the relay looks the run up rather than risk starting it twice.
+    """
+    failed = exc.request
+    if failed is None or failed.method != method or _target(failed.url or "") != _target(url):
+        return None
+    for error in _wrapped(exc):
+        if _raised_in(error, _CONNECT):
+            return error
+    return None
+
+
+def _wrapped(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and the errors it wraps: requests' error holds urllib3's ``MaxRetryError``, whose ``reason``
+    holds the error (SSLError, ProtocolError...) around the socket's or ssl's own. urllib3 turns a socket timeout
+    into ``ReadTimeoutError`` by raising it while handling the timeout, so that one is its ``__context__``."""
+    pending: list[BaseException] = [exc]
+    seen: set[int] = set()
+    while pending and len(seen) < 16:
+        error = pending.pop(0)
+        if id(error) in seen:
+            continue
+        seen.add(id(error))
+        yield error
+        inner = [getattr(error, "reason", None), *error.args]
+        if isinstance(error, Urllib3TimeoutError):
+            inner.append(error.__context__)
+        pending.extend(e for e in inner if isinstance(e, BaseException))
+
+
+def _raised_in(error: BaseException, codes: frozenset[CodeType]) -> bool:
+    tb = error.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code in codes:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _target(url: str) -> tuple[str, str, int | None, str]:
+    parts = urlsplit(url)
+    port = parts.port or {"https": 443, "http": 80}.get(parts.scheme.lower())
+    return parts.scheme.lower(), (parts.hostname or "").lower(), port, unquote(parts.path)
+
+
+def _ssl_reason(error: BaseException) -> str:
+    """OpenSSL's words without the source position: "[SSL: WRONG_VERSION_NUMBER] wrong version number
+    (_ssl.c:1006)" becomes "wrong version number"."""
+    text = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+    return re.sub(r"^\[SSL: [A-Z0-9_]+\] |\s*\(_ssl\.c:\d+\)$", "", text).strip() or _reason(error)
 
 
 def _reason(exc: BaseException) -> str:
