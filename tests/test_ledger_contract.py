@@ -76,6 +76,13 @@ def test_the_table_name_and_url_are_checked_before_use() -> None:
     with pytest.raises(LedgerError) as url:
         Ledger.from_table_url("acct.table.core.windows.net", credential=None)  # type: ignore[arg-type]
     assert url.value.message == "Ledger table URL must start with https://, got 'acct.table.core.windows.net'."
+    from azure.identity import ManagedIdentityCredential
+
+    with pytest.raises(LedgerError) as plain:  # the SDK would refuse it with a bare ValueError: a "bug" exit
+        Ledger.from_table_url("http://acct.table.core.windows.net", ManagedIdentityCredential())
+    assert plain.value.message == "Ledger table URL must start with https://, got 'http://acct.table.core.windows.net'."
+    assert "AMLRELAY_LEDGER_TABLE_URL" in plain.value.hint
+    assert Ledger.from_table_url("http://127.0.0.1:1/acct", AzureNamedKeyCredential("acct", "a2V5"))  # Azurite
 
 
 def test_client_options_default_to_bounded_retries_and_timeouts() -> None:
@@ -248,15 +255,15 @@ def test_a_sas_in_the_table_url_never_reaches_a_message(table_name: str) -> None
     assert "c2lnbmF0dXJl" not in str(caught.value)
 
 
-def test_access_denied_says_which_role_to_grant(azurite: str, table_name: str) -> None:
+def test_access_denied_with_a_key_says_to_check_the_key(azurite: str, table_name: str) -> None:
     secret = azurite.split("AccountKey=")[1].split(";")[0]
     wrong = Ledger.from_connection_string(azurite.replace(secret, "d3Jvbmc=" * 11), table=table_name, retry_total=0)
     with pytest.raises(LedgerError) as denied:
         wrong.ensure_table()
     assert denied.value.message.startswith(f"Ledger access denied while trying to create the ledger table "
                                            f"(table '{table_name}' at http://")
-    assert denied.value.hint.startswith("Give the runbook's managed identity the role 'Storage Table Data "
-                                        "Contributor'")
+    assert denied.value.hint.startswith("Check the account key or SAS in AMLRELAY_LEDGER_CONNECTION_STRING")
+    assert "Storage Table Data Contributor" not in denied.value.hint  # a key is not given roles
     assert "d3Jvbmc" not in str(denied.value)
 
 
@@ -276,8 +283,9 @@ def test_table_names_and_urls_in_errors_are_cut_to_80_characters() -> None:
     with pytest.raises(LedgerError) as url:
         Ledger.from_table_url("ftp://" + "a" * 100, credential=AzureNamedKeyCredential("a", "a2V5"))
     assert url.value.message == f"Ledger table URL must start with https://, got {('ftp://' + 'a' * 100)[:79] + '…'!r}."
-    assert url.value.hint == ("Use the storage account's table endpoint, e.g. "
-                              "https://<account>.table.core.windows.net.")
+    assert url.value.hint == ("Set AMLRELAY_LEDGER_TABLE_URL to the storage account's table endpoint, e.g. "
+                              "https://<account>.table.core.windows.net (a managed identity's token is only sent "
+                              "over HTTPS).")
 
 
 def test_storage_error_details_keep_one_line_and_blank_stays_blank() -> None:

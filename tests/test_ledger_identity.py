@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
@@ -202,12 +203,108 @@ def test_from_table_url_claims_exactly_once_with_a_storage_token(
                 denied.get("k")
             assert caught.value.message.startswith(
                 f"Ledger access denied while trying to read the ledger (table '{table_name}' at {refusing.url})")
-            assert "Storage Table Data Contributor" in caught.value.hint
+            assert caught.value.hint.startswith(  # Entra gave a token; storage refused it: a role, not the key
+                "Give the identity the ledger uses (the Automation account's managed identity, or the user-assigned "
+                "one AMLRELAY_MANAGED_IDENTITY_CLIENT_ID names; with AMLRELAY_CREDENTIAL=default, your az login) the "
+                "role 'Storage Table Data Contributor' on the storage account")
             assert storage_token not in str(caught.value)
 
         managed_identity.fail(401, times=10)  # the identity endpoint gives no token
         with pytest.raises(LedgerError) as no_token:
             open_as("job-c").get("k")
         assert no_token.value.message.startswith(
-            f"Ledger: no token to read the ledger (table '{table_name}' at {gateway.url}): the managed identity "
-            "endpoint (IDENTITY_ENDPOINT) refused the request with HTTP 401")
+            f"Ledger: no token for storage from the handler's managed identity to read the ledger (table "
+            f"'{table_name}' at {gateway.url}): the managed identity endpoint (IDENTITY_ENDPOINT) refused the request "
+            "with HTTP 401")
+
+
+def _closed_port() -> int:
+    with socket.socket() as closed:  # a loopback port nothing listens on: the connection is refused
+        closed.bind(("127.0.0.1", 0))
+        port: int = closed.getsockname()[1]
+    return port
+
+
+def test_no_token_for_storage_is_reported_as_the_identitys_problem(
+        azurite: str, table_name: str, loopback_tls: TlsMaterial, managed_identity: IdentityServer,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The table client asks for its token inside its own request pipeline, where an identity endpoint that is
+    down raises what an unreachable storage account raises. Whatever the identity endpoint does, the reader is
+    sent to the identity (which one, chosen by which setting), never to the storage endpoint, and storage is
+    never asked."""
+    from azure.identity import ManagedIdentityCredential
+
+    unknown_id = "11111111-2222-3333-4444-555555555555"
+    storage_token = managed_identity.token_for("https://storage.azure.com")
+    with TlsTableGateway(azurite, accepted_tokens={storage_token}, tls=loopback_tls) as gateway:
+        where = f"(table '{table_name}' at {gateway.url})"
+
+        def refused(client_id: str | None = None) -> LedgerError:
+            credential = ManagedIdentityCredential(client_id=client_id) if client_id else ManagedIdentityCredential()
+            ledger = Ledger.from_table_url(gateway.url, credential, table=table_name, identity_client_id=client_id,
+                                           retry_total=0, connection_verify=str(loopback_tls.cert_file))
+            with pytest.raises(LedgerError) as caught:
+                ledger.get("k")
+            return caught.value
+
+        unknown = refused(unknown_id)  # the endpoint answers 400: no such identity on this account
+        assert unknown.message == (f"Ledger: no token for storage from the user-assigned managed identity {unknown_id} "
+                                   f"to read the ledger {where}: the managed identity endpoint does not know the "
+                                   f"user-assigned identity {unknown_id} (HTTP 400).")
+        assert unknown.hint == ("Attach that identity to the Automation account, or fix "
+                                "AMLRELAY_MANAGED_IDENTITY_CLIENT_ID.")
+
+        managed_identity.fail(500, times=20)
+        failing = refused()
+        assert failing.message == (f"Ledger: no token for storage from the handler's managed identity to read the "
+                                   f"ledger {where}: the managed identity endpoint failed with HTTP 500.")
+        assert "start the job again in a few minutes" in failing.hint
+
+        monkeypatch.setenv("IDENTITY_ENDPOINT", f"http://127.0.0.1:{_closed_port()}/msi/token")
+        down = refused()
+        assert down.message.startswith(f"Ledger: no token for storage from the handler's managed identity to read "
+                                       f"the ledger {where}: the managed identity endpoint did not answer: ")
+        assert "Connection refused" in down.message
+        assert "unreachable" not in down.message
+        for named in ("IDENTITY_ENDPOINT", "AMLRELAY_MANAGED_IDENTITY_CLIENT_ID", "AMLRELAY_CREDENTIAL=default",
+                      "'Storage Table Data Contributor'"):
+            assert named in down.hint, named
+        assert "Azurite" not in down.hint
+
+        for name in ("IDENTITY_ENDPOINT", "IDENTITY_HEADER"):  # not in Automation: azure-identity asks IMDS
+            monkeypatch.delenv(name)
+        monkeypatch.setenv("AZURE_POD_IDENTITY_AUTHORITY_HOST", f"http://127.0.0.1:{_closed_port()}")
+        no_identity = refused()
+        assert no_identity.message.startswith(f"Ledger: no token for storage from the handler's managed identity to "
+                                              f"read the ledger {where}: ")
+        assert no_identity.hint == (
+            "Check which identity the ledger uses: the Automation account's system-assigned identity must be on "
+            "(Account Settings > Identity), or AMLRELAY_MANAGED_IDENTITY_CLIENT_ID must be the client id of a "
+            "user-assigned identity attached to the account; from a workstation set AMLRELAY_CREDENTIAL=default and "
+            "az login. That identity also needs the role 'Storage Table Data Contributor' on the ledger's storage "
+            "account.")
+        assert gateway.requests == []  # no request reached storage without a token
+
+
+def test_an_identity_endpoint_that_is_down_fails_the_event_before_ado(
+        azurite_oauth: str, loopback_tls: TlsMaterial, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runbook's contract for a ledger error holds for a missing token too: the event fails (the job exits
+    1, a replay will do it), nothing reaches ADO, and the reason names the identity."""
+    from amlrelay.record import exit_code
+
+    parts = _endpoints(azurite_oauth)
+    with local_stack() as stack:
+        env = stack.env(AMLRELAY_LEDGER="true", AMLRELAY_LEDGER_TABLE_URL=parts["TableEndpoint"],
+                        IDENTITY_ENDPOINT=f"http://127.0.0.1:{_closed_port()}/msi/token",
+                        REQUESTS_CA_BUNDLE=str(loopback_tls.cert_file), SSL_CERT_FILE=str(loopback_tls.cert_file))
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.delenv("AMLRELAY_LEDGER_CONNECTION_STRING", raising=False)
+        relay = build_relay(_settings(env), load_routes(ROUTES_FILE))
+        event = sample("event-grid-schema", "model_registered")
+        outcomes = relay.handle(parse_events([event]), raw=[event])
+        assert [o.outcome for o in outcomes] == ["failed"]
+        assert (outcomes[0].reason or "").startswith("nothing triggered: Ledger: no token for storage from the "
+                                                     "handler's managed identity to claim an event")
+        assert exit_code(outcomes) == 1
+        assert stack.ado.requests == []

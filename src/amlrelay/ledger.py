@@ -16,7 +16,8 @@ Every claim carries a random ``claim_id``. It is what "ours" means: the SDK retr
 was lost, and that retry sees 409/412 for the row it just wrote; comparing claim ids tells it so.
 
 The row format (records, claims, entity mapping, text hygiene) lives in :mod:`._ledger_rows`; this module
-stays the import path for it (the ``X as X`` imports are explicit re-exports).
+stays the import path for it (the ``X as X`` imports are explicit re-exports). What a storage failure is
+reported as, and what it tells the reader to check, is :mod:`._ledger_errors`.
 """
 
 from __future__ import annotations
@@ -30,22 +31,19 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, cast
 
 from azure.core import MatchConditions
 from azure.core.credentials import AzureNamedKeyCredential, AzureSasCredential, TokenCredential
 from azure.core.exceptions import (
     AzureError,
-    ClientAuthenticationError,
-    HttpResponseError,
     ResourceExistsError,
     ResourceModifiedError,
     ResourceNotFoundError,
-    ServiceRequestError,
-    ServiceResponseError,
 )
-from azure.data.tables import TableClient, UpdateMode
+from azure.data.tables import TableClient, TableEntity, UpdateMode
 
+from ._ledger_errors import NoStorageToken, StorageToken, no_token, storage_error
 from ._ledger_rows import _SECRETISH, _check_table_name, _mask, _same_result, _to_entity, _with_event
 from ._ledger_rows import PARTITION as PARTITION
 from ._ledger_rows import SCHEMA as SCHEMA
@@ -66,15 +64,6 @@ log = logging.getLogger(__name__)
 DEFAULT_TABLE = "amlrelayledger"
 MIN_RETENTION = timedelta(days=2)
 _TAKE_TRIES = 8
-
-_AUTH_HINT = (
-    "Give the runbook's managed identity the role 'Storage Table Data Contributor' on the storage account "
-    "(or check the account key / SAS in AMLRELAY_LEDGER_CONNECTION_STRING)."
-)
-_REACH_HINT = (
-    "Check the ledger's storage endpoint (AMLRELAY_LEDGER_CONNECTION_STRING locally, the account's table URL "
-    "in Azure) and the network path to it; locally, is Azurite running (scripts/azurite start)?"
-)
 
 
 class LostClaimError(LedgerError):
@@ -128,16 +117,23 @@ class Ledger:
         account_table_url: str,
         credential: TokenCredential | AzureNamedKeyCredential | AzureSasCredential,
         table: str = DEFAULT_TABLE,
+        *,
+        identity_client_id: str | None = None,
         **kw: Any,
     ) -> Ledger:
-        """In Azure: ``https://<account>.table.core.windows.net`` with a managed identity credential."""
+        """In Azure: ``https://<account>.table.core.windows.net`` with a managed identity credential.
+        ``identity_client_id``: the user-assigned identity that credential is, named when it gives no token."""
         _check_table_name(table)
-        if not account_table_url.startswith(("https://", "http://")):
+        token = hasattr(credential, "get_token")
+        if not account_table_url.startswith(("https://",) if token else ("https://", "http://")):
             raise LedgerError(
                 f"Ledger table URL must start with https://, got {_clean(account_table_url, 80)!r}.",
-                hint="Use the storage account's table endpoint, e.g. https://<account>.table.core.windows.net.",
+                hint="Set AMLRELAY_LEDGER_TABLE_URL to the storage account's table endpoint, e.g. "
+                "https://<account>.table.core.windows.net (a managed identity's token is only sent over HTTPS).",
             )
         ledger_kw, client_kw = _split_kw(kw)
+        if token:  # a failure to get a token is then reported as the identity's, not as storage's
+            credential = StorageToken(cast(TokenCredential, credential), identity_client_id)
         client = TableClient(endpoint=account_table_url, table_name=table, credential=credential, **client_kw)
         return cls(client, **ledger_kw)
 
@@ -263,9 +259,10 @@ class Ledger:
         return heapq.nlargest(limit, self._query(" and ".join(clauses), params), key=lambda r: r.updated_at)
 
     def purge(self, older_than: timedelta, *, include_failed: bool = False) -> int:
-        """Delete finished records last written more than ``older_than`` ago; returns how many. Claims are
-        never deleted (their holder may be alive, or they need a replay), failed records only when asked, and
-        a record written meanwhile is kept (the delete is conditional on its ETag). Table Storage has no TTL,
+        """Delete finished records last written more than ``older_than`` ago; returns how many this call
+        deleted (one someone else deleted meanwhile is not counted). Claims are never deleted (their holder
+        may be alive, or they need a replay), failed records only when asked, and a record written meanwhile
+        is kept (the delete is conditional on its ETag). Table Storage has no TTL,
         so this is how the table stays small. Never earlier than :data:`MIN_RETENTION`: Event Grid may still
         redeliver an event for 24 hours, and without its record that copy would start a second run."""
         if older_than < MIN_RETENTION:
@@ -277,14 +274,7 @@ class Ledger:
             for state in ("triggered", "failed") if include_failed else ("triggered",):
                 found = self._table.query_entities("state eq @state and updated_at lt @cutoff",
                                                    parameters={"state": state, "cutoff": cutoff})
-                for entity in found:
-                    if "claim_id" not in entity:
-                        continue
-                    with suppress(ResourceModifiedError, ResourceNotFoundError):
-                        self._table.delete_entity(entity["PartitionKey"], entity["RowKey"],
-                                                  etag=entity.metadata["etag"],
-                                                  match_condition=MatchConditions.IfNotModified)
-                        deleted += 1
+                deleted += sum(self._delete_unchanged(entity) for entity in found if "claim_id" in entity)
         return deleted
 
     def stale_claims(self) -> list[LedgerRecord]:
@@ -317,6 +307,17 @@ class Ledger:
         return sorted(kept, key=lambda r: (r.tag_attempts or 0, r.updated_at))
 
     # ---- internals ----------------------------------------------------------------------------------
+
+    def _delete_unchanged(self, entity: TableEntity) -> bool:
+        """Delete a row unless written since it was read; True only if this call deleted it. A row someone
+        else deleted meanwhile answers 404, which azure-data-tables returns like a success, so the success is
+        seen through ``cls``, which the SDK calls for a 204 only."""
+        deleted: list[bool] = []
+        with suppress(ResourceModifiedError, ResourceNotFoundError):
+            self._table.delete_entity(entity["PartitionKey"], entity["RowKey"], etag=entity.metadata["etag"],
+                                      match_condition=MatchConditions.IfNotModified,
+                                      cls=lambda *_: deleted.append(True))
+        return bool(deleted)
 
     def _read(self, pk: str, rk: str) -> tuple[LedgerRecord, str]:
         entity = self._table.get_entity(pk, rk)
@@ -366,31 +367,14 @@ class Ledger:
 
     @contextmanager
     def _errors(self, action: str) -> Iterator[None]:
-        """Turn storage failures into LedgerError saying what to do. Only the endpoint is named: the
-        connection string, key or SAS never reach a message (URLs are cut before '?')."""
+        """Turn storage failures into LedgerError saying what to check (see :mod:`._ledger_errors`)."""
         try:
             yield
+        except NoStorageToken as exc:
+            raise no_token(exc.cause, exc.client_id, action, self._where) from None
         except LedgerError:
             raise
         except AzureError as exc:
-            status = getattr(exc, "status_code", None)
-            error_code = getattr(exc, "error_code", None) or ""
-            code = str(getattr(error_code, "value", error_code))  # an SDK enum prints as TableErrorCode.X on 3.11
-            hint, what = _REACH_HINT, "storage error"
-            if isinstance(exc, ClientAuthenticationError) or status == 403:
-                hint, what = _AUTH_HINT, "access denied"
-            elif isinstance(exc, (ServiceRequestError, ServiceResponseError)):
-                what = "storage unreachable"
-            elif status == 404 and "TableNotFound" in code + str(exc):
-                hint = "Create the table (infra deploys it; Ledger.ensure_table() locally)."
-            if isinstance(exc, ClientAuthenticationError) and status is None:  # no token: the identity endpoint
-                from .auth import identity_error
-
-                why = identity_error(exc, f"Ledger: no token to {action} ({self._where})")
-                raise LedgerError(why.message, hint=why.hint) from None
-            detail = (f"HTTP {status}{' ' + code if code else ''}: {exc.reason or exc.message}"
-                      if isinstance(exc, HttpResponseError) and status is not None else str(exc))
-            raise LedgerError(
-                f"Ledger {what} while trying to {action} ({self._where}): {_redact(detail)}", hint=hint
-            ) from None
+            token = hasattr(self._table.credential, "get_token")
+            raise storage_error(exc, action, self._where, token=token) from None
 

@@ -159,6 +159,7 @@ def open_ledger(settings: Settings) -> Any:
         assert settings.ledger_table_url  # guaranteed by settings.resolve
         identity = managed_identity(settings.managed_identity_client_id, kind=settings.credential)
         ledger = Ledger.from_table_url(settings.ledger_table_url, identity, table=settings.ledger_table,
+                                       identity_client_id=settings.managed_identity_client_id,
                                        stale_after=stale_after)
     return ledger
 
