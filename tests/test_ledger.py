@@ -654,6 +654,27 @@ def test_purge_deletes_only_finished_records_older_than_asked(
     assert refused.value.hint == "Event Grid redelivers for up to 24 h; keep records longer than that."
 
 
+def test_rows_of_other_partitions_are_never_listed_or_purged(
+        make: Any, clock: Callable[[timedelta], datetime]) -> None:
+    """The ledger reads only its own partition (a partition scan in Azure, not a table scan), so a table
+    shared with another writer's rows, even rows shaped like ours, never feeds a replay, a tag-back or a purge."""
+    a = make("job-a")
+    clock(-timedelta(days=3))
+    done = claim(a, key="done")
+    a.mark_triggered(done, run_id=1, run_url=None, tag_target='{"run": "r1"}')
+    held = claim(a, key="held")
+    clock(timedelta(0))
+    for key in ("done", "held"):
+        twin = dict(a._table.get_entity("outcomes", table_address(key)[1]))
+        a._table.create_entity({**twin, "PartitionKey": "elsewhere"})
+    assert sorted(r.key for r in a.recent()) == ["done", "held"]
+    assert [r.key for r in a.stale_claims()] == [held.record.key]
+    assert [r.key for r in a.untagged()] == ["done"]
+    assert a.purge(MIN_RETENTION) == 1
+    assert {e["RowKey"] for e in a._table.query_entities("PartitionKey eq 'elsewhere'")} == {
+        table_address("done")[1], table_address("held")[1]}
+
+
 def test_purge_counts_only_the_records_it_deleted(make: Any, clock: Callable[[timedelta], datetime]) -> None:
     """``amlrelay purge`` prints the count: a record someone else deleted between this purge's query and its
     delete (another purge, a person) is not one this purge deleted, and its 404 is no error."""

@@ -27,7 +27,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
@@ -256,7 +256,7 @@ class Ledger:
         if since is not None:
             clauses.append("updated_at ge @since")
             params["since"] = since
-        return heapq.nlargest(limit, self._query(" and ".join(clauses), params), key=lambda r: r.updated_at)
+        return heapq.nlargest(limit, self._query(clauses, params), key=lambda r: r.updated_at)
 
     def purge(self, older_than: timedelta, *, include_failed: bool = False) -> int:
         """Delete finished records last written more than ``older_than`` ago; returns how many this call
@@ -272,16 +272,15 @@ class Ledger:
         deleted = 0
         with self._errors("purge old ledger records"):
             for state in ("triggered", "failed") if include_failed else ("triggered",):
-                found = self._table.query_entities("state eq @state and updated_at lt @cutoff",
-                                                   parameters={"state": state, "cutoff": cutoff})
-                deleted += sum(self._delete_unchanged(entity) for entity in found if "claim_id" in entity)
+                found = self._entities(["state eq @state", "updated_at lt @cutoff"], {"state": state, "cutoff": cutoff})
+                deleted += sum(self._delete_unchanged(entity) for entity in found)
         return deleted
 
     def stale_claims(self) -> list[LedgerRecord]:
         """Claims whose holder has not written for ``stale_after``: each is an event whose holder died,
         possibly after starting the ADO run. Reconcile them (look the run up in ADO), then replay."""
         cutoff = _now() - self.stale_after
-        found = self._query("state eq @state and updated_at lt @cutoff", {"state": "claimed", "cutoff": cutoff})
+        found = self._query(["state eq @state", "updated_at lt @cutoff"], {"state": "claimed", "cutoff": cutoff})
         return sorted(found, key=lambda r: r.updated_at)
 
     def set_tagged(self, record: LedgerRecord) -> None:
@@ -302,7 +301,7 @@ class Ledger:
     def untagged(self, *, include_given_up: bool = False) -> list[LedgerRecord]:
         """Triggered records whose tag-back has not been written yet, for the sweeper: least-tried first,
         then oldest, so a few permanently refused tags cannot starve the rest; given-up ones left out."""
-        found = self._query("state eq @state and tagged eq @tagged", {"state": "triggered", "tagged": False})
+        found = self._query(["state eq @state", "tagged eq @tagged"], {"state": "triggered", "tagged": False})
         kept = [r for r in found if include_given_up or not r.tag_gave_up]
         return sorted(kept, key=lambda r: (r.tag_attempts or 0, r.updated_at))
 
@@ -323,12 +322,17 @@ class Ledger:
         entity = self._table.get_entity(pk, rk)
         return _from_entity(entity), str(entity.metadata["etag"])
 
-    def _query(self, flt: str, params: Mapping[str, Any]) -> Iterator[LedgerRecord]:
+    def _entities(self, clauses: Sequence[str], params: Mapping[str, Any]) -> Iterator[TableEntity]:
+        """The ledger's rows matching every clause. Always scoped to the ledger's partition: Azure then
+        scans one partition, not the table, and a table shared with other rows only yields ours."""
+        flt = " and ".join(("PartitionKey eq @partition", *clauses))
+        for entity in self._table.query_entities(flt, parameters={**params, "partition": PARTITION}):
+            if "claim_id" in entity:  # skip rows that are not ledger records
+                yield entity
+
+    def _query(self, clauses: Sequence[str], params: Mapping[str, Any]) -> Iterator[LedgerRecord]:
         with self._errors("list ledger records"):
-            pages = self._table.query_entities(flt, parameters=dict(params)) if flt else self._table.list_entities()
-            for entity in pages:
-                if "claim_id" in entity:  # skip rows that are not ledger records
-                    yield _from_entity(entity)
+            yield from map(_from_entity, self._entities(clauses, params))
 
     def _write(self, claim: Claim, record: LedgerRecord, action: str) -> tuple[LedgerRecord, str]:
         if not claim.owned or claim.etag is None:
