@@ -1,6 +1,6 @@
 """Templates: the generated workflow sends the body the runbook sends, for a templated tag that is missing,
 null, empty, a string, a number or a boolean, with and without a fallback — the workflow's own expressions
-(validity gate, route loop, Start body) evaluated by :mod:`amlrelay.logicapp` against the event, compared
+(the per-event Compose, route loop, Start body) evaluated by :mod:`amlrelay.logicapp` against the event, compared
 with :func:`amlrelay.router.build_request`. (tests/test_logicapp_equivalence.py runs whole deliveries.)"""
 
 from __future__ import annotations
@@ -29,26 +29,32 @@ ROUTES = parse_routes(json.dumps({"version": 1, "routes": [WITH, WITHOUT]}))
 
 
 class _Run(StaticContext):
-    """One loop iteration: ``item()`` is the event (or, in the route loop, its copy marked with the route)."""
+    """One loop iteration: ``item()`` is the event (or, in the route loop, its copy marked with the route);
+    ``outputs('Event')`` is the per-event Compose's result, once it has run."""
 
-    def __init__(self, item: Any) -> None:
+    def __init__(self, item: Any, event: dict[str, Any] | None = None) -> None:
         super().__init__(parameters={"allowedWorkspaces": SAMPLE_WORKSPACE})
-        self.item = item
+        self.item, self.event = item, event
 
     def loop_item(self, name: str | None) -> Any:
         return self.item
+
+    def action(self, name: str) -> dict[str, Any]:
+        if name != "Event" or self.event is None:
+            return super().action(name)
+        return {"status": "Succeeded", "outputs": self.event}
 
 
 def workflow_bodies(routes: Routes, raw: dict[str, Any]) -> dict[str, Any]:
     """Route name -> the RunPipelineParameters the generated workflow would POST for ``raw``."""
     definition = generate(routes)
-    valid_gate = definition["actions"]["For_each_event"]["actions"]["If_valid"]
-    route_loop = valid_gate["actions"]["For_each_route"]
+    event_loop = definition["actions"]["For_each_event"]["actions"]
+    route_loop = event_loop["For_each_route"]
     start = route_loop["actions"]["Start"]["inputs"]["body"]
+    facts = evaluate_value(event_loop["Event"]["inputs"], _Run(raw))
     bodies: dict[str, Any] = {}
-    for event in evaluate_value(valid_gate["foreach"], _Run(raw)):
-        for marked in evaluate_value(route_loop["foreach"], _Run(event)):
-            bodies[marked["amlrelayRoute"]] = evaluate_value(start, _Run(marked))
+    for marked in evaluate_value(route_loop["foreach"], _Run(raw, facts)):
+        bodies[marked["amlrelayRoute"]] = evaluate_value(start, _Run(marked, facts))
     return bodies
 
 

@@ -31,10 +31,13 @@ STATUSES = ["NotStarted", "Starting", "Provisioning", "Preparing", "Queued", "Ru
 
 
 class _Judged:
-    """Just enough of a run for the verification expressions: the event and AML's answer."""
+    """Just enough of a run for the verification expressions: the event, the event's side of the checks
+    (the per-event Compose ``Event``, for routes that read no tags) and AML's answer (``Verify``)."""
 
     def __init__(self, event: dict[str, Any], job: dict[str, Any]) -> None:
         self.event, self.job = event, job
+        self.facts: Any = None
+        self.facts = evaluate_value(wdl.facts(()), self)
 
     def trigger_outputs(self) -> dict[str, Any]:
         return {}
@@ -48,6 +51,10 @@ class _Judged:
         raise ExpressionError(name)
 
     def action(self, name: str) -> dict[str, Any]:
+        if name == "Event":
+            if self.facts is None:
+                raise ExpressionError("the Event Compose has not run")
+            return {"status": "Succeeded", "outputs": self.facts}
         return {"status": "Succeeded", "outputs": {"statusCode": 200, "body": self.job}}
 
     def loop_item(self, name: str | None) -> Any:
@@ -303,22 +310,26 @@ def test_one_matched_routes_forged_value_refuses_every_route_like_the_runbook(
         assert len(logicapp.requests) == (2 if held["branch"] == "attacker" else 0)
 
 
-def many_tag_routes(count: int) -> str:
-    filters = {f"runTags.guard-{i:03d}-{'x' * 40}": {"notIn": ["ado"]} for i in range(count)}
-    return json.dumps({"version": 1, "routes": [{"name": "guarded", "events": ["RunCompleted"], "filters": filters,
-                                                 "pipeline": {"project": "p", "id": 1}}]})
+def many_tag_routes(count: int, routes: int = 1) -> str:
+    """``routes`` routes, each guarding on ``count`` tags of its own (long keys)."""
+    return json.dumps({"version": 1, "routes": [
+        {"name": f"guarded-{k}", "events": ["RunCompleted"], "pipeline": {"project": "p", "id": 1},
+         "filters": {f"runTags.guard-{k}-{i:03d}-{'x' * 40}": {"notIn": ["ado"]} for i in range(count)}}
+        for k in range(routes)]})
 
 
 def test_routes_whose_value_check_does_not_fit_one_expression_are_refused(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    generate(parse_routes(many_tag_routes(2)), verify=True)  # a few tags fit
-    routes = parse_routes(many_tag_routes(20))
-    with pytest.raises(RoutesError, match=r"over WDL's 8192-character limit .*routes reading tags or properties: "
-                                          r"guarded"):
+    """Each distinct field read is one term of the check (its value is computed once per event), so what is
+    limited is the number of distinct tag/property fields, not of routes: 36 long-named ones do not fit."""
+    generate(parse_routes(many_tag_routes(1, routes=20)), verify=True)  # 20 of these fields fit
+    routes = parse_routes(many_tag_routes(12, routes=3))
+    with pytest.raises(RoutesError, match=r"over WDL's 8192-character limit .*36 distinct fields; routes reading "
+                                          r"tags or properties: guarded-0, guarded-1, guarded-2"):
         generate(routes, verify=True)
     generate(routes, verify=False)  # nothing is verified then, so nothing is cut short
     path = tmp_path / "routes.json"
-    path.write_text(many_tag_routes(20))
+    path.write_text(many_tag_routes(12, routes=3))
     assert main(["logicapp", "build", "--routes", str(path), "--output", str(tmp_path / "w.json")]) != 0
     err = capsys.readouterr().err
     assert "8192-character limit" in err

@@ -18,9 +18,9 @@ from typing import Any
 
 from ..ledger import PARTITION
 from ..relay import AMBIGUOUS
-from ..routes import Route, Routes
+from ..routes import Routes
 from . import _fields as f
-from ._fields import EVENT, ROUTE, call, q
+from ._fields import EVENT, ROUTE, call, fact, q
 
 ADO_AUDIENCE = "499b84ac-1321-427f-aa17-267ca6975798"
 STORAGE_AUDIENCE = "https://storage.azure.com/"
@@ -184,7 +184,7 @@ class Builder:
         http: dict[str, Any] = {
             "method": "POST", "uri": f"@{{parameters('adoOrganizationUrl')}}@{{parameters('routes')[{ROUTE}]['path']}}",
             "headers": {"Content-Type": "application/json", "Accept": "application/json"},
-            "body": "@" + self.bodies(), "retryPolicy": {"type": "none"},
+            "body": f"@{fact('bodies')}[{ROUTE}]", "retryPolicy": {"type": "none"},
         }
         if self.auth == "pat":
             http["headers"]["Authorization"] = "@{concat('Basic ', base64(concat(':', body('Get_PAT')?['value'])))}"
@@ -215,13 +215,6 @@ class Builder:
         merge = call("setProperty", call("setProperty", call("if", ok, triggered, failed), "'updated_at'", "utcNow()"),
                      "'updated_at@odata.type'", "'Edm.DateTime'")
         return {"type": "Http", "runAfter": after, "inputs": self.table("PATCH", self.entity_url(), "@" + merge, etag)}
-
-    def bodies(self) -> str:
-        """Every route's RunPipelineParameters for the current event, indexed by the route being handled."""
-        out = "json('{}')"
-        for route in self.routes.routes:
-            out = call("setProperty", out, q(route.name), _body(route))
-        return f"{out}[{ROUTE}]"
 
 
 _UNRECORDED = "the ledger could not record the outcome (the claim was lost?)"
@@ -259,29 +252,3 @@ def _reason(start: str) -> str:
                 "' for '", f"parameters('routes')[{ROUTE}]['path']",
                 call("if", f.present(f"{answer}?['message']"),
                      call("concat", "': '", f"string({answer}?['message'])"), "''"))
-
-
-def _obj(pairs: list[tuple[str, str]]) -> str:
-    out = "json('{}')"
-    for key, value in pairs:
-        out = call("setProperty", out, q(key), value)
-    return out
-
-
-def _body(route: Route) -> str:
-    """:func:`amlrelay.router.build_request`'s body, as an expression."""
-    target = route.pipeline
-    pairs: list[tuple[str, str]] = []
-    if target.branch is not None:
-        ref = call("trim", f.render(target.branch))  # router.normalize_ref; the ref written twice, not three times
-        ref = call("concat", call("if", call("startsWith", ref, "'refs/'"), "''", "'refs/heads/'"), ref)
-        pairs.append(("resources", _obj([("repositories", _obj([("self", _obj([("refName", ref)]))]))])))
-    if target.variables:
-        pairs.append(("variables", _obj([
-            (name, _obj([("value", f.render(var.value)), ("isSecret", "true" if var.is_secret else "false")]))
-            for name, var in target.variables.items()])))
-    if target.template_parameters:
-        pairs.append(("templateParameters", _obj([(n, f.render(t)) for n, t in target.template_parameters.items()])))
-    if target.stages_to_skip:
-        pairs.append(("stagesToSkip", call("createArray", *(q(s) for s in target.stages_to_skip))))
-    return _obj(pairs)

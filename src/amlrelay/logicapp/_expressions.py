@@ -187,6 +187,13 @@ def _number(function: str, value: Any) -> float | int:
     return value
 
 
+def _skip(_: Context, collection: Any, count: Any) -> list[Any]:
+    """FN: the items after the first ``count`` (an array only here: the generator skips nothing else)."""
+    if not isinstance(collection, list) or isinstance(count, bool) or not isinstance(count, int):
+        raise ExpressionError("the template function 'skip' expects an array and an integer here")
+    return collection[max(count, 0):]
+
+
 def _length(_: Context, value: Any) -> int:
     if isinstance(value, (str, list, dict)):
         return len(value)
@@ -359,6 +366,7 @@ _FUNCTIONS: dict[str, Callable[..., Any]] = {
     "greater": lambda c, a, b: _less(c, b, a),
     "createarray": lambda _, *v: list(v),
     "intersection": _intersection,
+    "skip": _skip,
     "setproperty": _set_property,
     "removeproperty": _remove_property,
     "union": _union,

@@ -22,11 +22,13 @@ from ..routes import NEGATED, Filter, Route
 from ..templating import Template
 
 EVENT = "item()"
-"""The event: ``item()`` is the event in the route loop's ``foreach`` (evaluated in the event loop), and the
+"""The event: ``item()`` is the event in the event loop (where the ``Event`` Compose evaluates it), and the
 route loop's items are copies of the event carrying the route's name (:data:`MARK`), so inside the route
 loop ``item()`` is the event too. A short name matters: expressions are capped at 8,192 characters."""
 MARK = "amlrelayRoute"
 ROUTE = f"item()?['{MARK}']"
+FACTS = "Event"
+"""The per-event Compose (:mod:`._event`): what is computed once per event, one property per piece."""
 ABSENT = "'~absent~'"
 
 REQUIRED: dict[str, tuple[str, ...]] = {
@@ -48,6 +50,11 @@ def q(text: str) -> str:
 
 def call(name: str, *args: str) -> str:
     return f"{name}({', '.join(args)})"
+
+
+def fact(name: str) -> str:
+    """A property of the per-event Compose, from anywhere inside the event loop."""
+    return f"outputs('{FACTS}')[{q(name)}]"
 
 
 def all_of(parts: list[str]) -> str:
@@ -233,27 +240,12 @@ def envelope_valid() -> str:
     return all_of([is_object(f"{ev}?['data']", nullable=False), call("if", present(spec), cloud, grid), *data])
 
 
-def valid_event() -> str:
-    """The event as the runbook would accept it (envelope, data types, required fields): the foreach of the
-    per-event gate, so that a malformed event never reaches a route (and a non-object fails only its gate)."""
-    return call("if", envelope_valid(), call("createArray", EVENT), call("createArray"))
-
-
 def allowed() -> str:
     """validate.SourcePolicy: the workspace id, stripped, without a trailing slash, lower-cased, among the
     comma-separated ``allowedWorkspaces`` (AMLRELAY_ALLOWED_WORKSPACES' format), normalised the same way."""
     joined = call("concat", "parameters('allowedWorkspaces')", "','")
     listed = call("split", call("toLower", call("replace", call("replace", joined, "' '", "''"), "'/,'", "','")), "','")
     return call("contains", listed, call("toLower", trim_slash(call("trim", source()))))
-
-
-def matched_routes(routes: tuple[Route, ...]) -> str:
-    """One copy of the event per route that takes it, marked with the route's name, in file order: what
-    ``router.select`` returns."""
-    picks = [call("if", route_matches(r), call("createArray", call("setProperty", EVENT, q(MARK), q(r.name))),
-                  "createArray()") for r in routes]
-    listed = call("union", *picks, "createArray()")
-    return call("if", allowed(), listed, call("createArray"))
 
 
 def event_json() -> str:
@@ -268,8 +260,8 @@ def render(template: Template) -> str:
     A fallback covers a missing (null) field and an empty one alike: ``if(empty(string(v)), 'x', string(v))``.
     ``coalesce`` alone would keep ``''``. ``string(null)`` is ``''`` (LOGICAPPS.md §2), so ``empty`` never
     sees null (whose ``empty`` the docs leave open), and an integer or boolean tag renders as the runbook's
-    ``str()`` does (``5``, ``True``). The field is written twice and no more: every route's body shares one
-    8,192-character expression."""
+    ``str()`` does (``5``, ``True``). The field is written twice and no more: each template is one
+    8,192-character expression (:mod:`._event`)."""
     parts: list[str] = []
     for literal, placeholder in zip(template.literals, (*template.placeholders, None), strict=True):
         if literal:

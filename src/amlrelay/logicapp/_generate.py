@@ -5,9 +5,10 @@ Shape, and why (billable action executions on each path are counted by ``bench/l
 * **Request trigger, answered by a Response after the work.** Event Grid retries a 5xx and dead-letters a
   400, so nothing is acknowledged before its events are handled. The subscription-validation handshake is
   answered by the same Response (``validationResponse``), so it costs no extra action.
-* **For each event** (sequential), a one-item loop over the event if it is valid (the validity expression
-  is too long to share one expression with routing: WDL caps one at 8,192 characters), then **for each
-  matching route**: the match is one expression per event (:func:`._fields.matched_routes`).
+* **For each event** (sequential), the ``Event`` Compose (:mod:`._event`) computes once, one JSON property
+  per piece (WDL caps *one* expression at 8,192 characters), whether the event is valid and allowed, which
+  routes take it and their request bodies; then **for each matching route** (a constant-size expression
+  over the Compose's ``routes``). The workflow grows by route, never into one expression of every route.
 * **Claim → Start → Record**, branched with ``runAfter`` instead of conditions: the ledger insert fails
   with 409 when the key exists, and only then does the duplicate branch (Read, Decide) run. That per-route
   graph and its expressions live in :mod:`._actions`; this module lays the workflow out around it.
@@ -28,10 +29,11 @@ from ..errors import RoutesError
 from ..models import ENVELOPE_FIELDS
 from ..router import API_VERSION
 from ..routes import NEGATED, Route, Routes
+from . import _event, _verify
 from . import _fields as f
-from . import _verify
 from ._actions import Builder, msi
-from ._fields import call, q
+from ._fields import FACTS, call, q
+from ._wdl import MAX_EXPRESSION
 
 SCHEMA = "https://schema.management.azure.com/providers/Microsoft.Logic/schemas/2016-06-01/workflowdefinition.json#"
 TRIGGER = "When_an_AML_event_is_received"
@@ -53,6 +55,7 @@ def generate(routes: Routes, *, auth: str = "managed-identity", throttle_retries
     if auth not in ("managed-identity", "pat"):
         raise ValueError("auth must be 'managed-identity' or 'pat'")
     _check_renderable(routes)
+    _event.check_sizes(routes)
     if verify:
         _verify.check_fits(routes.routes, routes.source)
     per_route = {r.name: {"path": _path(r)} for r in routes.routes}
@@ -88,15 +91,14 @@ def generate(routes: Routes, *, auth: str = "managed-identity", throttle_retries
         "foreach": "@" + call("if", _TOO_LARGE, call("createArray"), call(
             "if", _IS_ARRAY, "triggerBody()",
             call("if", _IS_OBJECT, call("createArray", "triggerBody()"), call("createArray")))),
-        "actions": {"If_valid": {
-            "type": "Foreach", "runAfter": {}, "operationOptions": "Sequential",
-            "foreach": "@" + f.valid_event(),  # the event, or nothing: the gate costs one action per event
-            "actions": {"For_each_route": {
-                "type": "Foreach", "runAfter": {}, "operationOptions": "Sequential",
-                "foreach": "@" + f.matched_routes(routes.routes),
+        "actions": {
+            FACTS: _event.action(routes, verify=verify),  # validity, the routes taking the event, their bodies
+            "For_each_route": {
+                "type": "Foreach", "runAfter": {FACTS: ["Succeeded"]}, "operationOptions": "Sequential",
+                "foreach": "@" + _event.route_items(),
                 "actions": _verified(ctx.route_actions(), routes.routes) if verify else ctx.route_actions(),
-            }},
-        }},
+            },
+        },
     }
     batch = call("if", _IS_ARRAY, "triggerBody()", call("createArray"))
     lead = f"first({batch})"  # an object, or {} (``?[`` on a number or string would fail the Response itself)
@@ -121,7 +123,7 @@ def generate(routes: Routes, *, auth: str = "managed-identity", throttle_retries
                                     call("setProperty", "json('{}')", "'failures'", "variables('failures')"))),
         },
     }
-    return {
+    definition = {
         "$schema": SCHEMA,
         "contentVersion": "1.0.0.0",
         "parameters": params,
@@ -129,6 +131,12 @@ def generate(routes: Routes, *, auth: str = "managed-identity", throttle_retries
         "actions": actions,
         "outputs": {},
     }
+    too_long = list(_event.oversized(definition))
+    if too_long:  # check_sizes and check_fits name the route; this is the guard for anything they miss
+        raise RoutesError(f"{routes.source}: the generated workflow has {len(too_long)} expression(s) over WDL's "
+                          f"{MAX_EXPRESSION}-character limit: " + "; ".join(f"{w} ({n})" for w, n in too_long),
+                          hint="Report this as a bug in amlrelay; meanwhile use the runbook handler.")
+    return definition
 
 
 _B = "triggerBody()"

@@ -26,13 +26,14 @@ is refused by :func:`check_fits` rather than verified less.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from ..errors import RoutesError
 from ..models import DATASET_DRIFT_DETECTED, MODEL_DEPLOYED, MODEL_REGISTERED, RUN_COMPLETED, RUN_STATUS_CHANGED
 from ..routes import Route
 from ..verify import fields_read
 from . import _fields as f
-from ._fields import call, q
+from ._fields import call, fact, q
 from ._wdl import MAX_EXPRESSION
 
 _MAPS = {"runtags": "tags", "runproperties": "properties", "modeltags": "tags", "modelproperties": "properties"}
@@ -127,49 +128,70 @@ def _held(name: str) -> str:
     return call("coalesce", *(f"{maps}?[{q(k)}]" for k in keys)) if len(keys) > 1 else f"{maps}?[{q(key)}]"
 
 
-def _same(names: Sequence[str]) -> str:
-    """The event's values of ``names`` are AML's (as JSON arrays: null, "absent", differs from any string)."""
-    return call("equals", call("string", call("createArray", *(f.field(n) for n in names))),
-                call("string", call("createArray", *(_held(n) for n in names))))
+def _tag_fields(route: Route) -> list[str]:
+    """The ``runTags.*``-like fields ``route`` reads (filters and templates: ``verify.fields_read``)."""
+    return [n for n in fields_read([route]) if n.lower().split(".")[0] in _MAPS]
+
+
+def _checked(routes: Sequence[Route]) -> list[str]:
+    """Every field some route reads, once each, in file order."""
+    return list(dict.fromkeys(n for r in routes for n in _tag_fields(r)))
+
+
+def facts(routes: Sequence[Route]) -> dict[str, Any]:
+    """The event's side of the checks, computed once per event in the ``Event`` Compose (:mod:`._event`):
+    the route loop's ``Confirmed`` then only compares them with AML's answer, so its size grows with the
+    distinct fields read, not with the routes. ``values``: per field, its value as a one-item JSON array
+    (null, "absent", differs from any string); ``readers``: per route that reads fields, its name if it
+    took the event, else ``'-'``."""
+    prefix = call("concat", call("toLower", f.trim_slash(call("trim", f.source()))), "'/'")
+    drift_without_run = call("and", f.is_type(DATASET_DRIFT_DETECTED), call("not", f.nonempty(f.field("runId"))))
+    return {
+        "subjectWrong": "@" + _subject_wrong(), "workspace": "@" + prefix,
+        "experiment": "@" + call("toLower", _s(f.field("experimentName"))), "claimed": "@" + claimed(),
+        "run": "@" + is_run(), "drift": "@" + f.is_type(DATASET_DRIFT_DETECTED),
+        "registered": "@" + f.is_type(MODEL_REGISTERED), "driftWithoutRun": "@" + drift_without_run,
+        "values": ["@" + call("string", call("createArray", f.field(n))) for n in _checked(routes)],
+        "readers": ["@" + call("if", f.route_matches(r), q(r.name), "'-'") for r in routes if _tag_fields(r)],
+    }
 
 
 def values_ok(routes: Sequence[Route]) -> str:
-    """``verify.judge_values`` for the fields the *matched* routes read: each route that reads tags or
-    properties contributes ``not matched, or its values are AML's`` (the runbook checks the union of the
-    matched routes' fields for every route of the event, so one route's forged value refuses them all)."""
-    parts: list[str] = []
-    for route in routes:
-        names = fields_read([route])
-        job = [n for n in names if n.lower().startswith(("runtags.", "runproperties."))]
-        model = [n for n in names if n.lower().startswith(("modeltags.", "modelproperties."))]
-        checks = []
-        if job:
-            checks.append(call("or", call("not", call("or", is_run(), f.is_type(DATASET_DRIFT_DETECTED))), _same(job)))
-        if model:
-            checks.append(call("or", call("not", f.is_type(MODEL_REGISTERED)), _same(model)))
-        if checks:
-            parts.append(call("or", call("not", f.route_matches(route)), f.all_of(checks)))
+    """``verify.judge_values`` for the fields the *matched* routes read: each field some matched route reads
+    (``intersection`` of the readers that took the event with the field's readers) must hold AML's value
+    (the runbook checks the union of the matched routes' fields for every route of the event, so one
+    route's forged value refuses them all)."""
+    job: list[str] = []
+    model: list[str] = []
+    for index, name in enumerate(_checked(routes)):
+        readers = [q(r.name) for r in routes if name in _tag_fields(r)]
+        unread = call("empty", call("intersection", fact("readers"), call("createArray", *readers)))
+        same = call("equals", f"{fact('values')}[{index}]", call("string", call("createArray", _held(name))))
+        (model if name.lower().startswith("model") else job).append(call("or", unread, same))
+    parts = []
+    if job:
+        parts.append(call("or", call("not", call("or", fact("run"), fact("drift"))), f.all_of(job)))
+    if model:
+        parts.append(call("or", call("not", fact("registered")), f.all_of(model)))
     return f.all_of(parts)
 
 
 def refuted() -> str:
     """AML refutes the event (or it could never have come from AML): rejected, answered 200."""
-    prefix = call("concat", call("toLower", f.trim_slash(call("trim", f.source()))), "'/'")
-    elsewhere = call("not", call("startsWith", call("toLower", _s(f"{_B}?['id']")), prefix))
+    elsewhere = call("not", call("startsWith", call("toLower", _s(f"{_B}?['id']")), fact("workspace")))
     experiment = call("not", call("equals", call("toLower", _s(f"{_B}?['properties']?['experimentName']")),
-                                  call("toLower", _s(f.field("experimentName")))))
-    unknown_claim = call("less", _rank(claimed()), "0")
-    ended_otherwise = call("and", _final(claimed()), _final(current()), call("not", call("equals", current(),
-                                                                                      claimed())))
-    run = call("and", is_run(), call("or", unknown_claim, experiment, ended_otherwise))
-    drift_without_run = call("and", f.is_type(DATASET_DRIFT_DETECTED), call("not", f.nonempty(f.field("runId"))))
-    return call("or", _subject_wrong(), elsewhere, run, drift_without_run)
+                                  fact("experiment")))
+    unknown_claim = call("less", _rank(fact("claimed")), "0")
+    ended_otherwise = call("and", _final(fact("claimed")), _final(current()),
+                           call("not", call("equals", current(), fact("claimed"))))
+    run = call("and", fact("run"), call("or", unknown_claim, experiment, ended_otherwise))
+    return call("or", fact("subjectWrong"), elsewhere, run, fact("driftWithoutRun"))
 
 
 def _status_ok() -> str:
     run_ok = call("and", call("not", call("less", _rank(current()), "0")),
-                  call("not", call("less", _rank(current()), _rank(claimed()))))
-    return call("or", call("not", is_run()), run_ok)
+                  call("not", call("less", _rank(current()), _rank(fact("claimed")))))
+    return call("or", call("not", fact("run")), run_ok)
 
 
 def confirmed(routes: Sequence[Route] = ()) -> str:
@@ -184,14 +206,15 @@ def not_yet() -> str:
 
 
 def check_fits(routes: Sequence[Route], source: object = "routes") -> None:
-    """Refuse routes whose verification would not fit one WDL expression, naming the routes that read
-    tags or properties: verifying fewer values than the runbook would let a forger choose them."""
+    """Refuse routes whose verification would not fit one WDL expression, naming the fields and the routes
+    that read them: verifying fewer values than the runbook would let a forger choose them."""
     size = len(confirmed(routes)) + 1
     if size > MAX_EXPRESSION:
-        readers = [r.name for r in routes if any(n.lower().split(".")[0] in _MAPS for n in fields_read([r]))]
+        readers = [r.name for r in routes if _tag_fields(r)]
         raise RoutesError(
             f"{source}: the Logic App's verification of the tag/property values that routes read would be "
-            f"{size} characters, over WDL's {MAX_EXPRESSION}-character limit for one expression (routes reading "
-            f"tags or properties: {', '.join(readers)})",
-            hint="Read fewer runTags/runProperties/modelTags/modelProperties fields in those routes (filters "
-                 "and templates), use the runbook handler, or build with --verify false (no AML verification).")
+            f"{size} characters, over WDL's {MAX_EXPRESSION}-character limit for one expression "
+            f"({len(_checked(routes))} distinct fields; routes reading tags or properties: {', '.join(readers)})",
+            hint="Read fewer distinct runTags/runProperties/modelTags/modelProperties fields across the routes "
+                 "(filters and templates; routes reading the same field share its check), use the runbook "
+                 "handler, or build with --verify false (no AML verification).")
