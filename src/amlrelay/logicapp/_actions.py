@@ -20,6 +20,7 @@ from ..ledger import PARTITION
 from ..relay import AMBIGUOUS
 from ..routes import Routes
 from . import _fields as f
+from ._event import has_secrets, secure_inputs
 from ._fields import EVENT, ROUTE, call, fact, q
 
 ADO_AUDIENCE = "499b84ac-1321-427f-aa17-267ca6975798"
@@ -192,8 +193,8 @@ class Builder:
             http["authentication"] = msi(ADO_AUDIENCE)
         action: dict[str, Any] = {"type": "Http", "runAfter": after, "inputs": http, "limit": {"timeout": self.timeout},
                                   "operationOptions": "DisableAsyncPattern"}
-        if self.auth == "pat":
-            action["runtimeConfiguration"] = {"secureData": {"properties": ["inputs"]}}
+        if self.auth == "pat" or has_secrets(self.routes):  # the PAT's header; a secret variable in the body
+            action["runtimeConfiguration"] = secure_inputs()
         return action
 
     def wait(self, after: dict[str, list[str]], start: str) -> dict[str, Any]:

@@ -20,13 +20,13 @@ each route's match is one expression and each of its templates another, so what 
 * with verification, the event's side of the checks (:func:`._verify.facts`).
 
 The Compose also replaces the one-item validity loop that gated routing (same billable count per event:
-one action, then the route loop). An event that is not even an object makes the Compose fail, as it made
-the gate fail: the route loop is skipped and nothing is started.
+one action, then the route loop). If it fails (an expression threw), :func:`failure_path` decides: an
+invalid event is rejected as the runbook rejects it, any other answered 500, never dropped with a 200.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..errors import RoutesError
@@ -61,7 +61,46 @@ def action(routes: Routes, *, verify: bool) -> dict[str, Any]:
     }
     if verify:
         inputs.update(_verify.facts(routes.routes))
-    return {"type": "Compose", "runAfter": {}, "inputs": inputs}
+    action: dict[str, Any] = {"type": "Compose", "runAfter": {}, "inputs": inputs}
+    if has_secrets(routes):
+        action["runtimeConfiguration"] = secure_inputs()
+    return action
+
+
+def secure_inputs() -> dict[str, Any]:
+    """Hide an action's inputs from run history. On a Compose it hides its outputs too; Compose has no
+    "outputs" setting (SEC, "Secure data in run history by using obfuscation")."""
+    return {"secureData": {"properties": ["inputs"]}}
+
+
+def has_secrets(routes: Routes) -> bool:
+    """Some route sends an ``isSecret`` variable: then the ``Event`` Compose (which holds every route's
+    request body) and ``Start`` (which sends one) hide their inputs from run history. Not always: that
+    hides which routes took an event and why not, the first thing to read in a run that started nothing,
+    and an action reading a secured Compose's outputs is *not* hidden by it (SEC), so Start needs its own."""
+    return any(v.is_secret for r in routes.routes for v in r.pipeline.variables.values())
+
+
+def failure_path(note: Callable[[dict[str, list[str]], str], dict[str, Any]]) -> dict[str, Any]:
+    """What runs only when the ``Event`` Compose failed (Skipped, so not billed, otherwise): one of its
+    expressions threw, e.g. a route's ``{{ eventTime }}`` (``formatDateTime``) on a time that has the shape
+    :func:`._fields.envelope_valid` checks but is no date (``2024-13-45T00:00:00Z``). Without this the route
+    loop was skipped and Event Grid got 200: the event lost unseen. Now its validity is computed again on
+    its own; an invalid or foreign event ends as the runbook ends it (rejected: 200, nothing recorded),
+    any other is a failure: 500, so Event Grid retries it and finally dead-letters it, where
+    ``amlrelay deadletter`` sees it."""
+    check = "Event_check"
+    reason = ("the event could not be evaluated (an expression of the Event action failed; is its time a real "
+              "date?): nothing was started")
+    return {
+        check: {"type": "Compose", "runAfter": {FACTS: ["Failed", "TimedOut"]},
+                "inputs": {"valid": "@" + f.envelope_valid(), "allowed": "@" + f.allowed()}},
+        "Event_acceptable": {
+            "type": "If", "runAfter": {check: ["Succeeded"]},
+            "expression": "@" + call("and", f"outputs('{check}')['valid']", f"outputs('{check}')['allowed']"),
+            "actions": {"Note_event_failed": note({}, reason)}, "else": {"actions": {}}},
+        "Note_event_unchecked": note({check: ["Failed", "TimedOut"]}, reason),
+    }
 
 
 def _text(value: str) -> str:
@@ -139,4 +178,5 @@ def oversized(value: Any, path: str = "") -> Iterator[tuple[str, int]]:
             yield from oversized(item, f"{path}[{index}]")
 
 
-__all__ = ["FACTS", "action", "body", "check_sizes", "oversized", "pick", "route_items"]
+__all__ = ["FACTS", "action", "body", "check_sizes", "failure_path", "has_secrets", "oversized", "pick", "route_items",
+           "secure_inputs"]

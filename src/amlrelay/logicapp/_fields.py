@@ -115,6 +115,15 @@ def is_type(short: str) -> str:
     return call("equals", event_type_lower(), q((AML_PREFIX + short).lower()))
 
 
+def _event_time() -> str:
+    """The event's time as the runbook renders it. A time without a 'T' is never parsed (``formatDateTime``
+    would throw and fail the whole ``Event`` Compose): such an event is invalid (:func:`_time_shape`), so
+    nothing is started with the stand-in, and the event is rejected as the runbook rejects it."""
+    time = call("coalesce", f"{EVENT}?['eventTime']", f"{EVENT}?['time']", "''")
+    safe = call("if", call("contains", call("toLower", call("string", time)), "'t'"), time, "'0001-01-01T00:00:00Z'")
+    return call("formatDateTime", safe, q("yyyy-MM-ddTHH:mm:ss.ffffffzzz"))
+
+
 def field(name: str) -> str:
     """The value of a route field for the current event, null when the event lacks it."""
     lower = name.lower()
@@ -122,8 +131,7 @@ def field(name: str) -> str:
         "eventid": f"{EVENT}?['id']",
         "eventtype": short_type(),
         "subject": call("coalesce", f"{EVENT}?['subject']", "''"),
-        "eventtime": call("formatDateTime", call("coalesce", f"{EVENT}?['eventTime']", f"{EVENT}?['time']",
-                                                 "'0001-01-01T00:00:00Z'"), q("yyyy-MM-ddTHH:mm:ss.ffffffzzz")),
+        "eventtime": _event_time(),
         "workspaceid": source(),
         "workspacename": call("last", call("split", trim_slash(source()), "'/'")),
     }
@@ -213,9 +221,22 @@ def route_matches(route: Route) -> str:
 
 def _untrimmed_time(expr: str) -> str:
     """A timestamp with spaces around it does not parse in the SDKs the runbook uses (the workflow does not
-    parse timestamps at all: a well-formed one is the sender's promise, and AML keeps it)."""
+    parse timestamps, it only refuses what the runbook surely cannot parse: :func:`_time_shape`)."""
     text = call("string", expr)
     return call("equals", call("trim", text), text)
+
+
+def _time_shape(expr: str, *, cloud: bool) -> str:
+    """A time the runbook's SDK parser would not even try: Event Grid's needs ``dddd-dd-ddTdd:dd:dd`` (the
+    'T' at index 10, any case), CloudEvents' ``strptime('%Y-%m-%dT%H:%M:%S')`` a 'T' somewhere. Only what
+    the runbook surely rejects is refused here (a 'T' in place is no promise that the time parses), so
+    ``1/2/2024``, ``2024-01-01`` or ``garbage`` are invalid events, rejected as the runbook rejects them,
+    before a route's ``{{ eventTime }}`` (``formatDateTime``, which throws) can fail the ``Event`` Compose.
+    Implies non-empty. Kept short: it is part of the longest expression of the workflow."""
+    text = call("toLower", call("string", expr))
+    if cloud:
+        return call("contains", text, "'t'")
+    return call("equals", call("substring", call("concat", text, q(" " * 11)), "10", "1"), "'t'")
 
 
 def envelope_valid() -> str:
@@ -226,11 +247,12 @@ def envelope_valid() -> str:
     cloud = all_of([call("equals", call("string", spec), "'1.0'"), nonempty(f"{ev}?['id']"),
                     nonempty(f"{ev}?['source']"), nonempty(f"{ev}?['type']"),
                     call("not", present(f"{ev}?['eventType']")), call("not", present(f"{ev}?['topic']")),
-                    call("or", call("not", present(f"{ev}?['time']")), nonempty(f"{ev}?['time']")),
+                    call("or", call("not", present(f"{ev}?['time']")), _time_shape(f"{ev}?['time']", cloud=True)),
                     _untrimmed_time(f"{ev}?['time']"),
                     *(is_string(f"{ev}?['{k}']") for k in ("id", "source", "type", "subject", "time"))])
     grid = all_of([nonempty(f"{ev}?['id']"), nonempty(f"{ev}?['eventType']"), _untrimmed_time(f"{ev}?['eventTime']"),
-                   nonempty(f"{ev}?['eventTime']"), present(f"{ev}?['subject']"), nonempty(f"{ev}?['topic']"),
+                   _time_shape(f"{ev}?['eventTime']", cloud=False), present(f"{ev}?['subject']"),
+                   nonempty(f"{ev}?['topic']"),
                    *(is_string(f"{ev}?['{k}']") for k in ("id", "eventType", "subject", "topic", "eventTime"))])
     run = call("or", is_type(RUN_COMPLETED), is_type(RUN_STATUS_CHANGED))
     data = [call("or", call("not", run), valid_for(RUN_COMPLETED))]  # RunStatusChanged adds runStatus:

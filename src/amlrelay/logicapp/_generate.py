@@ -18,6 +18,8 @@ Shape, and why (billable action executions on each path are counted by ``bench/l
   After an ambiguous answer (500, 502, 504, timeout, reset) nothing is resent: the failure is recorded
   ``[ambiguous]`` and ``amlrelay replay --failed`` (which can search the pipeline's runs) reconciles it.
 * A ``failures`` array variable collects what failed; the Response answers 500 when it is not empty.
+  Every action whose failure would otherwise end in a 200 has a successor that notes it (the ``Event``
+  Compose: :func:`._event.failure_path`).
 """
 
 from __future__ import annotations
@@ -93,6 +95,7 @@ def generate(routes: Routes, *, auth: str = "managed-identity", throttle_retries
             call("if", _IS_OBJECT, call("createArray", "triggerBody()"), call("createArray")))),
         "actions": {
             FACTS: _event.action(routes, verify=verify),  # validity, the routes taking the event, their bodies
+            **_event.failure_path(Builder.note_for),  # only if Event failed: never a 200 for an unseen event
             "For_each_route": {
                 "type": "Foreach", "runAfter": {FACTS: ["Succeeded"]}, "operationOptions": "Sequential",
                 "foreach": "@" + _event.route_items(),

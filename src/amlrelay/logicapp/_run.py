@@ -11,7 +11,11 @@ EXC, LIM, the loops article):
   ``ManagedServiceIdentity`` authentication asks an identity endpoint for a token for the audience;
 * ``Foreach``/``If``/``Scope``: Failed when an action inside failed ("when any action in the scope fails ...
   the scope's status is marked Failed"); ``Until``: the status of its *last* iteration (loops article);
-* ``Response``: the answer to the caller; none at all means Event Grid never gets one (504 here).
+* ``Response``: the answer to the caller; none at all means Event Grid never gets one (504 here);
+* ``runtimeConfiguration.secureData`` (SEC): :attr:`RunResult.history` is what run history shows, a
+  secured ``inputs``/``outputs`` as ``HIDDEN`` (on Compose, Parse JSON and Response, secure inputs hide the
+  outputs too). Nothing is hidden by propagation, which Azure adds for some readers of secured values: the
+  history here shows at least what Azure's does. A setting an action type does not support is an error.
 
 Billing (PRICE): every executed trigger and action counts, Skipped ones do not; a loop counts once plus its
 inner actions per iteration. :attr:`RunResult.billable` is that count. Waits use a virtual clock.
@@ -51,6 +55,7 @@ class RunResult:
     actions: list[tuple[str, str]] = field(default_factory=list)  # (name, status) in execution order
     billable: int = 1  # the trigger
     failures: list[tuple[str, Any]] = field(default_factory=list)  # (name, error or outputs) of failed actions
+    history: list[dict[str, Any]] = field(default_factory=list)  # name, status, inputs, outputs, as shown
 
     def statuses(self, name: str) -> list[str]:
         return [status for action, status in self.actions if action == name]
@@ -143,7 +148,7 @@ class Workflow:
         run = _Run(self, params, {"headers": headers, "body": parsed})
         run.block(self.definition["actions"], _Scope())
         answer = run.response or HttpAnswer(504, {}, {"error": "the workflow finished without a Response"})
-        return RunResult(answer, run.log, run.billable, run.failures)
+        return RunResult(answer, run.log, run.billable, run.failures, run.history)
 
 
 _DURATION = re.compile(r"^P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)?)S)?)?$")
@@ -165,6 +170,7 @@ class _Run:
         self.response: HttpAnswer | None = None
         self.log: list[tuple[str, str]] = []
         self.failures: list[tuple[str, Any]] = []
+        self.history: list[dict[str, Any]] = []
         self.billable = 1
         self.offset = 0.0
         self.started = datetime.now(timezone.utc)
@@ -194,8 +200,10 @@ class _Run:
                 result = self.execute(name, action, scope) if runs else {"status": "Skipped"}
                 scope.results[name] = result
                 self.log.append((name, result["status"]))
+                shown = _shown(name, action, result)
+                self.history.append(shown)
                 if result["status"] in ("Failed", "TimedOut") and action["type"] not in ("If", "Foreach", "Until"):
-                    self.failures.append((name, result.get("error") or result.get("outputs")))
+                    self.failures.append((name, result.get("error") or shown["outputs"]))
                 clean = clean and result["status"] not in ("Failed", "TimedOut")
         return clean
 
@@ -210,7 +218,7 @@ class _Run:
         except ExpressionError as exc:
             return {"status": "Failed", "error": {"code": "InvalidTemplate", "message": str(exc)}}
         if kind == "Http":
-            return self.http(inputs, action)
+            return {**self.http(inputs, action), "inputs": inputs}
         if kind == "Response":
             if self.response is not None:
                 return {"status": "Failed", "error": {"code": "ResponseAlreadySent"}}
@@ -228,7 +236,7 @@ class _Run:
             self.variables[inputs["name"]] = inputs["value"]
             return {"status": "Succeeded", "inputs": inputs}
         if kind == "Compose":
-            return {"status": "Succeeded", "outputs": inputs}
+            return {"status": "Succeeded", "inputs": inputs, "outputs": inputs}
         if kind == "Wait":
             interval = inputs["interval"]
             unit = {"Second": 1, "Minute": 60, "Hour": 3600}[interval["unit"]]
@@ -326,6 +334,24 @@ def _retry_delay(policy: Mapping[str, Any], attempt: int, result: Mapping[str, A
     high = seconds(policy.get("maximumInterval", "PT45S" if kind == "default" else "PT1H"))
     base = seconds(policy.get("interval", "PT7.5S" if kind == "default" else "PT7S"))
     return float(min(high, max(low, random.uniform(0.8, 1.2) * base * 2 ** attempt)))  # noqa: S311
+
+
+HIDDEN = "(secured: hidden in run history)"
+_NO_SECURE_INPUTS = {"AppendToArrayVariable", "InitializeVariable", "SetVariable", "Foreach", "If", "Scope", "Until"}
+_NO_SECURE_OUTPUTS = _NO_SECURE_INPUTS | {"Compose", "ParseJson", "Response", "Wait"}
+
+
+def _shown(name: str, action: Mapping[str, Any], result: Mapping[str, Any]) -> dict[str, Any]:
+    """One action as run history shows it (SEC): its own secureData settings applied."""
+    kind = action["type"]
+    secured = set(action.get("runtimeConfiguration", {}).get("secureData", {}).get("properties", []))
+    unsupported = {p for p in secured if kind in (_NO_SECURE_INPUTS if p == "inputs" else _NO_SECURE_OUTPUTS)}
+    if unsupported or not secured <= {"inputs", "outputs"}:
+        raise ValueError(f"action {name!r}: a {kind} cannot secure {', '.join(sorted(secured))} (SEC)")
+    if kind in ("Compose", "ParseJson", "Response") and "inputs" in secured:
+        secured.add("outputs")
+    return {"name": name, "status": result["status"],
+            **{part: HIDDEN if part in secured else result.get(part) for part in ("inputs", "outputs")}}
 
 
 def _condition(expression: Any, ctx: _Context) -> bool:
