@@ -88,7 +88,9 @@ def failure_path(note: Callable[[dict[str, list[str]], str], dict[str, Any]]) ->
     loop was skipped and Event Grid got 200: the event lost unseen. Now its validity is computed again on
     its own; an invalid or foreign event ends as the runbook ends it (rejected: 200, nothing recorded),
     any other is a failure: 500, so Event Grid retries it and finally dead-letters it, where
-    ``amlrelay deadletter`` sees it."""
+    ``amlrelay deadletter`` sees it. If the validity itself cannot be computed, the event or its ``data``
+    is not an object (``?[`` on a string fails; every other hop is null-safe), which the runbook rejects
+    too: nothing is noted (the equivalence tests' ``data-not-object``)."""
     check = "Event_check"
     reason = ("the event could not be evaluated (an expression of the Event action failed; is its time a real "
               "date?): nothing was started")
@@ -99,7 +101,6 @@ def failure_path(note: Callable[[dict[str, list[str]], str], dict[str, Any]]) ->
             "type": "If", "runAfter": {check: ["Succeeded"]},
             "expression": "@" + call("and", f"outputs('{check}')['valid']", f"outputs('{check}')['allowed']"),
             "actions": {"Note_event_failed": note({}, reason)}, "else": {"actions": {}}},
-        "Note_event_unchecked": note({check: ["Failed", "TimedOut"]}, reason),
     }
 
 
