@@ -288,7 +288,9 @@ def test_storage_errors_say_what_to_do(azurite: str, table_name: str) -> None:
     assert missing.get(KEY) is None
     with pytest.raises(LedgerError) as no_table:
         missing.recent()
-    assert "ensure_table" in no_table.value.hint
+    assert no_table.value.message.startswith(f"Ledger storage error while trying to list ledger records (table "
+                                             f"'{table_name}' at http")
+    assert no_table.value.hint == "Create the table (infra deploys it; Ledger.ensure_table() locally)."
     assert claim(missing).status == "claimed"  # the first claim creates the table (new account, Azurite)
 
     with pytest.raises(LedgerError, match="table name"):

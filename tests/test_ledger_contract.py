@@ -82,7 +82,10 @@ def test_the_table_name_and_url_are_checked_before_use() -> None:
         Ledger.from_table_url("http://acct.table.core.windows.net", ManagedIdentityCredential())
     assert plain.value.message == "Ledger table URL must start with https://, got 'http://acct.table.core.windows.net'."
     assert "AMLRELAY_LEDGER_TABLE_URL" in plain.value.hint
-    assert Ledger.from_table_url("http://127.0.0.1:1/acct", AzureNamedKeyCredential("acct", "a2V5"))  # Azurite
+    key = AzureNamedKeyCredential("acct", "a2V5")
+    local = Ledger.from_table_url("http://127.0.0.1:1/acct", key, holder="job-a", stale_after=timedelta(minutes=5))
+    assert (local.holder, local.stale_after) == ("job-a", timedelta(minutes=5))  # Azurite, as named in `status`
+    assert Ledger.from_table_url("https://contoso.table.core.windows.net", key)  # a key works over HTTPS too
 
 
 def test_client_options_default_to_bounded_retries_and_timeouts() -> None:

@@ -218,6 +218,26 @@ def test_from_table_url_claims_exactly_once_with_a_storage_token(
             "with HTTP 401")
 
 
+def test_the_ledgers_queries_are_written_as_azure_reads_them(
+        azurite: str, table_name: str, loopback_tls: TlsMaterial, managed_identity: IdentityServer) -> None:
+    """Every query the ledger sends (listing, stale claims, tag-backs, purge) passes a front door that reads
+    $filter case-sensitively as Azure does; Azurite alone would accept ``AND``."""
+    from azure.identity import ManagedIdentityCredential
+
+    storage_token = managed_identity.token_for("https://storage.azure.com")
+    with TlsTableGateway(azurite, accepted_tokens={storage_token}, tls=loopback_tls) as gateway:
+        ledger = Ledger.from_table_url(gateway.url, ManagedIdentityCredential(retry_total=0), table=table_name,
+                                       retry_total=0, connection_verify=str(loopback_tls.cert_file))
+        ledger.ensure_table()
+        held = ledger.claim("k", route="r", event_id="e1", event_type="ModelRegistered", event_json="{}")
+        ledger.mark_triggered(held, run_id=42, run_url=None, tag_target="model")
+        since = datetime.now(timezone.utc) - timedelta(hours=1)
+        assert [r.key for r in ledger.recent(state="triggered", since=since)] == ["k"]
+        assert ledger.stale_claims() == []
+        assert [r.key for r in ledger.untagged()] == ["k"]
+        assert ledger.purge(timedelta(days=2)) == 0
+
+
 def _closed_port() -> int:
     with socket.socket() as closed:  # a loopback port nothing listens on: the connection is refused
         closed.bind(("127.0.0.1", 0))
@@ -240,7 +260,9 @@ def test_no_token_for_storage_is_reported_as_the_identitys_problem(
         where = f"(table '{table_name}' at {gateway.url})"
 
         def refused(client_id: str | None = None) -> LedgerError:
-            credential = ManagedIdentityCredential(client_id=client_id) if client_id else ManagedIdentityCredential()
+            # retry_total=0: azure-identity's own retries (about 5 s per failure) change no message
+            credential = (ManagedIdentityCredential(client_id=client_id, retry_total=0) if client_id
+                          else ManagedIdentityCredential(retry_total=0))
             ledger = Ledger.from_table_url(gateway.url, credential, table=table_name, identity_client_id=client_id,
                                            retry_total=0, connection_verify=str(loopback_tls.cert_file))
             with pytest.raises(LedgerError) as caught:

@@ -119,7 +119,7 @@ def storage_error(exc: AzureError, action: str, where: str, *, token: bool) -> L
         hint, what = _ROLE_HINT if token else _KEY_HINT, "access denied"
     elif isinstance(exc, (ServiceRequestError, ServiceResponseError)):
         what = "storage unreachable"
-    elif status == 404 and "TableNotFound" in code + str(exc):
+    elif status == 404 and code == "TableNotFound":  # the SDK reads the code from the header or the body
         hint = "Create the table (infra deploys it; Ledger.ensure_table() locally)."
     detail = (f"HTTP {status}{' ' + code if code else ''}: {exc.reason or exc.message}"
               if isinstance(exc, HttpResponseError) and status is not None else str(exc))

@@ -31,7 +31,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
-from typing import Any, cast
+from typing import Any
 
 from azure.core import MatchConditions
 from azure.core.credentials import AzureNamedKeyCredential, AzureSasCredential, TokenCredential
@@ -124,7 +124,7 @@ class Ledger:
         """In Azure: ``https://<account>.table.core.windows.net`` with a managed identity credential.
         ``identity_client_id``: the user-assigned identity that credential is, named when it gives no token."""
         _check_table_name(table)
-        token = hasattr(credential, "get_token")
+        token = isinstance(credential, TokenCredential)
         if not account_table_url.startswith(("https://",) if token else ("https://", "http://")):
             raise LedgerError(
                 f"Ledger table URL must start with https://, got {_clean(account_table_url, 80)!r}.",
@@ -132,8 +132,8 @@ class Ledger:
                 "https://<account>.table.core.windows.net (a managed identity's token is only sent over HTTPS).",
             )
         ledger_kw, client_kw = _split_kw(kw)
-        if token:  # a failure to get a token is then reported as the identity's, not as storage's
-            credential = StorageToken(cast(TokenCredential, credential), identity_client_id)
+        if isinstance(credential, TokenCredential):  # a missing token is then the identity's problem, not storage's
+            credential = StorageToken(credential, identity_client_id)
         client = TableClient(endpoint=account_table_url, table_name=table, credential=credential, **client_kw)
         return cls(client, **ledger_kw)
 
@@ -309,14 +309,14 @@ class Ledger:
 
     def _delete_unchanged(self, entity: TableEntity) -> bool:
         """Delete a row unless written since it was read; True only if this call deleted it. A row someone
-        else deleted meanwhile answers 404, which azure-data-tables returns like a success, so the success is
-        seen through ``cls``, which the SDK calls for a 204 only."""
-        deleted: list[bool] = []
-        with suppress(ResourceModifiedError, ResourceNotFoundError):
+        else deleted meanwhile answers 404, which azure-data-tables returns like a success (it never raises
+        ResourceNotFoundError here), so the success is seen through ``cls``, which the SDK calls for a 204 only."""
+        replies: list[tuple[Any, ...]] = []
+        with suppress(ResourceModifiedError):
             self._table.delete_entity(entity["PartitionKey"], entity["RowKey"], etag=entity.metadata["etag"],
                                       match_condition=MatchConditions.IfNotModified,
-                                      cls=lambda *_: deleted.append(True))
-        return bool(deleted)
+                                      cls=lambda *reply: replies.append(reply))
+        return bool(replies)
 
     def _read(self, pk: str, rk: str) -> tuple[LedgerRecord, str]:
         entity = self._table.get_entity(pk, rk)
