@@ -8,6 +8,7 @@ import datetime as dt
 import json
 import os
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import urllib3.util.ssl_
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -132,6 +134,34 @@ def test_a_certificate_for_another_host_sent_nothing(tmp_path: Path, monkeypatch
     assert_safe_to_send_again(info.value)
 
 
+def test_a_certificate_for_another_host_checked_by_urllib3_itself_sent_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """urllib3 1.26 (which requests allows), or 2.x over an OpenSSL it cannot leave the host name to, matches the
+    host name itself and raises its own CertificateError: the same problem, told the same way."""
+    monkeypatch.setattr(urllib3.util.ssl_, "HAS_NEVER_CHECK_COMMON_NAME", False)
+    other = _certificate_for("ado.contoso.test", tmp_path)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(other.cert_file))
+    with AdoServer("contoso", pipelines=pipelines_for(ROUTES), pats={SECRET}, tls=other) as server:
+        with pytest.raises(AdoError) as info:
+            client(server.org_url.replace("127.0.0.1", "localhost")).run_pipeline(request_for())
+        assert server.requests == []
+    assert ("its TLS certificate was not accepted (certificate verify failed: hostname 'localhost' doesn't match "
+            "'ado.contoso.test'). Nothing was sent") in info.value.message
+    assert_safe_to_send_again(info.value)
+
+
+def test_the_base_url_as_typed_is_known_as_the_request_that_failed(untrusted_ado: AdoServer) -> None:
+    """requests sends ``https://LOCALHOST:port/Default Collection`` as ``https://localhost:port/Default%20Collection``
+    (an ADO Server collection name has spaces; host names come in capitals): still the request amlrelay sent,
+    so still "nothing was sent" rather than an ambiguous failure that makes the relay look for a run."""
+    org_url = untrusted_ado.org_url.replace("127.0.0.1", "LOCALHOST").replace("/contoso", "/Default Collection")
+    with pytest.raises(AdoError) as info:
+        client(org_url).run_pipeline(request_for())
+    assert info.value.message.startswith(f"Could not connect to ADO for {WHERE.format(org_url=org_url)}: its TLS "
+                                         "certificate was not accepted (certificate verify failed: self-signed")
+    assert_safe_to_send_again(info.value)
+
+
 class _PlainAdo(LoopbackServer):
     """Plain HTTP where the base URL says https (a wrong port, or TLS ended in front of it)."""
 
@@ -148,8 +178,10 @@ def test_plain_http_spoken_to_as_https_sent_nothing() -> None:
     assert info.value.message == (f"Could not connect to ADO for {WHERE.format(org_url=org_url)}: the TLS handshake "
                                   "failed (wrong version number). Nothing was sent, so sending again is safe once "
                                   "that is fixed.")
-    assert info.value.hint.startswith("Check that AMLRELAY_ADO_BASE_URL is ADO's https:// address ('wrong version "
-                                      "number' means the port speaks plain HTTP)")
+    assert info.value.hint == ("Check that AMLRELAY_ADO_BASE_URL is ADO's https:// address ('wrong version number' "
+                               "means the port speaks plain HTTP), and whether a proxy or firewall interferes with TLS "
+                               "(if a proxy intercepts it, set REQUESTS_CA_BUNDLE to a PEM bundle that includes its "
+                               "CA).")
     assert_safe_to_send_again(info.value)
 
 
@@ -182,6 +214,48 @@ def test_a_handshake_that_never_completes_sent_nothing() -> None:
             client(org_url, timeout=0.5).run_pipeline(request_for())
     assert info.value.message.startswith(f"Could not connect to ADO for {WHERE.format(org_url=org_url)}: the TLS "
                                          "handshake failed (no handshake within 0.5 s).")
+    assert_safe_to_send_again(info.value)
+
+
+def test_a_handshake_reset_by_a_firewall_sent_nothing() -> None:
+    """A firewall that resets TLS to hosts it blocks: the reason is the socket's, without "[Errno 104]"."""
+
+    def reset_after_the_client_hello(connection: socket.socket) -> None:
+        connection.recv(65536)
+        connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with a RST
+
+    with _raw_tls_server(reset_after_the_client_hello) as port:
+        org_url = f"https://127.0.0.1:{port}/contoso"
+        with pytest.raises(AdoError) as info:
+            client(org_url).run_pipeline(request_for())
+    assert info.value.message == (f"Could not connect to ADO for {WHERE.format(org_url=org_url)}: the TLS handshake "
+                                  "failed (Connection reset by peer). Nothing was sent, so sending again is safe "
+                                  "once that is fixed.")
+    assert "whether a proxy or firewall interferes with TLS" in info.value.hint
+    assert_safe_to_send_again(info.value)
+
+
+def test_a_proxy_that_refuses_the_tunnel_sent_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """HTTPS_PROXY names a proxy that will not open a tunnel to ADO: no TLS was even attempted, nothing sent."""
+    seen: list[bytes] = []
+
+    def refuse(connection: socket.socket) -> None:
+        seen.append(connection.recv(65536))
+        connection.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+        time.sleep(0.2)
+
+    for name in ("NO_PROXY", "no_proxy", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    with _raw_tls_server(refuse) as port:
+        monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{port}")
+        with pytest.raises(AdoError) as info:
+            client("https://ado.contoso.test/contoso").run_pipeline(request_for())
+    assert seen[0].startswith(b"CONNECT ado.contoso.test:443 ")
+    where = WHERE.format(org_url="https://ado.contoso.test/contoso")
+    assert info.value.message == (f"Could not connect to ADO for {where}: the connection failed while it was being "
+                                  "set up (Tunnel connection failed: 403 Forbidden). Nothing was sent, so sending "
+                                  "again is safe once that is fixed.")
+    assert info.value.hint == "Check AMLRELAY_ADO_BASE_URL / AMLRELAY_ADO_ORGANIZATION, any proxy, and the network."
     assert_safe_to_send_again(info.value)
 
 

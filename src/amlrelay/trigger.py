@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from types import CodeType
 from typing import Any
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -141,16 +141,17 @@ class AdoClient:
             return self._session.request(method, url, params=params, json=body, headers=headers,
                                          timeout=self._timeout)
         except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
-            raise self._no_answer(exc, method, url, where) from None
+            raise self._no_answer(exc, method, url, params, where) from None
 
-    def _no_answer(self, exc: requests.exceptions.RequestException, method: str, url: str, where: str) -> AdoError:
+    def _no_answer(self, exc: requests.exceptions.RequestException, method: str, url: str, params: dict[str, str],
+                   where: str) -> AdoError:
         reason = exc.args[0] if exc.args else None
         inner = getattr(reason, "reason", reason)
         if isinstance(exc, requests.exceptions.ConnectTimeout) or isinstance(inner, ConnectTimeoutError):
             # NewConnectionError and DNS failures derive from ConnectTimeoutError: nothing was sent
             return AdoError(f"Could not connect to ADO for {where}: {_reason(exc)}", status=None, retryable=True,
                             hint="Check AMLRELAY_ADO_BASE_URL / AMLRELAY_ADO_ORGANIZATION and the network.")
-        failure = _failed_while_connecting(exc, method, url)
+        failure = _failed_while_connecting(exc, method, url, params)
         if failure is not None:
             return self._not_connected(failure, where)
         if isinstance(exc, requests.exceptions.ReadTimeout) or isinstance(inner, ReadTimeoutError):
@@ -167,13 +168,13 @@ class AdoClient:
         """A connection that failed while it was being set up: nothing was sent, so no run can exist."""
         safe = "Nothing was sent, so sending again is safe once that is fixed."
         if isinstance(failure, (ssl.SSLCertVerificationError, CertificateError)):
-            detail = str(getattr(failure, "verify_message", None) or failure).rstrip(".")
+            detail = str(getattr(failure, "verify_message", None) or failure).removesuffix(".")
             return AdoError(f"Could not connect to ADO for {where}: its TLS certificate was not accepted "
                             f"(certificate verify failed: {detail}). {safe}", status=None, retryable=True,
                             hint="Check that AMLRELAY_ADO_BASE_URL names ADO's host as its certificate does; if a "
                             "proxy intercepts TLS, or ADO Server's certificate comes from a private CA, set "
                             "REQUESTS_CA_BUNDLE to a PEM bundle that includes that CA.")
-        if isinstance(failure, ssl.SSLError) or _raised_in(failure, _HANDSHAKE):
+        if isinstance(failure, OSError) and (isinstance(failure, ssl.SSLError) or _raised_in(failure, _HANDSHAKE)):
             if isinstance(failure, TimeoutError):
                 detail = f"no handshake within {self._timeout:g} s"
             else:
@@ -249,8 +250,8 @@ _CONNECT: frozenset[CodeType] = frozenset({HTTPConnection.connect.__code__, HTTP
 _HANDSHAKE: frozenset[CodeType] = frozenset({ssl.SSLSocket.do_handshake.__code__})
 
 
-def _failed_while_connecting(exc: requests.exceptions.RequestException, method: str,
-                             url: str) -> BaseException | None:
+def _failed_while_connecting(exc: requests.exceptions.RequestException, method: str, url: str,
+                             params: dict[str, str]) -> BaseException | None:
     """The error that stopped the connection to ADO before the request went out, or ``None`` when the request
     may have been sent.
 
@@ -263,10 +264,14 @@ def _failed_while_connecting(exc: requests.exceptions.RequestException, method: 
     request is written), or after it returned. A POST is retried only after 429/503 or a connection that
     never opened, so the last attempt's error speaks for all of them. Whenever the chain does not show it
     (another urllib3, an error raised elsewhere, a redirect's request rather than ours), this says
-    ``None``: ambiguous, and the relay looks the run up rather than risk starting it twice.
+    ``None``: ambiguous, and the relay looks the run up rather than risk starting it twice. Our request is
+    recognised by the URL exactly as requests prepares it (host lower-cased, path re-quoted: the base URL may be
+    typed ``https://TFS.contoso.com/tfs/Default Collection``), so any redirect that changes it is not ours.
     """
+    ours = requests.PreparedRequest()
+    ours.prepare_url(url, params)
     failed = exc.request
-    if failed is None or failed.method != method or _target(failed.url or "") != _target(url):
+    if failed is None or (failed.method, failed.url) != (method, ours.url):
         return None
     for error in _wrapped(exc):
         if _raised_in(error, _CONNECT):
@@ -277,14 +282,12 @@ def _failed_while_connecting(exc: requests.exceptions.RequestException, method: 
 def _wrapped(exc: BaseException) -> Iterator[BaseException]:
     """``exc`` and the errors it wraps: requests' error holds urllib3's ``MaxRetryError``, whose ``reason``
     holds the error (SSLError, ProtocolError...) around the socket's or ssl's own. urllib3 turns a socket timeout
-    into ``ReadTimeoutError`` by raising it while handling the timeout, so that one is its ``__context__``."""
+    into ``ReadTimeoutError`` by raising it while handling the timeout, so that one is its ``__context__``.
+    The walk ends: an error holds only errors made before it (its arguments, ``reason``, or for urllib3's
+    timeouts the socket error it replaced), so the chain (four errors deep) cannot loop back."""
     pending: list[BaseException] = [exc]
-    seen: set[int] = set()
-    while pending and len(seen) < 16:
+    while pending:
         error = pending.pop(0)
-        if id(error) in seen:
-            continue
-        seen.add(id(error))
         yield error
         inner = [getattr(error, "reason", None), *error.args]
         if isinstance(error, Urllib3TimeoutError):
@@ -301,17 +304,10 @@ def _raised_in(error: BaseException, codes: frozenset[CodeType]) -> bool:
     return False
 
 
-def _target(url: str) -> tuple[str, str, int | None, str]:
-    parts = urlsplit(url)
-    port = parts.port or {"https": 443, "http": 80}.get(parts.scheme.lower())
-    return parts.scheme.lower(), (parts.hostname or "").lower(), port, unquote(parts.path)
-
-
-def _ssl_reason(error: BaseException) -> str:
+def _ssl_reason(error: OSError) -> str:
     """OpenSSL's words without the source position: "[SSL: WRONG_VERSION_NUMBER] wrong version number
-    (_ssl.c:1006)" becomes "wrong version number"."""
-    text = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
-    return re.sub(r"^\[SSL: [A-Z0-9_]+\] |\s*\(_ssl\.c:\d+\)$", "", text).strip() or _reason(error)
+    (_ssl.c:1006)" becomes "wrong version number"; a reset reads "Connection reset by peer", without "[Errno 104]"."""
+    return re.sub(r"^\[SSL: [A-Z0-9_]+\] |\s*\(_ssl\.c:\d+\)$", "", str(error.strerror or error)).strip()
 
 
 def _reason(exc: BaseException) -> str:
