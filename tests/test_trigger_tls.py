@@ -102,6 +102,22 @@ def test_the_ca_bundle_the_hint_names_is_what_makes_it_work(untrusted_ado: AdoSe
     assert run.id == untrusted_ado.runs[0]["id"]
 
 
+def test_a_ca_bundle_path_that_does_not_exist_is_named_and_nothing_is_sent(
+        untrusted_ado: AdoServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hints tell users to set REQUESTS_CA_BUNDLE; a typo in it must say so, not escape as a raw OSError."""
+    missing = tmp_path / "contoso-ca.pem"
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(missing))
+    with pytest.raises(AdoError) as info:
+        client(untrusted_ado.org_url).run_pipeline(request_for())
+    assert info.value.message == (
+        f"Could not connect to ADO for {WHERE.format(org_url=untrusted_ado.org_url)}: Could not find a suitable "
+        f"TLS CA certificate bundle, invalid path: {missing}. Nothing was sent.")
+    assert info.value.hint is not None and info.value.hint.startswith(
+        "REQUESTS_CA_BUNDLE (or CURL_CA_BUNDLE) must be the path of a PEM file")
+    assert (info.value.status, info.value.ambiguous, info.value.retryable) == (None, False, False)
+    assert untrusted_ado.requests == []
+
+
 def _certificate_for(name: str, directory: Path) -> TlsMaterial:
     """A self-signed certificate for ``name`` only: trusted, but not for the address the client uses."""
     key = ec.generate_private_key(ec.SECP256R1())

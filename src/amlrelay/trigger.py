@@ -142,6 +142,12 @@ class AdoClient:
                                          timeout=self._timeout)
         except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
             raise self._no_answer(exc, method, url, params, where) from None
+        except OSError as exc:
+            # requests checks the CA bundle path before it opens a connection, and raises a bare OSError
+            raise AdoError(f"Could not connect to ADO for {where}: {exc}. Nothing was sent.", status=None,
+                           retryable=False,
+                           hint="REQUESTS_CA_BUNDLE (or CURL_CA_BUNDLE) must be the path of a PEM file (or folder) "
+                           "that exists where the job runs; unset it to use the default CA bundle.") from None
 
     def _no_answer(self, exc: requests.exceptions.RequestException, method: str, url: str, params: dict[str, str],
                    where: str) -> AdoError:
