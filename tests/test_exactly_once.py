@@ -307,3 +307,51 @@ def test_identity_also_sent_in_the_clear_reconciles(stack: Stack, ledger_env: di
     [outcome] = deliver(relay, sample("event-grid-schema", "model_registered"))
     assert (outcome.outcome, len(stack.ado.runs)) == ("triggered", 1)
     assert outcome.ado_run_id == stack.ado.runs[0]["id"]
+
+
+def test_a_ledger_that_refuses_the_claim_fails_the_route_it_names(stack: Stack) -> None:
+    """In process, no storage: a claim the ledger refuses (throttled, no role) sends nothing and the failure
+    names the route, so the operator knows which pipeline did not start."""
+    from amlrelay.errors import LedgerError
+
+    class Refusing(Ledger):
+        def claim(self, key: str, **kw: Any) -> Any:
+            raise LedgerError("the table is throttling writes")
+
+    relay = build_relay(resolve({}, env=stack.env()), load_routes(ROUTES_FILE))
+    relay.ledger = Refusing.from_connection_string("UseDevelopmentStorage=true", table="refusing")
+    [outcome] = deliver(relay, sample("event-grid-schema", "model_registered"))
+    assert (outcome.outcome, outcome.route) == ("failed", "deploy-registered-model")
+    assert outcome.reason == "nothing triggered: the table is throttling writes"
+    assert stack.ado.requests == []
+
+
+def test_a_redelivery_soon_after_an_open_answer_waits_then_adopts_the_run(stack: Stack,
+                                                                          ledger_env: dict[str, str]) -> None:
+    """An earlier attempt's answer was lost (recorded failed, ambiguous) and ADO did queue its run. A redelivery
+    within AMLRELAY_SETTLE_AFTER sends and reads nothing, and fails ambiguous again with what happens next; so
+    the attempt after the settle time still looks for the run first, and adopts it instead of starting a second."""
+    from amlrelay.router import build_request, select
+
+    relay = relay_for(stack, ledger_env)
+    raw = sample("event-grid-schema", "model_registered")
+    [event] = parse_events([raw])
+    assert isinstance(event, AmlEvent)
+    [route], _ = select(relay.routes, event)
+    assert relay.ledger is not None
+    assert relay.trigger is not None
+    claim = relay.ledger.claim(f"{event.outcome_key()}|{route.name.lower()}", route=route.name, event_id=event.id,
+                               event_type="ModelRegistered", event_json=json.dumps(raw))
+    relay.trigger.run_pipeline(build_request(route, event))  # ADO queued it, but the answer was lost:
+    relay.ledger.mark_failed(claim, f"{AMBIGUOUS}ADO failed pipeline {route.pipeline.pipeline_id} (HTTP 502).")
+    [early] = deliver(relay, raw)
+    assert (early.outcome, early.route) == ("failed", route.name)
+    assert re.fullmatch(re.escape(AMBIGUOUS) + r"An earlier attempt's request may still be in ADO's hands \([01] s "
+                        r"ago\)\. The next delivery or `amlrelay replay --failed` \(scheduled in Automation\) looks "
+                        r"for the run again and sends only if it is not there\.", early.reason or ""), early.reason
+    assert len(stack.ado.requests) == 1  # only the first attempt's POST
+    relay.settle_after = timedelta(0)  # ADO has had its time
+    [settled] = deliver(relay, raw)
+    assert (settled.outcome, settled.ado_run_id) == ("duplicate", stack.ado.runs[0]["id"])
+    assert settled.reason == "started by an earlier attempt that could not record it"
+    assert len(stack.ado.runs) == 1

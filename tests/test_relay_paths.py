@@ -99,6 +99,8 @@ def test_invalid_and_skipped_items_keep_their_short_type_and_place(stack: Stack)
         ("ModelRegistered", "rejected"), ("BlobCreated", "skipped"), ("ModelRegistered", "dry-run"),
         ("ModelRegistered", "failed")]  # the second route needs a tag this event lacks
     assert "modelVersion" in (outcomes[0].reason or "")
+    assert (outcomes[3].route, outcomes[3].ado_run_id) == ("staged", None)  # the route to fix is named
+    assert (outcomes[3].reason or "").startswith("route 'staged': the event has no modelTags.stage")
 
 
 def test_a_template_failure_fails_that_route_only_and_claims_nothing(stack: Stack, azurite: str,
@@ -147,7 +149,7 @@ def test_a_claim_held_by_a_live_job_is_a_duplicate_that_says_when(stack: Stack, 
     held = r.ledger.claim(f"{event.outcome_key()}|deploy", route="Deploy", event_id="x",  # type: ignore[union-attr]
                           event_type="ModelRegistered", event_json=None)
     [outcome, _] = r.handle(parse_events([raw]))
-    assert outcome.outcome == "duplicate"
+    assert (outcome.outcome, outcome.route) == ("duplicate", "Deploy")
     assert outcome.reason == f"another job is starting it (claimed {held.record.claimed_at:%Y-%m-%d %H:%M:%S} UTC)"
     assert outcome.ado_run_id is None
     assert stack.ado.run_requests == [] or all("/70/" not in q.path for q in stack.ado.run_requests)
@@ -162,7 +164,7 @@ def test_without_a_ledger_runs_start_at_least_once_and_failures_say_why(stack: S
     assert first.ado_run_id != again.ado_run_id
     stack.ado.fail(502)  # another outcome (a new version): no earlier run of it to find
     [lost, _] = r.handle(parse_events([registered(modelTags={"area": "diabetes"}, ModelVersion="21")]))
-    assert lost.outcome == "failed"
+    assert (lost.outcome, lost.route) == ("failed", "Deploy")  # which pipeline to look at
     assert (lost.reason or "").startswith(AMBIGUOUS + "ADO failed pipeline 70")
     stack.ado.fail(400)
     [refused, _] = r.handle(parse_events([registered(modelTags={"area": "diabetes"}, ModelVersion="22")]))

@@ -6,6 +6,7 @@ The loop guard: a tagged run's later events are the same ledger key, so no secon
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -369,3 +370,35 @@ def test_a_bug_in_tagging_is_a_warning_and_the_run_stands(stack: Stack, azurite:
     assert outcome.warning == (f"tag-back failed unexpectedly (RuntimeError: boom\n{'x' * 195}); the run stands")
     assert exit_code([outcome]) == 0
     assert len(stack.ado.runs) == 1
+
+
+class _Recorded(TagBack):
+    """Tag-back whose MLflow writes are kept here instead of sent; each answers ``answer`` (None: written)."""
+
+    def __init__(self, answer: str | None = None) -> None:
+        super().__init__(None)
+        self.answer = answer
+        self.written: list[tuple[dict[str, Any], int, str | None]] = []
+
+    def apply(self, target: str, run_id: int, run_url: str | None) -> str | None:
+        self.written.append((json.loads(target), run_id, run_url))
+        return self.answer
+
+
+def test_without_a_ledger_the_event_s_own_entity_is_tagged_with_the_run_it_started(stack: Stack) -> None:
+    """In process, no MLflow: the tag goes on the AML run the event names, with the ADO run's id and URL (also in
+    the outcome); a refused tag is the outcome's warning; a deployment (nothing to tag) writes and warns nothing."""
+    relay = build_relay(resolve({}, env={**stack.env(), "AMLRELAY_ALLOWED_WORKSPACES": WORKSPACE}),
+                        load_routes(ROUTES_FILE))
+    relay.tag_back = tags = _Recorded(answer="ADO run 1 was started, but tagging failed: HTTP 403 (the tag is "
+                                             "retried by `amlrelay sweep`; the run is not started again)")
+    [tagged] = deliver(relay, event("run_completed"))
+    run = stack.ado.runs[0]
+    assert (tagged.outcome, tagged.ado_run_id, tagged.ado_run_url) == ("triggered", run["id"],
+                                                                       run["_links"]["web"]["href"])
+    assert tags.written == [({"workspace": WORKSPACE, "kind": "run", "name": RUN_ID}, run["id"],
+                             run["_links"]["web"]["href"])]
+    assert tagged.warning == ("ADO run 1 was started, but tagging failed: HTTP 403 (no ledger record, so nothing "
+                              "retries the tag; the run is not started again)")
+    [deployed] = deliver(relay, event("model_deployed"))
+    assert (deployed.outcome, deployed.warning, len(tags.written)) == ("triggered", None, 1)
