@@ -28,6 +28,7 @@ from tests import secret_guard
 from tests.conftest import ROUTES_FILE, SAMPLE_WORKSPACE, sample
 from tests.servers.ado import PipelineDef
 from tests.stack import Stack, local_stack
+from tests.test_tagback import RecordedTags
 from tests.test_webhook import argv_forms
 
 
@@ -350,8 +351,11 @@ def test_a_redelivery_soon_after_an_open_answer_waits_then_adopts_the_run(stack:
                         r"ago\)\. The next delivery or `amlrelay replay --failed` \(scheduled in Automation\) looks "
                         r"for the run again and sends only if it is not there\.", early.reason or ""), early.reason
     assert len(stack.ado.requests) == 1  # only the first attempt's POST
-    relay.settle_after = timedelta(0)  # ADO has had its time
+    relay.settle_after = timedelta(0)  # ADO has had its time; the adopted run is tagged as any other
+    relay.tag_back = tags = RecordedTags(answer="tagging failed: HTTP 403 (the tag is retried by `amlrelay sweep`)")
     [settled] = deliver(relay, raw)
-    assert (settled.outcome, settled.ado_run_id) == ("duplicate", stack.ado.runs[0]["id"])
+    [run] = stack.ado.runs
+    assert (settled.outcome, settled.route, settled.ado_run_id) == ("duplicate", route.name, run["id"])
     assert settled.reason == "started by an earlier attempt that could not record it"
-    assert len(stack.ado.runs) == 1
+    assert settled.warning == "tagging failed: HTTP 403 (the tag is retried by `amlrelay sweep`)"
+    assert [(target["kind"], run_id) for target, run_id, _ in tags.written] == [("model", run["id"])]

@@ -372,7 +372,7 @@ def test_a_bug_in_tagging_is_a_warning_and_the_run_stands(stack: Stack, azurite:
     assert len(stack.ado.runs) == 1
 
 
-class _Recorded(TagBack):
+class RecordedTags(TagBack):
     """Tag-back whose MLflow writes are kept here instead of sent; each answers ``answer`` (None: written)."""
 
     def __init__(self, answer: str | None = None) -> None:
@@ -390,7 +390,7 @@ def test_without_a_ledger_the_event_s_own_entity_is_tagged_with_the_run_it_start
     the outcome); a refused tag is the outcome's warning; a deployment (nothing to tag) writes and warns nothing."""
     relay = build_relay(resolve({}, env={**stack.env(), "AMLRELAY_ALLOWED_WORKSPACES": WORKSPACE}),
                         load_routes(ROUTES_FILE))
-    relay.tag_back = tags = _Recorded(answer="ADO run 1 was started, but tagging failed: HTTP 403 (the tag is "
+    relay.tag_back = tags = RecordedTags(answer="ADO run 1 was started, but tagging failed: HTTP 403 (the tag is "
                                              "retried by `amlrelay sweep`; the run is not started again)")
     [tagged] = deliver(relay, event("run_completed"))
     run = stack.ado.runs[0]
