@@ -376,3 +376,29 @@ def test_a_long_failure_reason_is_whole_in_the_outcome_and_cut_to_4000_character
     assert r.ledger is not None
     [record] = r.ledger.recent()
     assert record.reason == outcome.reason[:4000]
+
+
+def test_a_route_already_triggered_stays_a_duplicate_when_aml_cannot_confirm_the_others(stack: Stack, azurite: str,
+                                                                                       table_name: str) -> None:
+    """A redelivery after one route triggered and another failed: the ledger answers the first (its run, no
+    AML read), and AML, asked once about the event for the other, cannot answer: that one fails alone."""
+    from amlrelay.verify import Refusal
+
+    class Unreachable:
+        def __init__(self) -> None:
+            self.asked = 0
+
+        def check(self, event: Any, fields: Any = ()) -> Refusal:
+            self.asked += 1
+            return Refusal("failed", "AML could not be asked (HTTP 503)")
+
+    r = relay(stack, **ledger_env(azurite, table_name))
+    raw = registered(modelTags={"area": "diabetes"})
+    [done, _] = r.handle(parse_events([raw]))
+    r.verifier = aml = Unreachable()
+    [again, refused] = r.handle(parse_events([raw]))
+    assert (again.outcome, again.route, again.reason) == ("duplicate", "Deploy", "already triggered")
+    assert (again.ado_run_id, again.ado_run_url) == (done.ado_run_id, done.ado_run_url)
+    assert (refused.outcome, refused.route, refused.reason) == ("failed", None, "AML could not be asked (HTTP 503)")
+    assert aml.asked == 1
+    assert len(stack.ado.run_requests) == 1
