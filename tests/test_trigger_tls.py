@@ -112,8 +112,8 @@ def test_a_ca_bundle_path_that_does_not_exist_is_named_and_nothing_is_sent(
     assert info.value.message == (
         f"Could not connect to ADO for {WHERE.format(org_url=untrusted_ado.org_url)}: Could not find a suitable "
         f"TLS CA certificate bundle, invalid path: {missing}. Nothing was sent.")
-    assert info.value.hint is not None
-    assert info.value.hint.startswith("REQUESTS_CA_BUNDLE (or CURL_CA_BUNDLE) must be the path of a PEM file")
+    assert info.value.hint == ("REQUESTS_CA_BUNDLE (or CURL_CA_BUNDLE) must be the path of a PEM file (or folder) "
+                               "that exists where the job runs; unset it to use the default CA bundle.")
     assert (info.value.status, info.value.ambiguous, info.value.retryable) == (None, False, False)
     assert untrusted_ado.requests == []
 
