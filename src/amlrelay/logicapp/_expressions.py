@@ -17,10 +17,11 @@ import base64
 import json
 import uuid
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 from urllib.parse import quote
 
+from ._datetimes import format_timestamp, parse_timestamp, ticks
 from ._wdl import Access, Call, ExpressionError, Literal, Node, Template, parse_template
 
 
@@ -240,37 +241,11 @@ def _set_property(_: Context, obj: Any, name: Any, value: Any) -> dict[str, Any]
 
 
 def _timestamp(value: Any) -> datetime:
-    text = _string_arg("timestamp", value).strip()
-    match = text.replace("Z", "+00:00")
-    if "." in match:  # .NET writes up to 7 fractional digits; Python parses up to 6
-        head, _, rest = match.partition(".")
-        digits = "".join(c for c in rest if c.isdigit())
-        zone = rest[len(digits):]
-        match = f"{head}.{digits[:6].ljust(6, '0')}{zone}"
-    try:
-        parsed = datetime.fromisoformat(match)
-    except ValueError:
-        raise ExpressionError(f"'{text}' is not a valid timestamp") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
-
-
-def _format(moment: datetime, fmt: str = "o") -> str:
-    moment = moment.astimezone(timezone.utc)
-    if fmt == "o":
-        return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond:06d}0Z"
-    if fmt == "yyyy-MM-ddTHH:mm:ss.ffffffzzz":
-        return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond:06d}+00:00"
-    raise ExpressionError(f"format {fmt!r} is not supported by this evaluator")
-
-
-def _ticks(_: Context, value: Any) -> int:
-    moment = _timestamp(value)
-    delta = moment - datetime(1, 1, 1, tzinfo=timezone.utc)
-    return (delta.days * 86_400 + delta.seconds) * 10_000_000 + delta.microseconds * 10
+    return parse_timestamp(_string_arg("timestamp", value))
 
 
 def _add_seconds(_: Context, value: Any, seconds: Any, fmt: str = "o") -> str:
-    return _format(_timestamp(value) + timedelta(seconds=_number("addSeconds", seconds)), fmt)
+    return format_timestamp(_timestamp(value) + timedelta(seconds=_number("addSeconds", seconds)), fmt)
 
 
 def _base64(_: Context, value: Any) -> str:
@@ -372,10 +347,10 @@ _FUNCTIONS: dict[str, Callable[..., Any]] = {
     "union": _union,
     "base64": _base64,
     "uricomponent": lambda _, v: quote(_text(v), safe=""),
-    "utcnow": lambda ctx, fmt="o": _format(ctx.now(), fmt),
+    "utcnow": lambda ctx, fmt="o": format_timestamp(ctx.now(), fmt),
     "addseconds": _add_seconds,
-    "ticks": _ticks,
-    "formatdatetime": lambda _, v, fmt="o": _format(_timestamp(v), fmt),
+    "ticks": lambda _, v: ticks(_timestamp(v)),
+    "formatdatetime": lambda _, v, fmt="o": format_timestamp(_timestamp(v), fmt),
     "guid": lambda _: str(uuid.uuid4()),
     "triggerbody": lambda ctx: ctx.trigger_outputs().get("body"),
     "triggeroutputs": lambda ctx: ctx.trigger_outputs(),
