@@ -5,7 +5,8 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -232,30 +233,35 @@ def test_entries_of_a_run_list_without_a_numeric_id_are_left_out() -> None:
     assert [r["id"] for r in listed] == [7, 3]
 
 
-def test_an_answer_cut_off_mid_body_is_reported_as_no_answer_in_time() -> None:
-    """Headers arrive, then the body stalls past the timeout (a gateway hanging mid-response): the run may
-    exist, so it is ambiguous, and it says it was a timeout."""
+@contextmanager
+def raw_ado(behave: Callable[[socket.socket], None]) -> Iterator[int]:
+    """A loopback port whose listening socket ``behave`` drives byte by byte in a thread (what no HTTP server
+    does: stall mid-body, stop listening); yields the port, then waits for ``behave`` to finish."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(1)
-    port = listener.getsockname()[1]
+    thread = threading.Thread(target=behave, args=(listener,), daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        thread.join()
+        listener.close()
 
-    def stall() -> None:
+
+def test_an_answer_cut_off_mid_body_is_reported_as_no_answer_in_time() -> None:
+    """Headers arrive, then the body stalls past the timeout (a gateway hanging mid-response): the run may
+    exist, so it is ambiguous, and it says it was a timeout."""
+    def stall(listener: socket.socket) -> None:
         connection, _ = listener.accept()
         connection.recv(65536)
         connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"id\"")
         time.sleep(1)  # twice the client's timeout
         connection.close()
 
-    thread = threading.Thread(target=stall, daemon=True)
-    thread.start()
-    try:
-        with pytest.raises(AdoError) as info:
-            AdoClient(f"http://127.0.0.1:{port}/contoso", _StaticCredential(), retries=0, backoff=0,
-                      timeout=0.5).run_pipeline(request_for())
-    finally:
-        thread.join()
-        listener.close()
+    with raw_ado(stall) as port, pytest.raises(AdoError) as info:
+        AdoClient(f"http://127.0.0.1:{port}/contoso", _StaticCredential(), retries=0, backoff=0,
+                  timeout=0.5).run_pipeline(request_for())
     assert info.value.message == (f"ADO did not answer within 0.5 s for pipeline 20 in project 'mlops' of "
                                   f"http://127.0.0.1:{port}/contoso.")
     assert (info.value.ambiguous, info.value.retryable) == (True, True)

@@ -7,7 +7,6 @@ wait is asserted exactly and each test runs in well under a second.
 from __future__ import annotations
 
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from types import SimpleNamespace
@@ -19,7 +18,7 @@ from amlrelay.errors import AdoError
 from amlrelay.trigger import AdoClient
 from tests.servers.ado import AdoServer
 from tests.stack import pipelines_for
-from tests.test_trigger import ROUTES, request_for
+from tests.test_trigger import ROUTES, raw_ado, request_for
 
 
 class _StaticCredential:
@@ -67,12 +66,7 @@ def test_retry_after_is_waited_for_instead_of_the_backoff(ado: AdoServer, waits:
 def test_retries_of_every_kind_count_against_one_budget(waits: list[float]) -> None:
     """With ``retries=1`` a 503 spends the one retry: when the retry then finds ADO unreachable, the client
     gives up there instead of trying a third time."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(1)
-    port = listener.getsockname()[1]
-
-    def unavailable_then_gone() -> None:
+    def unavailable_then_gone(listener: socket.socket) -> None:
         connection, _ = listener.accept()
         listener.close()  # from now on connections are refused
         connection.recv(65536)
@@ -80,15 +74,9 @@ def test_retries_of_every_kind_count_against_one_budget(waits: list[float]) -> N
                            b"Connection: close\r\n\r\n")
         connection.close()
 
-    thread = threading.Thread(target=unavailable_then_gone, daemon=True)
-    thread.start()
-    try:
-        with pytest.raises(AdoError) as info:
-            AdoClient(f"http://127.0.0.1:{port}/contoso", _StaticCredential(), retries=1, backoff=0.01,
-                      timeout=2).run_pipeline(request_for())
-    finally:
-        thread.join()
-        listener.close()
+    with raw_ado(unavailable_then_gone) as port, pytest.raises(AdoError) as info:
+        AdoClient(f"http://127.0.0.1:{port}/contoso", _StaticCredential(), retries=1, backoff=0.01,
+                  timeout=2).run_pipeline(request_for())
     assert info.value.message.startswith(f"Could not connect to ADO for pipeline 20 in project 'mlops' of "
                                          f"http://127.0.0.1:{port}/contoso")
     assert (info.value.status, info.value.ambiguous, info.value.retryable) == (None, False, True)
