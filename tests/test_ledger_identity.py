@@ -25,6 +25,7 @@ from amlrelay.deadletter import read_container
 from amlrelay.errors import LedgerError
 from amlrelay.events import parse_events
 from amlrelay.ledger import Ledger
+from amlrelay.record import Outcome
 from amlrelay.routes import load_routes
 from amlrelay.runbook import build_relay, open_ledger
 from amlrelay.settings import Settings, resolve
@@ -84,20 +85,27 @@ def test_the_ledger_claims_with_a_managed_identity_token(mi_env: tuple[Stack, di
     assert (record.state, record.ado_run_id) == ("triggered", first.ado_run_id)
 
 
+def _one_event_with_the_ledger_at(stack: Stack, table_url: str, tls: TlsMaterial, monkeypatch: pytest.MonkeyPatch,
+                                  **extra: str) -> list[Outcome]:
+    """One ModelRegistered event through a relay built from the job's settings, its ledger at ``table_url``
+    with the managed identity (no connection string)."""
+    env = stack.env(AMLRELAY_LEDGER="true", AMLRELAY_LEDGER_TABLE_URL=table_url,
+                    REQUESTS_CA_BUNDLE=str(tls.cert_file), SSL_CERT_FILE=str(tls.cert_file), **extra)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AMLRELAY_LEDGER_CONNECTION_STRING", raising=False)
+    relay = build_relay(_settings(env), load_routes(ROUTES_FILE))
+    event = sample("event-grid-schema", "model_registered")
+    return relay.handle(parse_events([event]), raw=[event])
+
+
 def test_a_token_azurite_refuses_fails_the_event_before_ado(azurite_oauth: str, loopback_tls: TlsMaterial,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """An expired token (Azurite checks lifetimes in oauth mode): the claim fails, nothing reaches ADO."""
     parts = _endpoints(azurite_oauth)
     expired = IdentityServer(issued_at=1_700_000_000, expires_on=1_700_003_600)
     with local_stack(identity=expired) as stack:
-        env = stack.env(AMLRELAY_LEDGER="true", AMLRELAY_LEDGER_TABLE_URL=parts["TableEndpoint"],
-                        REQUESTS_CA_BUNDLE=str(loopback_tls.cert_file), SSL_CERT_FILE=str(loopback_tls.cert_file))
-        for name, value in env.items():
-            monkeypatch.setenv(name, value)
-        monkeypatch.delenv("AMLRELAY_LEDGER_CONNECTION_STRING", raising=False)
-        relay = build_relay(_settings(env), load_routes(ROUTES_FILE))
-        event = sample("event-grid-schema", "model_registered")
-        [outcome] = relay.handle(parse_events([event]), raw=[event])
+        [outcome] = _one_event_with_the_ledger_at(stack, parts["TableEndpoint"], loopback_tls, monkeypatch)
         assert outcome.outcome == "failed"
         assert (outcome.reason or "").startswith("nothing triggered")
         assert stack.ado.requests == []
@@ -316,15 +324,8 @@ def test_an_identity_endpoint_that_is_down_fails_the_event_before_ado(
 
     parts = _endpoints(azurite_oauth)
     with local_stack() as stack:
-        env = stack.env(AMLRELAY_LEDGER="true", AMLRELAY_LEDGER_TABLE_URL=parts["TableEndpoint"],
-                        IDENTITY_ENDPOINT=f"http://127.0.0.1:{_closed_port()}/msi/token",
-                        REQUESTS_CA_BUNDLE=str(loopback_tls.cert_file), SSL_CERT_FILE=str(loopback_tls.cert_file))
-        for name, value in env.items():
-            monkeypatch.setenv(name, value)
-        monkeypatch.delenv("AMLRELAY_LEDGER_CONNECTION_STRING", raising=False)
-        relay = build_relay(_settings(env), load_routes(ROUTES_FILE))
-        event = sample("event-grid-schema", "model_registered")
-        outcomes = relay.handle(parse_events([event]), raw=[event])
+        outcomes = _one_event_with_the_ledger_at(stack, parts["TableEndpoint"], loopback_tls, monkeypatch,
+                                                 IDENTITY_ENDPOINT=f"http://127.0.0.1:{_closed_port()}/msi/token")
         assert [o.outcome for o in outcomes] == ["failed"]
         assert (outcomes[0].reason or "").startswith("nothing triggered: Ledger: no token for storage from the "
                                                      "handler's managed identity to claim an event")
